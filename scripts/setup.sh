@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the suite and everything its tests need into the current Python environment.
+# torch is pinned to the release the suite is tested with; on a GPU machine install the
+# CUDA build of that release first (https://pytorch.org/get-started/) and it is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install "setuptools>=68" >/dev/null
+python -c "import torch" 2>/dev/null || python -m pip install "torch==2.13.0"
+# torch-scatter and torch-sparse compile against the installed torch: no build isolation,
+# or pip would fetch another torch for the build. pip caches the built wheels.
+python -m pip install --no-build-isolation -e ".[dev,pyg]"

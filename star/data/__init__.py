@@ -1,0 +1,1 @@
+"""NTU RGB+D data: parsing, preprocessing, the compact store and batches."""

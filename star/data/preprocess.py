@@ -1,0 +1,227 @@
+"""From a parsed `.skeleton` file to the persons of one clip, and from a raw folder to a store.
+
+Body selection, in order (the action label is never looked at, so the number
+of persons kept cannot leak the class):
+
+1. A body-frame whose 25 joints are all exactly zero is a lost track: not observed.
+2. Bodies are grouped into tracks by their Kinect tracking ID.
+3. Denoising drops tracks observed in fewer than `MIN_TRACK_FRAMES` frames
+   (flicker) and tracks that are wider than tall (x-spread above
+   `SPREAD_RATIO` x y-spread) in more than `MAX_WIDE_FRACTION` of their frames
+   (furniture, not a standing person). A filter that would drop every track is
+   not applied.
+4. The remaining tracks are ranked by motion: the sum over joints and x, y, z of
+   the variance over time of the coordinate.
+5. Tracks fill at most two person slots in that order: a track joins the first
+   slot whose frames it does not overlap (a performer whose tracking ID changed
+   mid-clip is joined back together), or opens the second slot, or is dropped.
+6. The clip's timeline is the frames in which at least one kept person is seen;
+   frames with no body are dropped. Each person covers its span of that
+   timeline from its first to its last observed frame (`first_frame` says where
+   it starts); frames inside the span where it was not seen hold its last seen
+   pose.
+
+One-person clips therefore keep one person and two-person clips two; nothing is
+padded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from star.data.ntu import RawSkeleton, SampleName, SkeletonFileError, parse_name, read_skeleton
+from star.data.splits import missing_samples
+from star.data.store import StoreWriter
+
+MIN_TRACK_FRAMES = 11
+SPREAD_RATIO = 0.8
+MAX_WIDE_FRACTION = 0.7
+MAX_PERSONS = 2
+
+NTU_HELP = (
+    "NTU RGB+D is licensed and not downloaded by this project: request it from the ROSE Lab "
+    "(https://rose1.ntu.edu.sg/dataset/actionRecognition/), unpack the skeleton archives "
+    "(nturgb+d_skeletons/, and for NTU 120 also the S018-S032 archive) and pass those folders "
+    "with --raw, or set `raw_dirs` in workflow/config/config.yaml."
+)
+
+
+@dataclass
+class Person:
+    """One kept person: joints (length, 25, 3) starting at `first_frame` of the clip's timeline."""
+
+    first_frame: int
+    xyz: np.ndarray
+
+
+@dataclass
+class Clip:
+    """A preprocessed clip: its persons on a common timeline of `frames` frames."""
+
+    name: SampleName
+    frames: int
+    persons: list[Person]
+    raw_bodies: int
+    dropped_tracks: Counter = field(default_factory=Counter)
+
+
+def _is_wide(xyz: np.ndarray) -> np.ndarray:
+    """Per frame of a track (T, 25, 3): is it wider in x than SPREAD_RATIO times its height in y?"""
+    spread = xyz.max(axis=1) - xyz.min(axis=1)  # (T, 3)
+    return spread[:, 0] > SPREAD_RATIO * spread[:, 1]
+
+
+def _keep_unless_all(tracks: list, keep: list[bool]) -> list:
+    return [t for t, k in zip(tracks, keep, strict=True) if k] if any(keep) else tracks
+
+
+def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
+    """Apply the body-selection rule of this module's docstring to one parsed file."""
+    observed = np.any(raw.xyz != 0, axis=(1, 2))
+    tracks = []
+    for body in np.unique(raw.body[observed]):
+        rows = np.flatnonzero(observed & (raw.body == body))
+        tracks.append((raw.frame[rows], raw.xyz[rows]))
+    if not tracks:
+        raise SkeletonFileError(raw.path, "no body is observed in any frame")
+    dropped = Counter()
+    kept = _keep_unless_all(tracks, [len(frames) >= MIN_TRACK_FRAMES for frames, _ in tracks])
+    dropped["short"] += len(tracks) - len(kept)
+    tracks = kept
+    kept = _keep_unless_all(tracks, [_is_wide(xyz).mean() <= MAX_WIDE_FRACTION for _, xyz in tracks])
+    dropped["wide"] += len(tracks) - len(kept)
+    tracks = sorted(kept, key=lambda track: -track[1].var(axis=0).sum())
+
+    slots: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for frames, xyz in tracks:
+        free = [s for s in slots if not any(np.intersect1d(frames, f).size for f, _ in s)]
+        if free:
+            free[0].append((frames, xyz))
+        elif len(slots) < MAX_PERSONS:
+            slots.append([(frames, xyz)])
+        else:
+            dropped["extra"] += 1
+
+    timeline = np.unique(np.concatenate([frames for slot in slots for frames, _ in slot]))
+    persons = []
+    for slot in slots:
+        frames = np.concatenate([f for f, _ in slot])
+        order = np.argsort(frames, kind="stable")
+        frames, xyz = frames[order], np.concatenate([x for _, x in slot])[order]
+        steps = np.searchsorted(timeline, frames)
+        first, last = steps.min(), steps.max()
+        seen = np.zeros(last - first + 1, dtype=np.int64)
+        seen[steps - first] = np.arange(len(steps)) + 1
+        hold = np.maximum.accumulate(seen) - 1  # index of the last observed body-frame at each step
+        persons.append(Person(int(first), xyz[hold].astype(np.float32)))
+    persons.sort(key=lambda person: person.first_frame)
+    return Clip(name, len(timeline), persons, len(raw.body_ids), dropped)
+
+
+def load_clip(path: str | Path) -> Clip:
+    """Parse and select the persons of one raw file; raises SkeletonFileError."""
+    return select_persons(read_skeleton(path), parse_name(path))
+
+
+def _load_or_error(path: Path) -> Clip | SkeletonFileError:
+    try:
+        return load_clip(path)
+    except SkeletonFileError as error:
+        return error
+
+
+def find_raw_files(raw_dirs: list[str | Path]) -> list[Path]:
+    """Every `*.skeleton` file of the raw folders, sorted by name; errors say how to get NTU RGB+D."""
+    files: dict[str, Path] = {}
+    for raw_dir in map(Path, raw_dirs):
+        if not raw_dir.is_dir():
+            raise FileNotFoundError(f"raw skeleton folder {raw_dir} does not exist. {NTU_HELP}")
+        for path in raw_dir.glob("*.skeleton"):
+            if path.name in files:
+                raise ValueError(f"{path.name} is in two raw folders: {files[path.name].parent} and {raw_dir}")
+            files[path.name] = path
+    if not files:
+        raise FileNotFoundError(f"no .skeleton files in {', '.join(map(str, raw_dirs))}. {NTU_HELP}")
+    return [files[name] for name in sorted(files)]
+
+
+@dataclass
+class Summary:
+    """What preprocessing kept and dropped, and why."""
+
+    files: int = 0
+    clips: int = 0
+    two_person_clips: int = 0
+    officially_missing: list[str] = field(default_factory=list)
+    bad_files: list[str] = field(default_factory=list)
+    dropped_tracks: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files, "clips": self.clips, "two_person_clips": self.two_person_clips,
+            "officially_missing": self.officially_missing, "bad_files": self.bad_files,
+            "dropped_tracks": dict(self.dropped_tracks),
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"read {self.files} files: {self.clips} clips kept ({self.two_person_clips} with two persons)"]
+        if self.officially_missing:
+            out.append(f"dropped {len(self.officially_missing)} files on the official missing-skeleton list")
+        if self.bad_files:
+            out.append(f"skipped {len(self.bad_files)} bad files:")
+            out += [f"  {error}" for error in self.bad_files]
+        reasons = {"short": f"shorter than {MIN_TRACK_FRAMES} frames", "wide": "wider than tall (not a person)",
+                   "extra": "beyond two persons"}
+        for reason, count in sorted(self.dropped_tracks.items()):
+            out.append(f"dropped {count} body tracks {reasons[reason]}")
+        return out
+
+
+def preprocess(raw_dirs: list[str | Path], out: str | Path, workers: int = 1, skip_bad: bool = False,
+               progress: bool = True) -> Summary:
+    """Parse every raw file, select persons, and write the compact store `out` atomically.
+
+    A bad file stops the run (nothing is written) unless `skip_bad`, which lists
+    it in the summary instead. Files on the official NTU 120 missing-skeleton
+    list (a superset of NTU 60's) are not parsed.
+    """
+    paths = find_raw_files(raw_dirs)
+    summary = Summary(files=len(paths))
+    missing = missing_samples("ntu120")
+    usable = []
+    for path in paths:
+        (summary.officially_missing if path.stem in missing else usable).append(path)
+    summary.officially_missing = [p.stem for p in summary.officially_missing]
+
+    with StoreWriter(out, source=[str(d) for d in raw_dirs]) as writer:
+        pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+        try:
+            results = pool.imap(_load_or_error, usable, chunksize=8) if pool else map(_load_or_error, usable)
+            for result in tqdm(results, total=len(usable), desc="preprocess", unit="file", disable=not progress):
+                if isinstance(result, SkeletonFileError):
+                    if not skip_bad:
+                        raise result
+                    summary.bad_files.append(str(result))
+                    continue
+                writer.add(result)
+                summary.clips += 1
+                summary.two_person_clips += len(result.persons) == 2
+                summary.dropped_tracks.update(result.dropped_tracks)
+        finally:
+            if pool:
+                pool.terminate()
+        if summary.clips == 0:
+            raise ValueError(f"no usable clip in {', '.join(map(str, raw_dirs))}")
+        writer.summary = summary.as_dict()
+    return summary
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,188 @@
+"""The compact store (the paper's Figure 2): every person track of every clip, concatenated.
+
+A store is a folder:
+
+- `frames.f32`: raw little-endian float32, shape (total_frames, 25, 3), the
+  frames of every track one after another, nothing padded; memory-mapped.
+- `tracks.npy`: one row per person track (clip, person, offset into frames,
+  length, first_frame on the clip's timeline), sorted by clip then person.
+- `clips.npy`: one row per clip (name, label, setup, camera, subject,
+  replication, frames, persons, raw_bodies).
+- `manifest.json`: shapes, counts, bytes on disk and the bytes the padded
+  300-frame x 2-person layout would take for the same clips, and the
+  preprocessing summary.
+
+A store is written into a temporary folder and renamed into place when whole,
+so a reader never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from star import __version__
+from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, get_benchmark
+from star.skeleton import NUM_JOINTS
+
+FORMAT = "star-compact-1"
+CLIP_DTYPE = np.dtype([
+    ("name", "U20"), ("label", "i2"), ("setup", "i2"), ("camera", "i2"), ("subject", "i2"),
+    ("replication", "i2"), ("frames", "i4"), ("persons", "i1"), ("raw_bodies", "i2"),
+])
+TRACK_DTYPE = np.dtype([("clip", "i4"), ("person", "i1"), ("offset", "i8"), ("length", "i4"), ("first_frame", "i4")])
+PADDED_FRAMES, PADDED_PERSONS = 300, 2
+FRAME_BYTES = NUM_JOINTS * 3 * 4
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete or not what the caller needs."""
+
+
+class StoreWriter:
+    """Writes a store clip by clip into `<out>.tmp-<pid>` and renames it to `out` on a clean exit."""
+
+    def __init__(self, out: str | Path, source: list[str]):
+        self.out = Path(out)
+        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
+        self.source = source
+        self.summary: dict = {}
+        self.clips: list[tuple] = []
+        self.tracks: list[tuple] = []
+        self.total_frames = 0
+
+    def __enter__(self) -> StoreWriter:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.frames_file = open(self.tmp / "frames.f32", "wb")
+        return self
+
+    def add(self, clip) -> None:
+        """Append a `preprocess.Clip`."""
+        clip_index = len(self.clips)
+        name = clip.name
+        self.clips.append((str(name), name.label, name.setup, name.camera, name.subject, name.replication,
+                           clip.frames, len(clip.persons), clip.raw_bodies))
+        for person_index, person in enumerate(clip.persons):
+            xyz = np.ascontiguousarray(person.xyz, dtype="<f4")
+            self.tracks.append((clip_index, person_index, self.total_frames, len(xyz), person.first_frame))
+            self.frames_file.write(xyz.tobytes())
+            self.total_frames += len(xyz)
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.frames_file.close()
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            self._finish()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _finish(self) -> None:
+        clips = np.array(self.clips, dtype=CLIP_DTYPE)
+        np.save(self.tmp / "clips.npy", clips)
+        np.save(self.tmp / "tracks.npy", np.array(self.tracks, dtype=TRACK_DTYPE))
+        manifest = {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "star_version": __version__,
+            "source": self.source,
+            "clips": len(clips),
+            "tracks": len(self.tracks),
+            "two_person_clips": int((clips["persons"] == 2).sum()),
+            "total_frames": self.total_frames,
+            "frames_shape": [self.total_frames, NUM_JOINTS, 3],
+            "frames_dtype": "<f4",
+            "setups": sorted(int(s) for s in np.unique(clips["setup"])),
+            "bytes": _bytes(self.tmp, len(clips)),
+            "benchmarks": _benchmark_counts(clips),
+            "summary": self.summary,
+        }
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+        if self.out.exists():
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _bytes(folder: Path, clip_count: int) -> dict:
+    """Bytes on disk (frames and both tables; the manifest is not counted) against what the padded
+    (300, 2, 25, 3) float32 layout needs for the same clips."""
+    on_disk = {path.name: path.stat().st_size for path in sorted(folder.iterdir())}
+    compact = sum(on_disk.values())
+    padded = clip_count * PADDED_FRAMES * PADDED_PERSONS * FRAME_BYTES
+    return {"files": on_disk, "frames": on_disk["frames.f32"], "compact": compact, "padded_300x2": padded,
+            "compact_over_padded": compact / padded if padded else None}
+
+
+def _benchmark_counts(clips: np.ndarray) -> dict:
+    counts = {}
+    for name, benchmark in BENCHMARKS.items():
+        counts[name] = {side: int(len(benchmark.indices(clips, side))) for side in ("train", "test")}
+    return counts
+
+
+class CompactStore:
+    """Read access to a store: the clip table, the track index and the memory-mapped frames."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise StoreError(f"{self.path} is not a data store (no manifest.json); make one with "
+                             f"`star preprocess --raw DIR --out {self.path}`")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise StoreError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}; "
+                             "preprocess the raw files again")
+        self.clips = np.load(self.path / "clips.npy")
+        self.tracks = np.load(self.path / "tracks.npy")
+        self._track_start = np.searchsorted(self.tracks["clip"], np.arange(len(self.clips) + 1))
+        # Rows (frames x persons) of each clip; every clip has at least one track.
+        self.clip_rows = np.add.reduceat(self.tracks["length"].astype(np.int64), self._track_start[:-1]) \
+            if len(self.clips) else np.zeros(0, np.int64)
+        self._frames: np.ndarray | None = None
+
+    @property
+    def frames(self) -> np.ndarray:
+        """All frames (total_frames, 25, 3) float32, memory-mapped on first use (so once per worker process)."""
+        if self._frames is None:
+            shape = tuple(self.manifest["frames_shape"])
+            self._frames = np.memmap(self.path / "frames.f32", dtype=self.manifest["frames_dtype"], mode="r",
+                                     shape=shape) if shape[0] else np.zeros(shape, np.float32)
+        return self._frames
+
+    def __getstate__(self) -> dict:
+        # A memory map is not sent to worker processes; each maps the file itself.
+        return {**self.__dict__, "_frames": None}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def clip_tracks(self, clip: int) -> np.ndarray:
+        """The track rows of clip number `clip`, person 0 first."""
+        return self.tracks[self._track_start[clip]:self._track_start[clip + 1]]
+
+    def track_frames(self, track: np.void) -> np.ndarray:
+        """The frames of one track row, (length, 25, 3)."""
+        return self.frames[track["offset"]:track["offset"] + track["length"]]
+
+    def split(self, benchmark: str, side: str) -> np.ndarray:
+        """Clip numbers of one side of a benchmark; a StoreError if the store cannot serve it."""
+        spec = get_benchmark(benchmark)
+        if spec.dataset == "ntu120" and self.clips["setup"].max(initial=0) <= NTU60_LAST_SETUP:
+            raise StoreError(f"{self.path} holds only NTU 60 setups (S001-S017), so it cannot serve {benchmark}; "
+                             "preprocess the NTU 120 files (S001-S032) into it")
+        indices = spec.indices(self.clips, side)
+        if len(indices) == 0:
+            raise StoreError(f"{self.path} has no clip on the {side} side of {benchmark}")
+        return indices

@@ -1,0 +1,88 @@
+"""The 25-joint NTU RGB+D (Kinect v2) skeleton graph, in one place for every model.
+
+Joints are 0-based here (joint k of the official 1-based list is index k-1).
+The 20 body bones are fixed; the four hand bones come in two layouts (see
+`HAND_LAYOUTS`): the anatomical one, where both hand tips and thumbs hang off the
+hand joint, and the chained one the ST-GCN reference code uses, where each hand
+tip hangs off its thumb. Every model names the layout it uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NUM_JOINTS = 25
+
+JOINT_NAMES = (
+    "spine_base", "spine_mid", "neck", "head",
+    "left_shoulder", "left_elbow", "left_wrist", "left_hand",
+    "right_shoulder", "right_elbow", "right_wrist", "right_hand",
+    "left_hip", "left_knee", "left_ankle", "left_foot",
+    "right_hip", "right_knee", "right_ankle", "right_foot",
+    "spine_shoulder", "left_hand_tip", "left_thumb", "right_hand_tip", "right_thumb",
+)
+
+# (child, parent) in the official 1-based numbering, as the data set documents them.
+_BODY_BONES_1BASED = (
+    (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
+    (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
+    (18, 17), (19, 18), (20, 19),
+)
+HAND_LAYOUTS = {
+    "anatomical": ((22, 8), (23, 8), (24, 12), (25, 12)),
+    "stgcn": ((22, 23), (23, 8), (24, 25), (25, 12)),
+}
+
+# Spine base is the root: every bone points from a child towards it.
+CENTER_JOINT = 0
+
+
+def bones(hand_layout: str = "anatomical") -> np.ndarray:
+    """The 24 bones as 0-based (child, parent) pairs, shape (24, 2)."""
+    if hand_layout not in HAND_LAYOUTS:
+        raise ValueError(f"unknown hand layout {hand_layout!r}; choose one of {sorted(HAND_LAYOUTS)}")
+    return np.array(_BODY_BONES_1BASED + HAND_LAYOUTS[hand_layout], dtype=np.int64) - 1
+
+
+def adjacency(hand_layout: str = "anatomical") -> np.ndarray:
+    """Symmetric 0/1 adjacency matrix A of the bone graph, no self loops, (25, 25)."""
+    a = np.zeros((NUM_JOINTS, NUM_JOINTS), dtype=np.int64)
+    child, parent = bones(hand_layout).T
+    a[child, parent] = 1
+    a[parent, child] = 1
+    return a
+
+
+def hop_distance(hand_layout: str = "anatomical") -> np.ndarray:
+    """Shortest-path hop count between every pair of joints, (25, 25) int64."""
+    a = adjacency(hand_layout)
+    unreached = NUM_JOINTS + 1
+    dist = np.full((NUM_JOINTS, NUM_JOINTS), unreached, dtype=np.int64)
+    np.fill_diagonal(dist, 0)
+    reach = np.eye(NUM_JOINTS, dtype=np.int64)
+    for hop in range(1, NUM_JOINTS):
+        reach = np.minimum(reach @ (a + np.eye(NUM_JOINTS, dtype=np.int64)), 1)
+        dist[(reach > 0) & (dist == unreached)] = hop
+    return dist
+
+
+def neighbourhood_mask(max_hop: int, include_self: bool = True, hand_layout: str = "anatomical") -> np.ndarray:
+    """Boolean (25, 25) mask of the joints within `max_hop` hops: the support of A + A^2 + ... + A^k.
+
+    Row i lists the joints that joint i attends to. A^2 and A^3 contain the
+    diagonal (a walk out and back), so the paper's A + A^2 + A^3 already holds the
+    self loop; `include_self=False` removes it for models that want it out.
+    """
+    mask = hop_distance(hand_layout) <= max_hop
+    if not include_self:
+        np.fill_diagonal(mask, False)
+    return mask
+
+
+def edge_index(max_hop: int, include_self: bool = True, hand_layout: str = "anatomical") -> np.ndarray:
+    """The neighbourhood as an edge list (2, E): row 0 the attending joint, row 1 the attended one.
+
+    Edges are sorted by attending joint, so row 0 is a CSR-ready run of segments.
+    """
+    query, key = np.nonzero(neighbourhood_mask(max_hop, include_self, hand_layout))
+    return np.stack([query, key]).astype(np.int64)

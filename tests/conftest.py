@@ -1,0 +1,25 @@
+"""Shared fixtures: the tiny synthetic data set, generated once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from star.data.preprocess import preprocess
+from star.data.store import CompactStore
+from star.data.synthetic import TINY, generate
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory):
+    """Folder of the tiny set's raw .skeleton files (do not modify: shared by every test)."""
+    folder = tmp_path_factory.mktemp("tiny_raw")
+    generate(folder, TINY)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_raw, tmp_path_factory) -> CompactStore:
+    """The tiny set preprocessed into a compact store."""
+    out = tmp_path_factory.mktemp("stores") / "tiny"
+    preprocess([tiny_raw], out, workers=1, progress=False)
+    return CompactStore(out)

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from star.data.batching import (
+    ClipBatchSampler,
+    ClipDataset,
+    ClipSample,
+    PaddedCollate,
+    clip_loader,
+    collate_compact,
+    pad_clip,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_store):
+    return ClipDataset(tiny_store, tiny_store.split("ntu60/xsub", "train"))
+
+
+def test_compact_batch_concatenates_clips_with_their_ids_and_positions(tiny_store, dataset):
+    picks = [0, 5, 17, 40]
+    batch = collate_compact([dataset[i] for i in picks])
+    assert batch.x.shape == (int(dataset.rows()[picks].sum()), 25, 3) and batch.x.dtype == torch.float32
+    offsets = batch.clip_offsets.tolist()
+    for b, item in enumerate(picks):
+        clip = int(dataset.indices[item])
+        rows = slice(offsets[b], offsets[b + 1])
+        assert (batch.clip_ids[rows] == b).all()
+        assert batch.labels[b] == tiny_store.clips["label"][clip]
+        start = offsets[b]
+        for track in tiny_store.clip_tracks(clip):
+            span = slice(start, start + track["length"])
+            np.testing.assert_array_equal(batch.x[span].numpy(), tiny_store.track_frames(track))
+            assert (batch.person_ids[span] == track["person"]).all()
+            assert batch.positions[span].tolist() == list(range(track["first_frame"],
+                                                                 track["first_frame"] + track["length"]))
+            start += track["length"]
+        assert start == offsets[b + 1]
+
+
+def test_padded_batch_puts_frames_where_stgcn_expects_them(tiny_store, dataset):
+    two_person = next(i for i in range(len(dataset)) if tiny_store.clips["persons"][dataset.indices[i]] == 2)
+    picks = [0, two_person]
+    batch = PaddedCollate(fill="zero")([dataset[i] for i in picks])
+    assert batch.x.shape == (2, 3, 300, 25, 2)
+    for b, item in enumerate(picks):
+        clip = int(dataset.indices[item])
+        frames = tiny_store.clips["frames"][clip]
+        covered = np.zeros((300, 2), bool)
+        for track in tiny_store.clip_tracks(clip):
+            t = np.arange(track["first_frame"], track["first_frame"] + track["length"])
+            # x[b, c, t, v, m] is coordinate c of joint v of person m at frame t.
+            np.testing.assert_array_equal(batch.x[b, :, t, :, track["person"]].numpy(),
+                                          tiny_store.track_frames(track).transpose(2, 0, 1))
+            covered[t, track["person"]] = True
+        assert (batch.x[b].permute(1, 3, 0, 2)[torch.from_numpy(~covered)] == 0).all()
+        assert frames < 300
+
+
+def _sample(frames, persons=1, first_frame=0):
+    rng = np.random.default_rng(frames)
+    xyz, person_ids, positions = [], [], []
+    for person in range(persons):
+        start = first_frame if person else 0
+        xyz.append(rng.normal(size=(frames - start, 25, 3)).astype(np.float32))
+        person_ids.append(np.full(frames - start, person))
+        positions.append(np.arange(start, frames))
+    return ClipSample(np.concatenate(xyz), np.concatenate(person_ids), np.concatenate(positions), frames, 3)
+
+
+def test_repeat_fill_tiles_the_clip_and_zero_fill_pads_zeros():
+    sample = _sample(70, persons=2, first_frame=4)
+    repeated, zeros = pad_clip(sample, fill="repeat"), pad_clip(sample, fill="zero")
+    np.testing.assert_array_equal(repeated[:, :70], zeros[:, :70])
+    np.testing.assert_array_equal(repeated[:, 70:140], repeated[:, :70])
+    np.testing.assert_array_equal(repeated[:, 280:300], repeated[:, :20])
+    assert not zeros[:, 70:].any()
+    assert not repeated[:, :4, :, 1].any() and not repeated[:, 70:74, :, 1].any()  # late second person
+    assert repeated[:, 4, :, 1].any()
+
+
+def test_long_clips_are_cut_and_single_persons_get_a_zero_second_person():
+    sample = _sample(350)
+    padded = pad_clip(sample)
+    assert padded.shape == (3, 300, 25, 2)
+    np.testing.assert_array_equal(padded[..., 0], sample.xyz[:300].transpose(2, 0, 1))
+    assert not padded[..., 1].any()
+
+
+def test_unknown_fill_is_refused():
+    with pytest.raises(ValueError, match="unknown fill 'edge'"):
+        PaddedCollate(fill="edge")
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_sampler_covers_every_clip_once_and_reshuffles_by_epoch(group):
+    lengths = np.random.default_rng(0).integers(30, 600, size=203)
+    sampler = ClipBatchSampler(lengths, 16, seed=3, group_by_length=group, pool_batches=4)
+    epoch0 = list(sampler)
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(203))
+    assert len(epoch0) == len(sampler) == 13
+    assert list(sampler) == epoch0
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    assert list(ClipBatchSampler(lengths, 16, seed=3, group_by_length=group, pool_batches=4)) == epoch0
+
+
+def test_grouping_by_length_makes_batches_of_similar_length():
+    lengths = np.random.default_rng(0).integers(30, 600, size=640)
+    spread = {}
+    for group in (False, True):
+        batches = list(ClipBatchSampler(lengths, 16, seed=0, group_by_length=group))
+        spread[group] = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread[True] < spread[False] / 5
+
+
+def test_drop_last_and_no_shuffle():
+    sampler = ClipBatchSampler(np.ones(10), 4, shuffle=False, drop_last=True)
+    assert list(sampler) == [[0, 1, 2, 3], [4, 5, 6, 7]] and len(sampler) == 2
+
+
+@pytest.mark.parametrize("layout", ["compact", "padded"])
+def test_worker_processes_load_the_same_batches(tiny_store, layout):
+    indices = tiny_store.split("ntu120/xset", "test")
+    batches = [list(clip_loader(tiny_store, indices, layout, 8, shuffle=True, seed=1, workers=workers))
+               for workers in (0, 2)]
+    assert len(batches[0]) == len(batches[1]) == -(-len(indices) // 8)
+    for one, other in zip(*batches, strict=True):
+        assert torch.equal(one.x, other.x) and torch.equal(one.labels, other.labels)
+
+
+def test_batches_move_as_a_whole(tiny_store, dataset):
+    for batch in (collate_compact([dataset[0], dataset[1]]), PaddedCollate()([dataset[0], dataset[1]])):
+        moved = batch.to("cpu")
+        assert type(moved) is type(batch) and moved.num_clips == 2
+        assert all(torch.equal(getattr(moved, name), getattr(batch, name)) for name in vars(batch))

@@ -1,0 +1,33 @@
+import json
+import subprocess
+import sys
+
+from star.cli import main
+
+
+def test_help_lists_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "star.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "preprocess" in result.stdout and "synth" in result.stdout
+
+
+def test_synth_then_preprocess_prints_the_summary(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "raw"), "--clips-per-action", "3"]) == 0
+    assert main(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "store"),
+                 "--workers", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 24 synthetic .skeleton files" in out
+    assert "read 24 files: 24 clips kept (9 with two persons)" in out
+    assert f"wrote {tmp_path / 'store'}" in out
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["clips"] == 24
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["preprocess", "--raw", str(tmp_path / "missing"), "--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("star preprocess: error: raw skeleton folder") and "ROSE Lab" in err
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "S001C001P001R001A001.skeleton").write_text("2\n1\n")
+    assert main(["preprocess", "--raw", str(raw), "--out", str(tmp_path / "store"), "--quiet"]) == 2
+    assert "S001C001P001R001A001.skeleton:2: file ends early" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

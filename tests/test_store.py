@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+
+from star.data.ntu import parse_name
+from star.data.preprocess import Clip, Person, load_clip
+from star.data.store import CompactStore, StoreError, StoreWriter
+
+
+def test_store_round_trips_every_clip_exactly(tiny_raw, tiny_store):
+    assert len(tiny_store) == 192
+    for index, row in enumerate(tiny_store.clips):
+        clip = load_clip(tiny_raw / f"{row['name']}.skeleton")
+        name = clip.name
+        assert (row["label"], row["setup"], row["camera"], row["subject"], row["replication"]) == (
+            name.label, name.setup, name.camera, name.subject, name.replication)
+        assert (row["frames"], row["persons"], row["raw_bodies"]) == (clip.frames, len(clip.persons), clip.raw_bodies)
+        tracks = tiny_store.clip_tracks(index)
+        assert tracks["person"].tolist() == list(range(len(clip.persons)))
+        for track, person in zip(tracks, clip.persons, strict=True):
+            assert track["first_frame"] == person.first_frame
+            np.testing.assert_array_equal(tiny_store.track_frames(track), person.xyz)
+
+
+def test_tracks_tile_the_frames_file_without_gaps(tiny_store):
+    tracks = tiny_store.tracks
+    assert tracks["offset"][0] == 0
+    np.testing.assert_array_equal(tracks["offset"][1:], np.cumsum(tracks["length"])[:-1])
+    assert tracks["length"].sum() == tiny_store.manifest["total_frames"] == len(tiny_store.frames)
+
+
+def test_manifest_bytes_are_measured(tiny_store):
+    manifest = tiny_store.manifest
+    sizes = {path.name: path.stat().st_size for path in tiny_store.path.iterdir() if path.name != "manifest.json"}
+    assert manifest["bytes"]["files"] == sizes
+    assert manifest["bytes"]["compact"] == sum(sizes.values())
+    assert manifest["bytes"]["frames"] == manifest["total_frames"] * 25 * 3 * 4
+    # The padded layout: every clip as 300 frames x 2 persons x 25 joints x 3 float32.
+    assert manifest["bytes"]["padded_300x2"] == len(tiny_store) * 180_000
+    ratio = manifest["bytes"]["compact"] / manifest["bytes"]["padded_300x2"]
+    assert manifest["bytes"]["compact_over_padded"] == pytest.approx(ratio)
+    assert 0.05 < ratio < 0.5
+
+
+def test_manifest_counts_both_sides_of_every_benchmark(tiny_store):
+    counts = tiny_store.manifest["benchmarks"]
+    assert set(counts) == {"ntu60/xsub", "ntu60/xview", "ntu120/xsub", "ntu120/xset"}
+    for name, sides in counts.items():
+        assert sides["train"] > 0 and sides["test"] > 0, name
+        assert sides["train"] == len(tiny_store.split(name, "train"))
+    assert counts["ntu60/xsub"]["train"] + counts["ntu60/xsub"]["test"] == 6 * 24
+    assert counts["ntu120/xset"]["train"] + counts["ntu120/xset"]["test"] == 8 * 24
+
+
+def _clip(frames):
+    return Clip(parse_name("S001C001P001R001A001"), frames, [Person(0, np.ones((frames, 25, 3), np.float32))], 1)
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "store"
+    with pytest.raises(RuntimeError, match="interrupted"), StoreWriter(out, source=[]) as writer:
+        writer.add(_clip(5))
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewriting_replaces_the_old_store_whole(tmp_path):
+    out = tmp_path / "store"
+    for frames in (5, 7):
+        with StoreWriter(out, source=[]) as writer:
+            writer.add(_clip(frames))
+    assert CompactStore(out).manifest["total_frames"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]
+
+
+def test_opening_something_else_says_how_to_make_a_store(tmp_path):
+    with pytest.raises(StoreError, match=rf"{tmp_path} is not a data store.*star preprocess"):
+        CompactStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(StoreError, match="format 'other'"):
+        CompactStore(tmp_path)
+
+
+def test_an_ntu60_only_store_refuses_ntu120_benchmarks(tmp_path):
+    out = tmp_path / "store"
+    with StoreWriter(out, source=[]) as writer:
+        writer.add(_clip(5))
+    store = CompactStore(out)
+    with pytest.raises(StoreError, match="holds only NTU 60 setups.*ntu120/xsub"):
+        store.split("ntu120/xsub", "train")
+    with pytest.raises(StoreError, match="no clip on the test side of ntu60/xsub"):
+        store.split("ntu60/xsub", "test")
