@@ -78,8 +78,16 @@ def _edit(path, tmp_path, edit):
     return out
 
 
-def _first_joint_count_line(lines):
-    return next(i for i, line in enumerate(lines) if line == "25")  # 0-based
+def _edit_line(path, tmp_path, offset, edit):
+    """Copy `path` with the line `offset` lines below the first joint count passed through `edit`.
+
+    Returns the copy and the 1-based number of the edited line."""
+    at = path.read_text().splitlines().index("25") + offset
+    return _edit(path, tmp_path, lambda lines: lines[:at] + [edit(lines[at])] + lines[at + 1:]), at + 1
+
+
+def _with_token(index, value):
+    return lambda line: " ".join(value if k == index else token for k, token in enumerate(line.split()))
 
 
 def test_truncated_file_names_the_last_line(written, tmp_path):
@@ -89,44 +97,18 @@ def test_truncated_file_names_the_last_line(written, tmp_path):
         read_skeleton(bad)
 
 
-def test_wrong_joint_count_names_its_line(written, tmp_path):
+@pytest.mark.parametrize(("offset", "edit", "message"), [
+    (0, lambda line: "24", "joint count is 24, expected 25"),
+    (7, _with_token(1, "0.1x3"), "non-numeric value '0.1x3'"),
+    (3, lambda line: " ".join(line.split()[:2]), "expected at least 3 values, found 2"),
+    (30, _with_token(2, "nan"), "NaN or infinite joint coordinate"),
+    (31, _with_token(0, "inf"), "NaN or infinite joint coordinate"),
+    (32, _with_token(1, "-inf"), "NaN or infinite joint coordinate"),
+])
+def test_a_bad_line_is_named(written, tmp_path, offset, edit, message):
     path, _, _ = written
-    lines = path.read_text().splitlines()
-    at = _first_joint_count_line(lines)
-    bad = _edit(path, tmp_path, lambda lines: lines[:at] + ["24"] + lines[at + 1:])
-    with pytest.raises(SkeletonFileError, match=rf"{bad}:{at + 1}: joint count is 24, expected 25"):
-        read_skeleton(bad)
-
-
-def test_non_numeric_value_names_its_line(written, tmp_path):
-    path, _, _ = written
-    lines = path.read_text().splitlines()
-    at = _first_joint_count_line(lines) + 7
-    broken = lines[at].split()
-    broken[1] = "0.1x3"
-    bad = _edit(path, tmp_path, lambda lines: lines[:at] + [" ".join(broken)] + lines[at + 1:])
-    with pytest.raises(SkeletonFileError, match=rf"{bad}:{at + 1}: non-numeric value '0.1x3'"):
-        read_skeleton(bad)
-
-
-def test_short_joint_line_names_its_line(written, tmp_path):
-    path, _, _ = written
-    lines = path.read_text().splitlines()
-    at = _first_joint_count_line(lines) + 3
-    bad = _edit(path, tmp_path, lambda lines: lines[:at] + [" ".join(lines[at].split()[:2])] + lines[at + 1:])
-    with pytest.raises(SkeletonFileError, match=rf"{bad}:{at + 1}: expected at least 3 values, found 2"):
-        read_skeleton(bad)
-
-
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_coordinates_are_reported_with_their_line(written, tmp_path, value):
-    path, _, _ = written
-    lines = path.read_text().splitlines()
-    at = _first_joint_count_line(lines) + 30
-    broken = lines[at].split()
-    broken[2] = value
-    bad = _edit(path, tmp_path, lambda lines: lines[:at] + [" ".join(broken)] + lines[at + 1:])
-    with pytest.raises(SkeletonFileError, match=rf"{bad}:{at + 1}: NaN or infinite joint coordinate"):
+    bad, line = _edit_line(path, tmp_path, offset, edit)
+    with pytest.raises(SkeletonFileError, match=rf"{bad}:{line}: {message}"):
         read_skeleton(bad)
 
 
