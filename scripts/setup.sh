@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install "setuptools>=68" >/dev/null
 python -c "import torch" 2>/dev/null || python -m pip install "torch==2.13.0"
-# torch-scatter and torch-sparse compile against the installed torch: no build isolation,
-# or pip would fetch another torch for the build. pip caches the built wheels.
-python -m pip install --no-build-isolation -e ".[dev,pyg]"
+# torch-scatter, torch-sparse and deepspeed compile against the installed torch: no build
+# isolation, or pip would fetch another torch for the build. pip caches the built wheels.
+python -m pip install --no-build-isolation -e ".[dev,pyg,workflow,profile]"

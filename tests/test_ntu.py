@@ -104,11 +104,35 @@ def test_truncated_file_names_the_last_line(written, tmp_path):
     (30, _with_token(2, "nan"), "NaN or infinite joint coordinate"),
     (31, _with_token(0, "inf"), "NaN or infinite joint coordinate"),
     (32, _with_token(1, "-inf"), "NaN or infinite joint coordinate"),
+    (9, lambda line: "", "expected at least 3 values, found 0"),
+    (10, lambda line: "   ", "expected at least 3 values, found 0"),
+    (11, _with_token(0, "#0.5"), "non-numeric value '#0.5'"),
+    (12, _with_token(2, "1_0"), "non-numeric value '1_0'"),
+    (-1, lambda line: "", "expected at least 10 values, found 0"),  # the body line
 ])
 def test_a_bad_line_is_named(written, tmp_path, offset, edit, message):
     path, _, _ = written
     bad, line = _edit_line(path, tmp_path, offset, edit)
     with pytest.raises(SkeletonFileError, match=rf"{bad}:{line}: {message}"):
+        read_skeleton(bad)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, 40, 60])
+def test_a_file_cut_inside_its_last_line_is_refused(written, tmp_path, cut):
+    path, _, _ = written
+    data = path.read_bytes().rstrip(b"\n")
+    bad = tmp_path / "cut" / path.name
+    bad.parent.mkdir()
+    bad.write_bytes(data[:-cut])
+    last = data.count(b"\n") + 1
+    with pytest.raises(SkeletonFileError, match=rf"{bad}:{last}: expected (12|at least 3) values, found \d+"):
+        read_skeleton(bad)
+
+
+def test_negative_frame_count(tmp_path):
+    bad = tmp_path / "S001C001P001R001A001.skeleton"
+    bad.write_text("-3\n")
+    with pytest.raises(SkeletonFileError, match=rf"{bad}:1: negative frame count -3"):
         read_skeleton(bad)
 
 

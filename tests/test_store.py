@@ -74,6 +74,22 @@ def test_rewriting_replaces_the_old_store_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
 
 
+def test_a_folder_that_is_not_a_store_is_never_replaced(tmp_path):
+    precious = tmp_path / "mydata"
+    (precious / "raw").mkdir(parents=True)
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match=rf"refusing to replace {precious}: it exists and is neither empty"):
+        with StoreWriter(precious, source=[]) as writer:
+            writer.add(_clip(5))
+    assert sorted(p.name for p in precious.iterdir()) == ["notes.txt", "raw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with StoreWriter(empty, source=[]) as writer:
+        writer.add(_clip(5))
+    assert CompactStore(empty).manifest["clips"] == 1
+
+
 def test_opening_something_else_says_how_to_make_a_store(tmp_path):
     with pytest.raises(StoreError, match=rf"{tmp_path} is not a data store.*star preprocess"):
         CompactStore(tmp_path)

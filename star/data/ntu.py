@@ -116,12 +116,20 @@ def _int_line(lines: list[str], index: int, path: str, what: str) -> int:
 def _parse_columns(lines: list[str], path: str, line_numbers: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
     """Read `columns` of the lines at 0-based `line_numbers` (any shape S) as float64, (*S, len(columns))."""
     block = [lines[i] for i in line_numbers.ravel()]
+    if not block:
+        return np.zeros((*line_numbers.shape, len(columns)))
     try:
-        values = np.loadtxt(block, dtype=np.float64, usecols=columns, ndmin=2) if block else np.zeros((0, len(columns)))
+        # comments=None: a line starting with '#' is malformed here, not a comment to skip.
+        values = np.loadtxt(block, dtype=np.float64, usecols=columns, ndmin=2, comments=None)
     except ValueError:
+        values = None
+    # loadtxt also skips blank lines, so a short result is an error too.
+    if values is None or len(values) != len(block):
         _locate_bad_line(lines, path, line_numbers, columns)
-        raise
     return values.reshape(*line_numbers.shape, len(columns))
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def _locate_bad_line(lines: list[str], path: str, line_numbers: np.ndarray, columns: tuple[int, ...]) -> None:
@@ -131,10 +139,10 @@ def _locate_bad_line(lines: list[str], path: str, line_numbers: np.ndarray, colu
         if len(tokens) <= max(columns):
             raise SkeletonFileError(path, f"expected at least {max(columns) + 1} values, found {len(tokens)}", i + 1)
         for column in columns:
-            try:
-                float(tokens[column])
-            except ValueError:
-                raise SkeletonFileError(path, f"non-numeric value {tokens[column]!r}", i + 1) from None
+            if not _NUMBER.fullmatch(tokens[column]):
+                raise SkeletonFileError(path, f"non-numeric value {tokens[column]!r}", i + 1)
+    first = int(line_numbers.ravel()[0]) + 1
+    raise SkeletonFileError(path, f"values from line {first} on could not be read as numbers", first)
 
 
 def read_skeleton(path: str | Path, all_fields: bool = False) -> RawSkeleton:
@@ -157,6 +165,8 @@ def read_skeleton(path: str | Path, all_fields: bool = False) -> RawSkeleton:
         raise SkeletonFileError(path, "file is empty", 1)
 
     frame_count = _int_line(lines, 0, path, "the frame count")
+    if frame_count < 0:
+        raise SkeletonFileError(path, f"negative frame count {frame_count}", 1)
     frames, body_lines = [], []
     cursor = 1
     for frame_number in range(frame_count):
@@ -180,6 +190,12 @@ def read_skeleton(path: str | Path, all_fields: bool = False) -> RawSkeleton:
     info = _parse_columns(lines, path, body_lines, tuple(range(1, len(BODY_FIELDS))))
     joint_columns = tuple(range(len(JOINT_FIELDS) if all_fields else 3))
     joints = _parse_columns(lines, path, body_lines[:, None] + 2 + np.arange(NUM_JOINTS), joint_columns)
+    if len(body_lines):
+        # Only x, y, z are converted by default; a file cut inside its last line must still fail.
+        last = int(body_lines[-1]) + LINES_PER_BODY - 1
+        if len(lines[last].split()) != len(JOINT_FIELDS):
+            raise SkeletonFileError(path, f"expected {len(JOINT_FIELDS)} values, found {len(lines[last].split())}",
+                                    last + 1)
     bad = ~np.isfinite(joints[:, :, :3])
     if bad.any():
         body_frame, joint, _ = np.argwhere(bad)[0]

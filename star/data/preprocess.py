@@ -4,25 +4,34 @@ Body selection, in order (the action label is never looked at, so the number
 of persons kept cannot leak the class):
 
 1. A body-frame whose 25 joints are all exactly zero is a lost track: not observed.
-2. Bodies are grouped into tracks by their Kinect tracking ID.
+2. Bodies are grouped into tracks by their Kinect tracking ID (a body listed
+   twice in one frame keeps its first listing).
 3. Denoising drops tracks observed in fewer than `MIN_TRACK_FRAMES` frames
    (flicker) and tracks that are wider than tall (x-spread above
    `SPREAD_RATIO` x y-spread) in more than `MAX_WIDE_FRACTION` of their frames
    (furniture, not a standing person). A filter that would drop every track is
    not applied.
-4. The remaining tracks are ranked by motion: the sum over joints and x, y, z of
-   the variance over time of the coordinate.
-5. Tracks fill at most two person slots in that order: a track joins the first
-   slot whose frames it does not overlap (a performer whose tracking ID changed
-   mid-clip is joined back together), or opens the second slot, or is dropped.
+4. Tracks are joined into persons, taken in order of motion (the sum over
+   joints and x, y, z of the variance over time of the coordinate): a track
+   joins the first person whose frames it does not overlap and whose spine
+   base, where the two meet in time, is within `MAX_JOIN_DISTANCE_M` of the
+   track's (a performer whose tracking ID changed mid-clip is joined back
+   together, a bystander who appears after the performer left is not);
+   otherwise it starts a new person.
+5. Persons seen in fewer than `MIN_PERSON_SHARE` of the frames in which anyone
+   is seen are dropped (brief ghost bodies, not partners), unless that would
+   drop everyone (then the most-seen person stays); of the rest, the two with
+   the most motion are kept.
 6. The clip's timeline is the frames in which at least one kept person is seen;
    frames with no body are dropped. Each person covers its span of that
    timeline from its first to its last observed frame (`first_frame` says where
    it starts); frames inside the span where it was not seen hold its last seen
    pose.
 
-One-person clips therefore keep one person and two-person clips two; nothing is
-padded.
+So a clip keeps one person unless a second person-like body is tracked through
+a good part of it, as in the mutual actions; nothing is padded. No rule of this
+kind is perfect on NTU's noisy detections: every drop is counted by reason in
+the store's manifest.
 """
 
 from __future__ import annotations
@@ -39,11 +48,14 @@ from tqdm import tqdm
 from star.data.ntu import RawSkeleton, SampleName, SkeletonFileError, parse_name, read_skeleton
 from star.data.splits import missing_samples
 from star.data.store import StoreWriter
+from star.skeleton import CENTER_JOINT
 
 MIN_TRACK_FRAMES = 11
 SPREAD_RATIO = 0.8
 MAX_WIDE_FRACTION = 0.7
 MAX_PERSONS = 2
+MAX_JOIN_DISTANCE_M = 0.5
+MIN_PERSON_SHARE = 0.25
 
 NTU_HELP = (
     "NTU RGB+D is licensed and not downloaded by this project: request it from the ROSE Lab "
@@ -82,16 +94,43 @@ def _keep_unless_all(tracks: list, keep: list[bool]) -> list:
     return [t for t, k in zip(tracks, keep, strict=True) if k] if any(keep) else tracks
 
 
-def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
-    """Apply the body-selection rule of this module's docstring to one parsed file."""
+def _tracks(raw: RawSkeleton, dropped: Counter) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frames, xyz) of every tracking ID's observed body-frames, in frame order."""
     observed = np.any(raw.xyz != 0, axis=(1, 2))
     tracks = []
     for body in np.unique(raw.body[observed]):
         rows = np.flatnonzero(observed & (raw.body == body))
-        tracks.append((raw.frame[rows], raw.xyz[rows]))
+        frames, first = np.unique(raw.frame[rows], return_index=True)
+        dropped["duplicate"] += len(rows) - len(frames)
+        tracks.append((frames, raw.xyz[rows[first]]))
+    return tracks
+
+
+def _slot_frames(slot: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A slot's tracks merged in frame order: frames (T,), xyz (T, 25, 3)."""
+    frames = np.concatenate([f for f, _ in slot])
+    order = np.argsort(frames, kind="stable")
+    return frames[order], np.concatenate([x for _, x in slot])[order]
+
+
+def _can_join(slot: list[tuple[np.ndarray, np.ndarray]], frames: np.ndarray, xyz: np.ndarray) -> bool:
+    """Does the track fit into the slot: no shared frame, and no jump of the spine base where they meet?"""
+    slot_frames, slot_xyz = _slot_frames(slot)
+    if np.intersect1d(slot_frames, frames).size:
+        return False
+    before = np.flatnonzero(slot_frames < frames[0])
+    after = np.flatnonzero(slot_frames > frames[-1])
+    meetings = ([(slot_xyz[before[-1]], xyz[0])] if before.size else []) + \
+               ([(slot_xyz[after[0]], xyz[-1])] if after.size else [])
+    return all(np.linalg.norm(a[CENTER_JOINT] - b[CENTER_JOINT]) <= MAX_JOIN_DISTANCE_M for a, b in meetings)
+
+
+def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
+    """Apply the body-selection rule of this module's docstring to one parsed file."""
+    dropped = Counter()
+    tracks = _tracks(raw, dropped)
     if not tracks:
         raise SkeletonFileError(raw.path, "no body is observed in any frame")
-    dropped = Counter()
     kept = _keep_unless_all(tracks, [len(frames) >= MIN_TRACK_FRAMES for frames, _ in tracks])
     dropped["short"] += len(tracks) - len(kept)
     tracks = kept
@@ -101,20 +140,23 @@ def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
 
     slots: list[list[tuple[np.ndarray, np.ndarray]]] = []
     for frames, xyz in tracks:
-        free = [s for s in slots if not any(np.intersect1d(frames, f).size for f, _ in s)]
-        if free:
-            free[0].append((frames, xyz))
-        elif len(slots) < MAX_PERSONS:
-            slots.append([(frames, xyz)])
+        joinable = [slot for slot in slots if _can_join(slot, frames, xyz)]
+        if joinable:
+            joinable[0].append((frames, xyz))
         else:
-            dropped["extra"] += 1
+            slots.append([(frames, xyz)])
+    merged = [_slot_frames(slot) for slot in slots]
+    seen_by_anyone = len(np.unique(np.concatenate([frames for frames, _ in merged])))
+    share = [len(frames) / seen_by_anyone for frames, _ in merged]
+    lasting = [k for k in range(len(merged)) if share[k] >= MIN_PERSON_SHARE] or [int(np.argmax(share))]
+    kept = sorted(lasting, key=lambda k: -merged[k][1].var(axis=0).sum())[:MAX_PERSONS]
+    for k in set(range(len(merged))) - set(kept):
+        dropped["brief" if k not in lasting else "extra"] += len(slots[k])
+    merged = [merged[k] for k in kept]
 
-    timeline = np.unique(np.concatenate([frames for slot in slots for frames, _ in slot]))
+    timeline = np.unique(np.concatenate([frames for frames, _ in merged]))
     persons = []
-    for slot in slots:
-        frames = np.concatenate([f for f, _ in slot])
-        order = np.argsort(frames, kind="stable")
-        frames, xyz = frames[order], np.concatenate([x for _, x in slot])[order]
+    for frames, xyz in merged:
         steps = np.searchsorted(timeline, frames)
         first, last = steps.min(), steps.max()
         seen = np.zeros(last - first + 1, dtype=np.int64)
@@ -122,12 +164,13 @@ def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
         hold = np.maximum.accumulate(seen) - 1  # index of the last observed body-frame at each step
         persons.append(Person(int(first), xyz[hold].astype(np.float32)))
     persons.sort(key=lambda person: person.first_frame)
-    return Clip(name, len(timeline), persons, len(raw.body_ids), dropped)
+    return Clip(name, len(timeline), persons, len(raw.body_ids), +dropped)
 
 
 def load_clip(path: str | Path) -> Clip:
     """Parse and select the persons of one raw file; raises SkeletonFileError."""
-    return select_persons(read_skeleton(path), parse_name(path))
+    name = parse_name(path)  # before parsing: a misnamed file fails fast
+    return select_persons(read_skeleton(path), name)
 
 
 def _load_or_error(path: Path) -> Clip | SkeletonFileError:
@@ -177,10 +220,14 @@ class Summary:
         if self.bad_files:
             out.append(f"skipped {len(self.bad_files)} bad files:")
             out += [f"  {error}" for error in self.bad_files]
-        reasons = {"short": f"shorter than {MIN_TRACK_FRAMES} frames", "wide": "wider than tall (not a person)",
-                   "extra": "beyond two persons"}
-        for reason, count in sorted(self.dropped_tracks.items()):
-            out.append(f"dropped {count} body tracks {reasons[reason]}")
+        reasons = {  # in the order the rule applies them
+            "duplicate": "body-frames listed twice in one frame",
+            "short": f"body tracks shorter than {MIN_TRACK_FRAMES} frames",
+            "wide": "body tracks wider than tall (not a person)",
+            "brief": f"body tracks of persons seen in under {MIN_PERSON_SHARE:.0%} of the frames",
+            "extra": "body tracks beyond two persons",
+        }
+        out += [f"dropped {self.dropped_tracks[r]} {text}" for r, text in reasons.items() if self.dropped_tracks[r]]
         return out
 
 

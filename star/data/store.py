@@ -13,7 +13,9 @@ A store is a folder:
   preprocessing summary.
 
 A store is written into a temporary folder and renamed into place when whole,
-so a reader never sees a half-written one.
+so a reader never sees a half-written one. An existing store at the same path
+is moved aside just before and deleted just after; anything else at that path
+(a folder of other files) is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class StoreWriter:
         self.total_frames = 0
 
     def __enter__(self) -> StoreWriter:
+        if self.out.exists() and not _is_replaceable(self.out):
+            raise StoreError(f"refusing to replace {self.out}: it exists and is neither empty nor a data store")
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
@@ -112,6 +116,18 @@ class StoreWriter:
             self.out.rename(old)
         self.tmp.rename(self.out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_replaceable(path: Path) -> bool:
+    """An empty folder, or a store (its manifest says so): never a folder of anything else."""
+    if not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _bytes(folder: Path, clip_count: int) -> dict:

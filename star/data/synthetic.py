@@ -5,8 +5,8 @@ direction and rhythm; every clip varies that motion (amplitude, speed, phase),
 its place and heading in front of the camera, its length and its sensor noise.
 Two-person (mutual) classes put a second performer opposite the first, both
 stepping towards each other. The files also carry what real NTU files carry and
-preprocessing must cope with: a spurious third body (a short flicker or a flat,
-wide, furniture-like detection), frames with no body, a performer whose tracking
+preprocessing must cope with: a spurious body (a short flicker, a flat, wide,
+furniture-like detection or a brief person-shaped ghost), frames with no body, a performer whose tracking
 ID changes mid-clip, and a second person who enters a few frames late.
 Everything is drawn from one seed, so the same seed writes the same bytes.
 """
@@ -123,7 +123,8 @@ def _furniture(frames: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class SynthBody:
-    """One tracked body of a synthetic file; `role` is 'performer0', 'performer1', 'flicker' or 'furniture'."""
+    """One tracked body of a synthetic file; `role` is 'performer0', 'performer1', 'flicker', 'furniture'
+    or 'ghost'."""
 
     body_id: str
     frames: np.ndarray  # (T,) frame numbers in the file
@@ -160,12 +161,19 @@ def synthesize(name: SampleName, rng: np.random.Generator, spec: SynthSpec = TIN
         else:
             bodies.append(SynthBody(next(next_id), clip_frames, first, "performer0"))
     spurious = rng.random() if spec.spurious_bodies else 1.0
-    if spurious < 0.12:
+    aside = place + np.array([1.2, 0.0, 0.5])
+    if spurious < 0.08:
         start = int(rng.integers(0, length - 6))
-        flicker = _performer(1, 6, rng, 0.0, place + np.array([1.2, 0.0, 0.5]), np.zeros(3), spec.noise_m)
+        flicker = _performer(1, 6, rng, 0.0, aside, np.zeros(3), spec.noise_m)
         bodies.append(SynthBody(next(next_id), clip_frames[start:start + 6], flicker, "flicker"))
-    elif spurious < 0.24:
+    elif spurious < 0.16:
         bodies.append(SynthBody(next(next_id), clip_frames, _furniture(length, rng), "furniture"))
+    elif spurious < 0.24 and length >= 60:
+        # A person-shaped detection, long enough to pass the flicker filter, seen in under a fifth of the clip.
+        frames = int(rng.integers(11, length // 5))
+        start = int(rng.integers(0, length - frames))
+        ghost = _performer(1, frames, rng, 0.0, aside, np.zeros(3), 5 * spec.noise_m)
+        bodies.append(SynthBody(next(next_id), clip_frames[start:start + frames], ghost, "ghost"))
     for body in bodies:
         body.xyz = body.xyz.astype(np.float32)
     return frame_count, bodies
