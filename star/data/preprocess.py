@@ -90,6 +90,11 @@ def _is_wide(xyz: np.ndarray) -> np.ndarray:
     return spread[:, 0] > SPREAD_RATIO * spread[:, 1]
 
 
+def _motion(xyz: np.ndarray) -> float:
+    """Sum over joints and x, y, z of the variance over time of a track's coordinates (T, 25, 3)."""
+    return float(xyz.var(axis=0).sum())
+
+
 def _keep_unless_all(tracks: list, keep: list[bool]) -> list:
     return [t for t, k in zip(tracks, keep, strict=True) if k] if any(keep) else tracks
 
@@ -136,7 +141,7 @@ def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
     tracks = kept
     kept = _keep_unless_all(tracks, [_is_wide(xyz).mean() <= MAX_WIDE_FRACTION for _, xyz in tracks])
     dropped["wide"] += len(tracks) - len(kept)
-    tracks = sorted(kept, key=lambda track: -track[1].var(axis=0).sum())
+    tracks = sorted(kept, key=lambda track: -_motion(track[1]))
 
     slots: list[list[tuple[np.ndarray, np.ndarray]]] = []
     for frames, xyz in tracks:
@@ -149,7 +154,7 @@ def select_persons(raw: RawSkeleton, name: SampleName) -> Clip:
     seen_by_anyone = len(np.unique(np.concatenate([frames for frames, _ in merged])))
     share = [len(frames) / seen_by_anyone for frames, _ in merged]
     lasting = [k for k in range(len(merged)) if share[k] >= MIN_PERSON_SHARE] or [int(np.argmax(share))]
-    kept = sorted(lasting, key=lambda k: -merged[k][1].var(axis=0).sum())[:MAX_PERSONS]
+    kept = sorted(lasting, key=lambda k: -_motion(merged[k][1]))[:MAX_PERSONS]
     for k in set(range(len(merged))) - set(kept):
         dropped["brief" if k not in lasting else "extra"] += len(slots[k])
     merged = [merged[k] for k in kept]
