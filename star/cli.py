@@ -28,6 +28,16 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} synthetic .skeleton files to {args.out} (seed {args.seed})")
 
 
+def _models(args: argparse.Namespace) -> None:
+    import star.models as registry
+
+    print(f"{'name':16s} {'layout':8s} {'params':>10s}  description")
+    for name in registry.names():
+        spec = registry.spec(name)
+        params = sum(p.numel() for p in registry.build(name, args.classes).parameters())
+        print(f"{name:16s} {spec.layout:8s} {params:10,d}  {spec.description}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star", description=__doc__)
     parser.add_argument("--version", action="version", version=f"star {__version__}")
@@ -55,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--clips-per-action", type=int, default=24, metavar="N")
     synth.set_defaults(run=_synth)
+
+    models = commands.add_parser("models", help="list the registered models",
+                                 description="List every registered model: its batch layout and parameter count.")
+    models.add_argument("--classes", type=int, default=60, help="classes the parameter count assumes")
+    models.set_defaults(run=_models)
     return parser
 
 

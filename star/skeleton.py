@@ -33,8 +33,10 @@ HAND_LAYOUTS = {
     "stgcn": ((22, 23), (23, 8), (24, 25), (25, 12)),
 }
 
-# Spine base is the root: every bone points from a child towards it.
+# Spine base: the body's centre, used to follow and join person tracks.
 CENTER_JOINT = 0
+# Spine shoulder: the root of the bone tree (ST-GCN's centre for NTU); every bone points from a child towards it.
+ROOT_JOINT = 20
 
 
 def bones(hand_layout: str = "anatomical") -> np.ndarray:

@@ -31,3 +31,10 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["preprocess", "--raw", str(raw), "--out", str(tmp_path / "store"), "--quiet"]) == 2
     assert "S001C001P001R001A001.skeleton:2: file ends early" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_models_lists_every_registered_model_with_its_parameter_count(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "star-64          compact     426,494" in out
+    assert "star-128-full    compact   1,262,462" in out

@@ -50,3 +50,15 @@ def test_hand_worked_neighbourhoods():
 def test_unknown_hand_layout_is_refused():
     with pytest.raises(ValueError, match="unknown hand layout 'left'"):
         skeleton.bones("left")
+
+
+@pytest.mark.parametrize("layout", sorted(skeleton.HAND_LAYOUTS))
+def test_bones_form_a_tree_rooted_at_the_spine_shoulder(layout):
+    child, parent = skeleton.bones(layout).T
+    assert sorted(child.tolist()) == [j for j in range(25) if j != skeleton.ROOT_JOINT]
+    parent_of = dict(zip(child.tolist(), parent.tolist(), strict=True))
+    for joint in range(25):
+        hops = 0
+        while joint != skeleton.ROOT_JOINT:
+            joint, hops = parent_of[joint], hops + 1
+            assert hops < 25

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from star.data.batching import ClipSample
 from star.data.ntu import SampleName
 from star.skeleton import NUM_JOINTS
 
@@ -232,3 +233,20 @@ def write_skeleton(path: str | Path, frame_count: int, bodies: list[SynthBody]) 
     tmp.write_text(format_skeleton(frame_count, bodies))
     tmp.replace(path)
     return path
+
+
+def random_samples(frames: list[int], persons: list[int], seed: int = 0, num_classes: int = 60) -> list[ClipSample]:
+    """In-memory clips of the given lengths and person counts, joints a random walk: model tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for length, count in zip(frames, persons, strict=True):
+        walk = rng.normal(0, 0.02, (count, length, NUM_JOINTS, 3)).cumsum(axis=1)  # (M, T, V, 3)
+        xyz = (walk + rng.normal(0, 0.3, (count, 1, NUM_JOINTS, 3))).astype(np.float32)
+        samples.append(ClipSample(
+            xyz=xyz.reshape(count * length, NUM_JOINTS, 3),
+            person_ids=np.repeat(np.arange(count, dtype=np.int64), length),
+            positions=np.tile(np.arange(length, dtype=np.int64), count),
+            frames=length,
+            label=int(rng.integers(num_classes)),
+        ))
+    return samples

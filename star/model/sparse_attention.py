@@ -1,0 +1,211 @@
+"""Sparse multi-head self-attention over the joints of each frame (the paper's Eq. 1-3).
+
+Joint i attends to the joints N(i) of its neighbourhood in A + A^2 + A^3 of the
+25-joint skeleton (`star.skeleton.neighbourhood_mask`), which holds joint i
+itself (hop 0): A^2 walks out and back. With q_i, k_j, v_j one head's query,
+key and value (Eq. 1),
+
+    alpha_ij = exp(q_i.k_j / sqrt(d)) / sum_{n in N(i)} exp(q_i.k_n / sqrt(d))     (Eq. 2)
+    v'_i     = sum_{j in N(i)} alpha_ij v_j                                          (Eq. 3)
+
+where d is the head depth. The exponent is taken after subtracting the row's
+maximum score, so no score overflows. 191 of the 625 joint pairs are edges.
+
+Three kernels compute the same numbers:
+
+- `rows` (the default): the neighbourhood as CSR rows, one query joint at a
+  time, in a joint-major layout (V, d, M) where M = frames x heads is the
+  innermost, contiguous axis. Each row gathers deg(i) <= 13 key and value
+  planes, so every temporary is a few MB and every operation streams over
+  contiguous memory; the gradient is written by hand (`_RowAttention`),
+  again row by row, with the key and value gradients gathered column by column
+  (CSC), so the backward pass never scatters into a full-size buffer.
+- `edges`: the literal edge-list form, gathering (E, M, d) tensors and
+  normalising with segment maximum and sum over each query's edges
+  (`star.model.scatter`). It is a test reference and the measured example of
+  why the literal form is slow on a CPU: its (E, M, d) temporaries are 8x the
+  size of the activations and are allocated fresh on every call.
+- `dense_attention` with the neighbourhood as a mask: the full 25 x 25 softmax
+  with non-edges at -inf. It computes the 434 non-edges too, so it is not
+  the sparse attention; it serves as the reference and, without a mask, as
+  the dense attention of the `full` ablation (Tables 4 and 5).
+
+Choices the paper leaves open, settled as in the authors' code: 8 heads of
+depth width/8; the query, key and value projections have no bias; the heads'
+outputs are concatenated with no output projection; dropout (rate
+`attention_dropout`) acts on the attention weights alpha.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from star.model.dropout import keep_mask
+from star.model.scatter import SegmentOps
+
+KERNELS = ("rows", "edges")
+
+
+@dataclass
+class NeighbourhoodGraph:
+    """Index lists of a joint neighbourhood: CSR rows (by query) and CSC columns (by key)."""
+
+    mask: torch.Tensor  # (V, V) bool, row i marks N(i)
+    query: torch.Tensor  # (E,) attending joint of each edge, sorted
+    key: torch.Tensor  # (E,) attended joint of each edge
+    rowptr: torch.Tensor  # (V + 1,) edges of query i are rowptr[i]:rowptr[i+1]
+    row_keys: list[torch.Tensor]  # per query joint: its keys (deg,)
+    col_edges: list[torch.Tensor]  # per key joint: the edges pointing at it (deg,)
+    col_queries: list[torch.Tensor]  # per key joint: the queries of those edges (deg,)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> NeighbourhoodGraph:
+        query, key = np.nonzero(mask)  # row-major order: sorted by query
+        rowptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+        as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+        return cls(
+            mask=torch.as_tensor(mask, dtype=torch.bool),
+            query=as_long(query),
+            key=as_long(key),
+            rowptr=as_long(rowptr),
+            row_keys=[as_long(key[rowptr[i]:rowptr[i + 1]]) for i in range(len(mask))],
+            col_edges=[as_long(np.flatnonzero(key == j)) for j in range(len(mask))],
+            col_queries=[as_long(query[key == j]) for j in range(len(mask))],
+        )
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.query)
+
+    def to(self, device: torch.device) -> NeighbourhoodGraph:
+        move = lambda t: t.to(device)  # noqa: E731
+        return NeighbourhoodGraph(move(self.mask), move(self.query), move(self.key), move(self.rowptr),
+                                  [move(t) for t in self.row_keys], [move(t) for t in self.col_edges],
+                                  [move(t) for t in self.col_queries])
+
+
+class _RowAttention(torch.autograd.Function):
+    """Eq. 2-3 row by row on (V, d, M) planes; `keep` is the scaled dropout mask (E, M) or None."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, keep, graph: NeighbourhoodGraph, scale: float):
+        alpha = q.new_empty(graph.num_edges, q.shape[-1])  # (E, M)
+        out = torch.empty_like(v)
+        bounds = graph.rowptr.tolist()
+        for i, keys in enumerate(graph.row_keys):
+            start, stop = bounds[i], bounds[i + 1]
+            scores = (q[i] * k[keys]).sum(1) * scale  # (deg, M)
+            weights = torch.softmax(scores, dim=0)
+            alpha[start:stop] = weights
+            if keep is not None:
+                weights = weights * keep[start:stop]
+            out[i] = (weights.unsqueeze(1) * v[keys]).sum(0)  # (d, M)
+        ctx.save_for_backward(q, k, v, keep, alpha)
+        ctx.graph, ctx.scale = graph, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, keep, alpha = ctx.saved_tensors
+        graph, scale = ctx.graph, ctx.scale
+        grad_out = grad_out.contiguous()
+        grad_scores = torch.empty_like(alpha)  # (E, M)
+        grad_q = torch.empty_like(q)
+        bounds = graph.rowptr.tolist()
+        for i, keys in enumerate(graph.row_keys):
+            start, stop = bounds[i], bounds[i + 1]
+            grad_weights = (grad_out[i] * v[keys]).sum(1)  # (deg, M)
+            if keep is not None:
+                grad_weights = grad_weights * keep[start:stop]
+            weights = alpha[start:stop]
+            # softmax backward: dS = A * (dA - sum_j dA_j A_j)
+            grad = weights * (grad_weights - (grad_weights * weights).sum(0, keepdim=True))
+            grad_scores[start:stop] = grad
+            grad_q[i] = (grad.unsqueeze(1) * k[keys]).sum(0) * scale
+        kept = alpha if keep is None else alpha * keep
+        grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
+        for j, (edges, queries) in enumerate(zip(graph.col_edges, graph.col_queries, strict=True)):
+            grad_k[j] = (grad_scores[edges].unsqueeze(1) * q[queries]).sum(0) * scale
+            grad_v[j] = (kept[edges].unsqueeze(1) * grad_out[queries]).sum(0)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: NeighbourhoodGraph,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The `rows` kernel: q, k, v (V, d, M) -> (V, d, M); d is the head depth."""
+    return _RowAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), keep, graph, q.shape[1] ** -0.5)
+
+
+def edge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: NeighbourhoodGraph,
+                   ops: SegmentOps, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The `edges` kernel: q, k, v (V, M, d) -> (V, M, d), gather and segment reductions over all edges."""
+    scores = (q[graph.query] * k[graph.key]).sum(-1) * q.shape[-1] ** -0.5  # (E, M)
+    shifted = scores - ops.expand(ops.max(scores, graph.rowptr), graph.rowptr)
+    weights = shifted.exp()
+    alpha = weights / ops.expand(ops.sum(weights, graph.rowptr), graph.rowptr)
+    if keep is not None:
+        alpha = alpha * keep
+    return ops.sum(alpha.unsqueeze(-1) * v[graph.key], graph.rowptr)  # (V, M, d)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Softmax attention over the joint axis: q, k, v (..., V, d) -> (..., V, d); mask (V, V) keeps True pairs."""
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (..., V, V)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    alpha = F.dropout(torch.softmax(scores, dim=-1), dropout, training)
+    return alpha @ v
+
+
+class SpatialAttention(nn.Module):
+    """Multi-head self-attention over the 25 joints of every row, sparse (Eq. 1-3) or full.
+
+    x (N, V, C) -> (N, V, C). `mask` None gives the dense attention of the full
+    ablation; otherwise the attention is sparse on `mask` with `kernel` ("rows"
+    or "edges", see the module docstring), `ops` serving the edges kernel.
+    """
+
+    def __init__(self, width: int, heads: int, mask: np.ndarray | None, kernel: str = "rows",
+                 ops: SegmentOps | None = None, attention_dropout: float = 0.0):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown sparse kernel {kernel!r}; choose one of {KERNELS}")
+        if kernel == "edges" and mask is not None and ops is None:
+            raise ValueError("the edges kernel needs segment ops (star.model.scatter.get_backend)")
+        self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
+        self._graph_on: dict[torch.device, NeighbourhoodGraph] = {}
+
+    def graph_on(self, device: torch.device) -> NeighbourhoodGraph:
+        if device not in self._graph_on:
+            self._graph_on[device] = self.graph.to(device)
+        return self._graph_on[device]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, v, c = x.shape
+        h, d = self.heads, c // self.heads
+        qkv = self.qkv(x).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+        if self.graph is None:
+            q, k, val = qkv.permute(2, 0, 3, 1, 4)  # (N, H, V, d) each
+            out = dense_attention(q, k, val, None, self.attention_dropout, self.training)
+            return out.transpose(1, 2).reshape(n, v, c)  # (N, V, H*d)
+        graph = self.graph_on(x.device)
+        keep = None
+        if self.training and self.attention_dropout > 0:
+            keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x)  # (E, M)
+        if self.kernel == "rows":
+            q, k, val = qkv.permute(2, 1, 4, 0, 3).reshape(3, v, d, n * h)  # (3, V, d, M)
+            out = row_attention(q, k, val, graph, keep)  # (V, d, M)
+            return out.view(v, d, n, h).permute(2, 0, 3, 1).reshape(n, v, c)  # (N, V, H*d)
+        q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)
+        out = edge_attention(q, k, val, graph, self.ops, keep)  # (V, M, d)
+        return out.view(v, n, c).transpose(0, 1).reshape(n, v, c)  # (N, V, H*d)

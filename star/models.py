@@ -1,0 +1,78 @@
+"""The model registry: every model by name, with the batch layout it eats and its training recipe.
+
+`build(name, num_classes)` returns the nn.Module; `names()` lists the models;
+`spec(name)` says how to feed and train one. Every model returns logits
+(B, num_classes); `model_inputs(spec, batch)` turns a batch of the model's
+layout into its forward arguments, so trainers and profilers call every model
+the same way: `model(*model_inputs(spec, batch))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from star.data.batching import CompactBatch, PaddedBatch
+from star.model.star import STAR, STAR_RECIPES, STARConfig
+from star.recipe import TrainingRecipe
+
+LAYOUTS = ("compact", "padded")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layout: str  # "compact" (star.data.batching.CompactBatch) or "padded" (PaddedBatch)
+    constructor: Callable[[int], nn.Module]  # num_classes -> model
+    recipes: dict[str, TrainingRecipe]  # training settings by name; "default" is the one used unless told
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"model {spec.name!r}: unknown layout {spec.layout!r}; choose one of {LAYOUTS}")
+    if "default" not in spec.recipes:
+        raise ValueError(f"model {spec.name!r}: its recipes need a 'default' entry")
+    _REGISTRY[spec.name] = spec
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build(name: str, num_classes: int = 60) -> nn.Module:
+    return spec(name).constructor(num_classes)
+
+
+def model_inputs(model_spec: ModelSpec, batch: CompactBatch | PaddedBatch) -> tuple:
+    """The forward arguments of a model of `model_spec` for a batch of its layout."""
+    if model_spec.layout == "compact":
+        if not isinstance(batch, CompactBatch):
+            raise TypeError(f"model {model_spec.name!r} eats compact batches, got {type(batch).__name__}")
+        return batch.x, batch.clip_offsets, batch.person_ids, batch.positions
+    if not isinstance(batch, PaddedBatch):
+        raise TypeError(f"model {model_spec.name!r} eats padded batches, got {type(batch).__name__}")
+    return (batch.x,)
+
+
+def _star(width: int, spatial: str) -> Callable[[int], nn.Module]:
+    return lambda num_classes: STAR(STARConfig(num_classes=num_classes, width=width, spatial=spatial))
+
+
+_STAR_RECIPES = {"default": STAR_RECIPES["paper"], **STAR_RECIPES}
+for _width in (64, 128):
+    register(ModelSpec(f"star-{_width}", "compact", _star(_width, "sparse"), _STAR_RECIPES,
+                       f"STAR, width {_width}, sparse spatial attention on A + A^2 + A^3"))
+    register(ModelSpec(f"star-{_width}-full", "compact", _star(_width, "full"), _STAR_RECIPES,
+                       f"STAR, width {_width}, dense spatial attention over all 25 joints (ablation)"))

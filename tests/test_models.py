@@ -1,0 +1,63 @@
+"""Every registered model, checked the same way: add a model to the registry and it is tested here."""
+
+import pytest
+import torch
+
+import star.models as registry
+from star.data.batching import PaddedCollate, collate_compact
+from star.data.synthetic import random_samples
+
+CLASSES = 7
+
+
+def example_batch(layout: str):
+    samples = random_samples(frames=[5, 9, 3], persons=[1, 2, 1], seed=3, num_classes=CLASSES)
+    if layout == "compact":
+        return collate_compact(samples)
+    return PaddedCollate(frames=24)(samples)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_model_gives_finite_logits_and_a_gradient_to_every_parameter(name):
+    torch.manual_seed(0)
+    spec = registry.spec(name)
+    model = registry.build(name, num_classes=CLASSES).train()
+    batch = example_batch(spec.layout)
+    logits = model(*registry.model_inputs(spec, batch))
+    assert logits.shape == (batch.num_clips, CLASSES)
+    assert torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, batch.labels).backward()
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name}: {parameter_name} got no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name}: {parameter_name} has a non-finite gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name}: {parameter_name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_model_in_eval_mode_is_deterministic(name):
+    torch.manual_seed(0)
+    spec = registry.spec(name)
+    model = registry.build(name, num_classes=CLASSES).eval()
+    inputs = registry.model_inputs(spec, example_batch(spec.layout))
+    with torch.no_grad():
+        assert torch.equal(model(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_model_refuses_the_other_layout(name):
+    spec = registry.spec(name)
+    other = "padded" if spec.layout == "compact" else "compact"
+    with pytest.raises(TypeError, match="eats"):
+        registry.model_inputs(spec, example_batch(other))
+
+
+def test_registry_names_the_paper_models_and_refuses_unknown_ones():
+    assert {"star-64", "star-128", "star-64-full", "star-128-full"} <= set(registry.names())
+    with pytest.raises(ValueError, match="unknown model 'star-32'.*star-64"):
+        registry.build("star-32")
+
+
+def test_every_model_has_a_default_training_recipe():
+    for name in registry.names():
+        recipes = registry.spec(name).recipes
+        assert recipes["default"].epochs > 0 and recipes["default"].batch_size > 0

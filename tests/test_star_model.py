@@ -1,0 +1,333 @@
+"""STAR's parts against reference formulas, and the whole model's size, isolation and robustness."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import star.models as registry
+from star.data.batching import collate_compact
+from star.data.synthetic import random_samples
+from star.model import STAR, STARConfig
+from star.model.encoding import sinusoidal_encoding
+from star.model.features import bone_vectors, parent_index, track_motion, track_starts
+from star.model.linear_attention import (
+    TemporalAttention,
+    elu_feature_map,
+    quadratic_linear_attention,
+    segmented_linear_attention,
+)
+from star.model.pooling import ContextPooling
+from star.model.scatter import BACKENDS, get_backend
+from star.model.sparse_attention import (
+    NeighbourhoodGraph,
+    SpatialAttention,
+    dense_attention,
+    edge_attention,
+    row_attention,
+)
+from star.skeleton import neighbourhood_mask
+
+MASK = neighbourhood_mask(3)
+
+
+def inputs(batch):
+    return batch.x, batch.clip_offsets, batch.person_ids, batch.positions
+
+
+@pytest.mark.parametrize(("name", "classes", "expected"), [
+    ("star-64", 60, 426_494), ("star-128", 60, 1_262_462),
+    ("star-64-full", 60, 426_494), ("star-128-full", 60, 1_262_462),
+    ("star-64", 120, 426_494 + 60 * 129), ("star-128", 120, 1_262_462 + 60 * 129),
+])
+def test_parameter_counts_match_the_authors_code(name, classes, expected):
+    assert sum(p.numel() for p in registry.build(name, classes).parameters()) == expected
+
+
+def test_the_paper_text_options_change_the_model_as_described():
+    paper = STAR(STARConfig(features=("coords",), activation="silu"))
+    assert paper.embedding.in_features == 3 and paper.input_norm.num_features == 75
+    assert isinstance(paper.blocks[0].spatial.feed_forward[1], torch.nn.SiLU)
+    with pytest.raises(ValueError, match="unknown input features"):
+        STARConfig(features=("coords", "angles"))
+    with pytest.raises(ValueError, match="unknown activation"):
+        STARConfig(activation="tanh")
+    with pytest.raises(ValueError, match="unknown spatial"):
+        STARConfig(spatial="local")
+
+
+# --- sparse attention (Eq. 1-3) -------------------------------------------------------------
+
+def test_graph_lists_the_neighbourhood_by_row_and_by_column():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    assert graph.num_edges == 191 and graph.rowptr[-1] == 191
+    for i in range(25):
+        assert graph.row_keys[i].tolist() == np.flatnonzero(MASK[i]).tolist()
+        assert i in graph.row_keys[i].tolist()  # hop 0 is in the neighbourhood
+        assert sorted(graph.col_queries[i].tolist()) == np.flatnonzero(MASK[:, i]).tolist()
+        assert (graph.key[graph.col_edges[i]] == i).all()
+
+
+def _planes(v=25, d=4, m=6, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(v, d, m, dtype=dtype, generator=generator) * 2 for _ in range(3)]
+
+
+def test_sparse_kernels_equal_dense_softmax_with_the_neighbourhood_mask():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    q, k, v = _planes()  # (V, d, M)
+    as_rows = [t.permute(2, 0, 1) for t in (q, k, v)]  # (M, V, d)
+    reference = dense_attention(*as_rows, mask=torch.as_tensor(MASK)).permute(1, 2, 0)  # (V, d, M)
+    torch.testing.assert_close(row_attention(q, k, v, graph), reference)
+    as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # (V, M, d)
+    for backend in BACKENDS:
+        torch.testing.assert_close(edge_attention(*as_edges, graph, get_backend(backend)).transpose(1, 2), reference)
+    unmasked = dense_attention(*as_rows).permute(1, 2, 0)
+    assert not torch.allclose(unmasked, reference)  # the mask matters for these inputs
+
+
+def test_dense_attention_is_softmax_of_scaled_scores():
+    q, k, v = (t.permute(2, 0, 1) for t in _planes())
+    scores = torch.einsum("mid,mjd->mij", q, k) / math.sqrt(q.shape[-1])
+    torch.testing.assert_close(dense_attention(q, k, v), torch.softmax(scores, -1) @ v)
+
+
+def test_sparse_scores_are_stable_for_large_logits():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    q, k, v = (t * 1000 for t in _planes(dtype=torch.float32))
+    out = row_attention(q, k, v, graph)
+    assert torch.isfinite(out).all()
+
+
+def test_row_kernel_gradient_matches_finite_differences_with_and_without_dropout():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=4))
+    keep = (torch.rand(graph.num_edges, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
+    assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph), (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph, keep.double()), (q, k, v))
+
+
+def test_backends_agree_on_edge_attention_values_and_gradients():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    results = []
+    for backend in BACKENDS:
+        q, k, v = (t.transpose(1, 2).contiguous().requires_grad_() for t in _planes(dtype=torch.float32, m=50))
+        out = edge_attention(q, k, v, graph, get_backend(backend))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, q.grad, k.grad, v.grad))
+    for torch_result, pyg_result in zip(*results, strict=True):
+        torch.testing.assert_close(torch_result, pyg_result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segment_ops_equal_python_loops(backend):
+    ops = get_backend(backend)
+    src = torch.randn(10, 3)
+    ptr = torch.tensor([0, 4, 5, 10])
+    segments = [src[a:b] for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+    torch.testing.assert_close(ops.sum(src, ptr), torch.stack([s.sum(0) for s in segments]))
+    torch.testing.assert_close(ops.max(src, ptr), torch.stack([s.max(0).values for s in segments]))
+    torch.testing.assert_close(ops.mean(src, ptr), torch.stack([s.mean(0) for s in segments]))
+    torch.testing.assert_close(ops.expand(ops.sum(src, ptr), ptr),
+                               torch.cat([s.sum(0).expand_as(s) for s in segments]))
+
+
+def test_unknown_backend_and_kernel_are_refused():
+    with pytest.raises(ValueError, match="unknown scatter back-end 'numpy'"):
+        get_backend("numpy")
+    with pytest.raises(ValueError, match="unknown sparse kernel"):
+        SpatialAttention(64, 8, MASK, kernel="csr")
+    with pytest.raises(ValueError, match="not divisible"):
+        SpatialAttention(60, 8, MASK)
+
+
+@pytest.mark.parametrize("kernel", ["rows", "edges"])
+def test_spatial_module_sparse_equals_masked_dense_and_full_equals_unmasked(kernel):
+    torch.manual_seed(0)
+    x = torch.randn(7, 25, 16)
+    sparse = SpatialAttention(16, 4, MASK, kernel, get_backend("torch")).eval()
+    full = SpatialAttention(16, 4, None).eval()
+    full.load_state_dict(sparse.state_dict())
+    q, k, v = sparse.qkv(x).view(7, 25, 3, 4, 4).permute(2, 0, 3, 1, 4)  # (N, H, V, d) each
+    with torch.no_grad():
+        masked = dense_attention(q, k, v, torch.as_tensor(MASK)).transpose(1, 2).reshape(7, 25, 16)
+        unmasked = dense_attention(q, k, v).transpose(1, 2).reshape(7, 25, 16)
+        torch.testing.assert_close(sparse(x), masked)
+        torch.testing.assert_close(full(x), unmasked)
+
+
+def test_attention_dropout_drops_only_in_training():
+    torch.manual_seed(0)
+    module = SpatialAttention(16, 4, MASK, attention_dropout=0.5)
+    x = torch.randn(5, 25, 16)
+    module.train()
+    assert not torch.equal(module(x), module(x))
+    module.eval()
+    assert torch.equal(module(x), module(x))
+
+
+# --- segmented linear attention (Eq. 5-6) ---------------------------------------------------
+
+def test_segmented_linear_attention_equals_the_quadratic_form_per_segment():
+    generator = torch.Generator().manual_seed(0)
+    bounds = [0, 3, 4, 11, 20]
+    q, k, v = (torch.randn(6, 20, 5, dtype=torch.float64, generator=generator) for _ in range(3))
+    q, k = elu_feature_map(q), elu_feature_map(k)
+    segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
+    fast = segmented_linear_attention(q, k, v, bounds)
+    torch.testing.assert_close(fast, quadratic_linear_attention(q, k, v, segment_ids))
+    # and each segment alone is ordinary linear attention phi(Q) (phi(K)^T V) / phi(Q) sum phi(K)
+    a, b = bounds[2], bounds[3]
+    alone = (q[:, a:b] @ (k[:, a:b].transpose(1, 2) @ v[:, a:b])) / (q[:, a:b] @ k[:, a:b].sum(1, keepdim=True)
+                                                                      .transpose(1, 2))
+    torch.testing.assert_close(fast[:, a:b], alone, atol=1e-9, rtol=1e-6)
+
+
+def test_elu_feature_map_is_positive_where_float32_can_say_so():
+    assert (elu_feature_map(torch.linspace(-15, 50, 131)) > 0).all()
+    assert (elu_feature_map(torch.tensor([-200.0])) == 0).all()  # exp underflows: the eps keeps 0/0 away
+    torch.testing.assert_close(elu_feature_map(torch.tensor([2.0, 0.0])), torch.tensor([3.0, 1.0]))
+
+
+def test_temporal_module_never_mixes_segments():
+    torch.manual_seed(0)
+    module = TemporalAttention(16, 4).eval()
+    x = torch.randn(12, 25, 16)
+    bounds = [0, 5, 12]
+    changed = x.clone()
+    changed[5:] = torch.randn(7, 25, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, bounds)[:5], module(changed, bounds)[:5])
+        assert not torch.allclose(module(x, [0, 12])[:5], module(changed, [0, 12])[:5])
+
+
+# --- positional encoding, pooling, features -------------------------------------------------
+
+def test_positional_encoding_is_vaswani_and_restarts_with_positions():
+    positions = torch.tensor([0, 1, 2, 0, 1, 5])
+    pe = sinusoidal_encoding(positions, 8)
+    for row, t in enumerate(positions.tolist()):
+        for i in range(4):
+            assert pe[row, 2 * i].item() == pytest.approx(math.sin(t / 10000 ** (2 * i / 8)), abs=1e-6)
+            assert pe[row, 2 * i + 1].item() == pytest.approx(math.cos(t / 10000 ** (2 * i / 8)), abs=1e-6)
+    torch.testing.assert_close(pe[3:5], pe[0:2])
+    with pytest.raises(ValueError, match="even width"):
+        sinusoidal_encoding(positions, 7)
+
+
+@pytest.mark.parametrize(("weights", "reduce"), [("joint", "mean"), ("frame", "sum")])
+def test_context_pooling_follows_equation_7(weights, reduce):
+    torch.manual_seed(0)
+    pooling = ContextPooling(4, get_backend("torch"), weights, reduce)
+    x = torch.randn(7, 25, 4)
+    ptr = torch.tensor([0, 3, 7])
+    out = pooling(x, ptr)
+    for clip, (a, b) in enumerate([(0, 3), (3, 7)]):
+        rows = x[a:b]  # (F, V, D)
+        context = torch.tanh(rows.mean(0) @ pooling.weight)  # (V, D)
+        if weights == "joint":
+            attention = torch.sigmoid((rows * context).sum(-1, keepdim=True))
+        else:
+            attention = torch.sigmoid((rows * context).sum((-2, -1), keepdim=True))
+        expected = (attention * rows).mean(0) if reduce == "mean" else (attention * rows).sum(0)
+        torch.testing.assert_close(out[clip], expected)
+
+
+def test_bones_and_motion_follow_their_definitions():
+    x = torch.randn(7, 25, 3)
+    parents = torch.as_tensor(parent_index())
+    bones = bone_vectors(x, parents)
+    assert (bones[:, 20] == 0).all()  # the root, spine shoulder
+    torch.testing.assert_close(bones[:, 0], x[:, 0] - x[:, 1])  # spine base hangs from spine middle
+    torch.testing.assert_close(bones[:, 21], x[:, 21] - x[:, 7])  # left hand tip from left hand
+    # tracks: rows 0-2 (clip 0, person 0), row 3 (clip 0, person 1, one frame), rows 4-6 (clip 1)
+    starts = track_starts(torch.tensor([0, 0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 1, 0, 0, 0]))
+    assert starts.tolist() == [True, False, False, True, True, False, False]
+    motion = track_motion(x, starts)
+    expected = torch.stack([x[1] - x[0], x[2] - x[1], x[2] - x[1], torch.zeros(25, 3),
+                            x[5] - x[4], x[6] - x[5], x[6] - x[5]])
+    torch.testing.assert_close(motion, expected)
+
+
+# --- the whole network ---------------------------------------------------------------------
+
+def _model(name="star-64", seed=0):
+    torch.manual_seed(seed)
+    return registry.build(name).eval()
+
+
+@pytest.mark.parametrize("name", ["star-64", "star-64-full"])
+def test_a_clip_gives_the_same_logits_alone_or_in_any_batch(name):
+    model = _model(name)
+    samples = random_samples(frames=[40, 7, 23, 1], persons=[1, 2, 1, 2], seed=5)
+    with torch.no_grad():
+        alone = [model(*inputs(collate_compact([s]))) for s in samples]
+        for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+            together = model(*inputs(collate_compact([samples[i] for i in order])))
+            for position, i in enumerate(order):
+                torch.testing.assert_close(together[position], alone[i][0], atol=1e-5, rtol=1e-4)
+        # changing the other clips' values changes nothing for clip 0
+        others = random_samples(frames=[7, 23, 1], persons=[2, 1, 2], seed=6)
+        mixed = model(*inputs(collate_compact([samples[0], *others])))
+        torch.testing.assert_close(mixed[0], alone[0][0], atol=1e-5, rtol=1e-4)
+
+
+def test_all_lengths_and_person_counts_give_finite_logits_and_gradients():
+    torch.manual_seed(0)
+    model = registry.build("star-64").train()
+    samples = random_samples(frames=[1, 2, 31, 300, 600, 1, 31], persons=[1, 1, 2, 2, 1, 2, 1], seed=2)
+    batch = collate_compact(samples)
+    logits = model(*inputs(batch))
+    torch.nn.functional.cross_entropy(logits, batch.labels).backward()
+    assert torch.isfinite(logits).all()
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
+    model.eval()
+    with torch.no_grad():
+        for sample in samples:
+            assert torch.isfinite(model(*inputs(collate_compact([sample])))).all()
+
+
+def test_sparse_kernels_and_backends_give_the_same_model_output():
+    samples = random_samples(frames=[12, 5], persons=[2, 1], seed=1)
+    batch = collate_compact(samples)
+    outputs = []
+    for kernel, backend in [("rows", "torch"), ("edges", "torch"), ("edges", "pyg"), ("rows", "pyg")]:
+        torch.manual_seed(0)
+        model = STAR(STARConfig(sparse_kernel=kernel, scatter_backend=backend)).eval()
+        with torch.no_grad():
+            outputs.append(model(*inputs(batch)))
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_clip_offsets_are_refused():
+    model = _model()
+    batch = collate_compact(random_samples(frames=[4], persons=[1]))
+    with pytest.raises(ValueError, match="clip_offsets must run from 0 to the 4 rows"):
+        model(batch.x, torch.tensor([0, 3]), batch.person_ids, batch.positions)
+
+
+@pytest.mark.parametrize("name", ["star-64-full", "star-128-full"])
+def test_analytic_macs_equal_the_matrix_products_pytorch_counts(name):
+    """In the full variant every counted product is a matmul, so torch's FLOP counter must agree exactly."""
+    model = _model(name)
+    batch = collate_compact(random_samples(frames=[9, 4, 6], persons=[1, 2, 1]))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs(batch))
+    macs = model.analytic_macs(rows=len(batch.x), clips=batch.num_clips)
+    tokens, width = 25 * len(batch.x), model.config.width
+    # not matrix products: Z and phi(Q).Z per layer, the pooling's agreement and weighting
+    elementwise = model.config.layers * tokens * width * 2 + 2 * tokens * width
+    matmul_macs = sum(macs.values()) - elementwise
+    assert counter.get_total_flops() == 2 * matmul_macs
+
+
+def test_sparse_needs_under_a_third_of_the_full_attention_products():
+    sparse, full = _model("star-64"), _model("star-64-full")
+    rows, clips = 1000, 16
+    sparse_macs = sparse.analytic_macs(rows, clips)["spatial_attention"]
+    assert sparse_macs / full.analytic_macs(rows, clips)["spatial_attention"] == pytest.approx(191 / 625)
