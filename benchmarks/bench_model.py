@@ -114,7 +114,7 @@ def attention_table(rows: int, device, repeats: int) -> None:
         "full (dense)": (SpatialAttention(64, 8, None), 625),
     }
     print(f"\none spatial attention call, width 64, 8 heads, {rows} rows (projection included)")
-    print(f"{'form':20s} {'pairs':>5s} {'latency_ms':>10s} {'attn gmacs':>10s} {'gflop/s':>8s} {'gathered MB':>11s}")
+    print(f"{'form':20s} {'pairs':>5s} {'latency_ms':>10s} {'gmacs':>10s} {'gflop/s':>8s} {'gathered MB':>11s}")
     timings = {}
     for name, (module, pairs) in forms.items():
         module = module.to(device).eval()

@@ -31,8 +31,8 @@ is an option of STARConfig:
 - the input batch norm normalises over all rows of a batch in training, so a
   clip's training-mode output depends on its batch mates; in eval mode (running
   statistics) no clip sees another.
-- hand joints attach to the wrists (`hand_layout="anatomical"`), giving 191
-  edges in A + A^2 + A^3.
+- hand tips and thumbs attach to the hand joints (`hand_layout="anatomical"`),
+  giving 191 edges in A + A^2 + A^3.
 The training settings (the paper's Adam and warm-up schedule, the code's label
 smoothing and fixed rate) are `STAR_RECIPES` below, for the trainer.
 """
