@@ -1,13 +1,15 @@
 """Model speed on one batch of 16 NTU-like clips: STAR compact, the baselines on the same clips padded.
 
     python benchmarks/bench_model.py [--clips 16] [--repeats 10] [--threads N] [--seed 0] [--device auto]
+                                     [--models NAME ...] [--skip models|attention|backends ...]
 
 Prints, from one run on one machine:
 1. the practical ceiling: GFLOP/s of a large float32 matrix product;
-2. every registered model's forward latency (inference mode, median and
-   spread over --repeats after warm-up) on the batch in its own layout, with
-   STAR's analytic GMACs and achieved GFLOP/s, and each model's speed-up over
-   the slowest padded baseline;
+2. every registered model's (or each of --models) forward latency (inference
+   mode, median and spread over --repeats after warm-up) on the batch in its
+   own layout, with GMACs (STAR's analytic count; for the baselines torch's
+   FlopCounterMode: convolutions and matrix products) and achieved GFLOP/s,
+   then each STAR model's speed-up over each padded baseline;
 3. one spatial attention call in each form (sparse rows, sparse edges on each
    scatter back-end, masked dense, full dense): the sparse-over-full ratio and
    the reason behind it (products computed against bytes gathered);
@@ -22,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import star.models as registry
 from star.data.batching import PaddedCollate, collate_compact
@@ -71,7 +74,15 @@ def forward(model, inputs):
         return model(*inputs)
 
 
-def model_table(samples, device, repeats: int, ceiling: float) -> None:
+def counted_macs(model, inputs) -> float:
+    """Multiply-accumulates of one forward pass as torch's FlopCounterMode counts them (products, convolutions)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward(model, inputs)
+    return counter.get_total_flops() / 2
+
+
+def model_table(samples, names: list[str], device, repeats: int, ceiling: float) -> None:
     compact = collate_compact(samples).to(device)
     padded = PaddedCollate()(samples).to(device)
     rows = len(compact.x)
@@ -79,7 +90,7 @@ def model_table(samples, device, repeats: int, ceiling: float) -> None:
     print(f"{'model':16s} {'layout':8s} {'params_m':>8s} {'latency_ms':>10s} {'min..max':>15s} {'gmacs':>7s} "
           f"{'gflop/s':>8s} {'of ceiling':>10s}")
     results = {}
-    for name in registry.names():
+    for name in names:
         spec = registry.spec(name)
         torch.manual_seed(0)
         model = registry.build(name).to(device).eval()
@@ -87,20 +98,19 @@ def model_table(samples, device, repeats: int, ceiling: float) -> None:
         inputs = registry.model_inputs(spec, batch)
         median, low, high = latency_ms(lambda m=model, i=inputs: forward(m, i), device, repeats)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        macs = sum(model.analytic_macs(rows, len(samples)).values()) if hasattr(model, "analytic_macs") else None
+        if hasattr(model, "analytic_macs"):
+            macs = sum(model.analytic_macs(rows, len(samples)).values())
+        else:
+            macs = counted_macs(model, inputs)
         results[name] = (spec.layout, median)
-        rate = "" if macs is None else f"{2 * macs / median / 1e6:8.1f} {2 * macs / median / 1e6 / ceiling:9.1%}"
-        gmacs = "" if macs is None else f"{macs / 1e9:7.2f}"
+        rate = 2 * macs / median / 1e6
         print(f"{name:16s} {spec.layout:8s} {params:8.3f} {median:10.1f} {f'{low:.1f}..{high:.1f}':>15s} "
-              f"{gmacs:>7s} {rate}")
+              f"{macs / 1e9:7.2f} {rate:8.1f} {rate / ceiling:9.1%}")
     baselines = {n: t for n, (layout, t) in results.items() if layout == "padded"}
-    if baselines:
-        slowest = max(baselines, key=baselines.get)
-        for name, (layout, median) in results.items():
-            if layout == "compact":
-                print(f"speed-up of {name} over {slowest}: {baselines[slowest] / median:.1f}x")
-    else:
-        print("no padded baseline is registered yet: the speed-up over ST-GCN needs baselines/ (its own issue)")
+    for name, (layout, median) in results.items():
+        if layout == "compact" and baselines:
+            ratios = ", ".join(f"{baselines[b] / median:.1f}x vs {b}" for b in baselines)
+            print(f"speed-up of {name}: {ratios}")
 
 
 def attention_table(rows: int, device, repeats: int) -> None:
@@ -159,6 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--models", nargs="*", default=None, help="registered models to time (default: all)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["models", "attention", "backends"])
     args = parser.parse_args()
     if args.threads:
@@ -172,7 +183,10 @@ def main() -> None:
           f"matrix-product ceiling {ceiling:.1f} GFLOP/s")
     print(f"clip frames {frames}, persons {persons}")
     if "models" not in args.skip:
-        model_table(samples, device, args.repeats, ceiling)
+        names = args.models or registry.names()
+        for name in names:
+            registry.spec(name)  # an unknown name fails here, before anything is timed
+        model_table(samples, names, device, args.repeats, ceiling)
     if "attention" not in args.skip:
         attention_table(sum(f * p for f, p in zip(frames, persons, strict=True)), device, args.repeats)
     if "backends" not in args.skip:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
+from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 from star.data.batching import CompactBatch, PaddedBatch
 from star.model.star import STAR, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
@@ -76,3 +78,21 @@ for _width in (64, 128):
                        f"STAR, width {_width}, sparse spatial attention on A + A^2 + A^3"))
     register(ModelSpec(f"star-{_width}-full", "compact", _star(_width, "full"), _STAR_RECIPES,
                        f"STAR, width {_width}, dense spatial attention over all 25 joints (ablation)"))
+
+
+register(ModelSpec("st-gcn", "padded", lambda num_classes: STGCN(STGCNConfig(num_classes=num_classes)),
+                   {"default": STGCN_RECIPES["paper"], **STGCN_RECIPES},
+                   "ST-GCN (Yan et al. 2018): ten graph-convolution units, 64-256 channels"))
+
+
+def _sttr(streams: tuple[str, ...]) -> Callable[[int], nn.Module]:
+    return lambda num_classes: STTR(STTRConfig(num_classes=num_classes, streams=streams))
+
+
+_STTR_RECIPES = {"default": STTR_RECIPES["paper"], **STTR_RECIPES}
+for _name, _streams, _what in (
+    ("st-tr", ("spatial", "temporal"), "ST-TR (Plizzari et al. 2020): S-TR and T-TR streams, scores summed"),
+    ("st-tr-s", ("spatial",), "ST-TR's S-TR stream alone: spatial self-attention from the 128-channel units"),
+    ("st-tr-t", ("temporal",), "ST-TR's T-TR stream alone: temporal self-attention from the 128-channel units"),
+):
+    register(ModelSpec(_name, "padded", _sttr(_streams), _STTR_RECIPES, _what))

@@ -5,6 +5,9 @@ The 20 body bones are fixed; the four hand bones come in two layouts (see
 `HAND_LAYOUTS`): the anatomical one, where both hand tips and thumbs hang off the
 hand joint, and the chained one the ST-GCN reference code uses, where each hand
 tip hangs off its thumb. Every model names the layout it uses.
+
+Graph operators follow one convention: row i of a (25, 25) matrix says how
+joint i's output draws on every joint's input, so aggregation is `A @ x`.
 """
 
 from __future__ import annotations
@@ -88,3 +91,40 @@ def edge_index(max_hop: int, include_self: bool = True, hand_layout: str = "anat
     """
     query, key = np.nonzero(neighbourhood_mask(max_hop, include_self, hand_layout))
     return np.stack([query, key]).astype(np.int64)
+
+
+PARTITION_NORMALISATIONS = ("neighbourhood", "subset")
+
+
+def spatial_partitions(hand_layout: str = "anatomical", normalisation: str = "neighbourhood") -> np.ndarray:
+    """ST-GCN's spatial-configuration partition of the 1-hop neighbourhood, (3, 25, 25) float32.
+
+    Partition k of row i holds the joints j that joint i aggregates:
+    k = 0 the root (i itself), k = 1 the centripetal neighbour (i's parent, one
+    hop nearer the spine shoulder), k = 2 the centrifugal ones (i's children).
+    The ST-GCN paper splits by distance to the skeleton's gravity centre; its
+    code and ST-TR's use the hop distance to the spine shoulder instead, and so
+    does this function. (The ST-GCN code computes that distance with hops capped
+    at 1, so a joint three or more hops from the centre ties with its parent at
+    "infinity" and the parent lands in the children's subset; 16 of the 24
+    parents are filed so. See open-mmlab/mmskeleton#367. Here every joint's
+    parent is centripetal, as the paper defines.)
+
+    `normalisation` "neighbourhood" divides every entry of row i by the size of
+    i's whole 1-hop neighbourhood, itself included (ST-GCN's Lambda^-1);
+    "subset" averages within each partition, so every non-empty row of every
+    partition sums to 1 (the graph ST-TR's code builds).
+    """
+    if normalisation not in PARTITION_NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; choose one of {PARTITION_NORMALISATIONS}")
+    child, parent = bones(hand_layout).T
+    partitions = np.zeros((3, NUM_JOINTS, NUM_JOINTS), dtype=np.float64)
+    partitions[0] = np.eye(NUM_JOINTS)
+    partitions[1, child, parent] = 1
+    partitions[2, parent, child] = 1
+    if normalisation == "neighbourhood":
+        partitions /= partitions.sum(axis=(0, 2))[None, :, None]
+    else:
+        row_sums = partitions.sum(axis=2, keepdims=True)
+        partitions = np.divide(partitions, row_sums, out=np.zeros_like(partitions), where=row_sums > 0)
+    return partitions.astype(np.float32)
