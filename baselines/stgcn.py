@@ -24,7 +24,11 @@ Choices, each said once:
 - The partition is the paper's spatial configuration, computed correctly: every
   joint's parent is its centripetal neighbour. The reference code's distance cap
   files most parents as centrifugal instead (see `star.skeleton.spatial_partitions`);
-  the parameter count is the same either way.
+  the parameter count is the same either way. It also orders the partitions
+  root, centrifugal, centripetal where this code has root, centripetal,
+  centrifugal: a converted checkpoint needs its partitions and edge-importance
+  masks reordered and transposed (rows here are output joints). With the
+  reference's partitions and weights loaded, this model gives its outputs.
 - The reference classifies with a 1 x 1 Conv2d on the pooled (B, 256, 1, 1)
   map, which is a linear layer on the pooled vector; it is written as nn.Linear
   (the same 15,420 parameters at 60 classes and the same outputs), the module
@@ -53,7 +57,6 @@ UNITS = ((64, 1), (64, 1), (64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (256,
 class STGCNConfig:
     num_classes: int = 60
     in_channels: int = 3
-    persons: int = 2
     hand_layout: str = "stgcn"
     temporal_kernel: int = 9
     dropout: float = 0.5
@@ -62,22 +65,23 @@ class STGCNConfig:
 class InputNorm(nn.Module):
     """BatchNorm of the raw coordinates, then persons folded into the batch.
 
-    `per_person=False` normalises the C x V (channel, joint) pairs with both
-    persons' frames pooled (ST-GCN); `per_person=True` keeps separate statistics
-    for each person slot, M x V x C features (ST-TR).
+    With `persons=None` it normalises the V x C (joint, channel) pairs with both
+    persons' frames pooled (ST-GCN); with `persons=M` it keeps separate
+    statistics for each of the M person slots, M x V x C features (ST-TR).
     """
 
-    def __init__(self, channels: int, persons: int, per_person: bool):
+    def __init__(self, channels: int, persons: int | None = None):
         super().__init__()
-        self.per_person = per_person
-        features = channels * skeleton.NUM_JOINTS * (persons if per_person else 1)
-        self.norm = nn.BatchNorm1d(features)
+        self.per_person = persons is not None
+        self.norm = nn.BatchNorm1d(channels * skeleton.NUM_JOINTS * (persons or 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 3, 1, 2)  # (N, M, V, C, T)
-        x = x.reshape(n, m * v * c, t) if self.per_person else x.reshape(n * m, v * c, t)
-        x = self.norm(x)
+        if self.per_person:
+            x = self.norm(x.reshape(n, m * v * c, t))  # (N, M*V*C, T)
+        else:
+            x = self.norm(x.reshape(n * m, v * c, t))  # (N*M, V*C, T)
         x = x.reshape(n, m, v, c, t).permute(0, 1, 3, 4, 2)  # (N, M, C, T, V)
         return x.reshape(n * m, c, t, v)  # (N*M, C, T, V)
 
@@ -89,25 +93,41 @@ def pool_persons(x: torch.Tensor, clips: int) -> torch.Tensor:
 
 
 class GraphConvolution(nn.Module):
-    """ST-GCN's partitioned graph convolution: y_i = sum_k sum_j (A_k * M_k)[i, j] (W_k x_j + b_k).
+    """The partitioned graph convolution with a learnable edge-importance mask M (starting at one).
 
-    One 1 x 1 convolution computes W_k x for every partition k at once (K x
-    out channels), and each partition then aggregates its own slice over the
-    joints. `partitions` is (K, V, V), row i the weights joint i draws from each
-    joint (`star.skeleton.spatial_partitions`); the mask M starts at one.
+    `partitions` is (K, V, V), row i the weights joint i draws from each joint
+    (`star.skeleton.spatial_partitions`); write A_k for partition k times M_k.
+    The two reference codes order the work differently, which moves the bias:
+    - ST-GCN (`aggregate_first=False`): y_i = sum_k sum_j A_k[i, j] (W_k x_j + b_k);
+      one 1 x 1 convolution computes W_k x + b_k for every k at once (K x out
+      channels), and each partition then aggregates its own slice;
+    - ST-TR (`aggregate_first=True`): y_i = sum_k (W_k sum_j A_k[i, j] x_j + b_k);
+      every partition aggregates the input, and one 1 x 1 convolution over the
+      K x in stacked channels applies all W_k. The code's K convolutions each
+      carry a bias, kept as K biases so the parameter count is the code's.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, partitions: torch.Tensor):
+    def __init__(self, in_channels: int, out_channels: int, partitions: torch.Tensor, aggregate_first: bool = False):
         super().__init__()
+        k = partitions.shape[0]
+        self.aggregate_first = aggregate_first
         self.register_buffer("partitions", partitions)
         self.edge_importance = nn.Parameter(torch.ones_like(partitions))
-        self.conv = nn.Conv2d(in_channels, out_channels * partitions.shape[0], kernel_size=1)
+        if aggregate_first:
+            self.conv = nn.Conv2d(k * in_channels, out_channels, kernel_size=1, bias=False)
+            bound = in_channels ** -0.5  # torch's default for a convolution of in_channels inputs
+            self.bias = nn.Parameter(torch.empty(k, out_channels).uniform_(-bound, bound))
+        else:
+            self.conv = nn.Conv2d(in_channels, k * out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, v = x.shape
-        k = self.partitions.shape[0]
-        y = self.conv(x).reshape(n, k, -1, t, v)  # (N, K, C_out, T, V)
-        return torch.einsum("nkctj,kij->ncti", y, self.partitions * self.edge_importance)  # (N, C_out, T, V)
+        adjacency = self.partitions * self.edge_importance  # (K, V, V)
+        if self.aggregate_first:
+            aggregated = torch.einsum("nctj,kij->nkcti", x, adjacency).reshape(n, -1, t, v)  # (N, K*C_in, T, V)
+            return self.conv(aggregated) + self.bias.sum(dim=0)[:, None, None]  # (N, C_out, T, V)
+        y = self.conv(x).reshape(n, adjacency.shape[0], -1, t, v)  # (N, K, C_out, T, V)
+        return torch.einsum("nkctj,kij->ncti", y, adjacency)  # (N, C_out, T, V)
 
 
 class STGCNUnit(nn.Module):
@@ -149,7 +169,7 @@ class STGCN(nn.Module):
         super().__init__()
         self.config = config
         partitions = torch.from_numpy(skeleton.spatial_partitions(config.hand_layout, "neighbourhood"))
-        self.input_norm = InputNorm(config.in_channels, config.persons, per_person=False)
+        self.input_norm = InputNorm(config.in_channels)
         units = []
         in_channels = config.in_channels
         for index, (out_channels, stride) in enumerate(UNITS):

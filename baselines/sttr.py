@@ -23,8 +23,8 @@ settles it for the joint-coordinate NTU model:
 - A unit is `temporal(spatial(x)) + residual(x)`, the residual a strided 1 x 1
   convolution block where the shape changes. A convolution block is dropout,
   k x 1 convolution, BatchNorm, ReLU (dropout 0.5 in the units' 9 x 1 blocks,
-  none elsewhere). The graph convolution is ST-GCN's with the 1-hop partition
-  averaged per subset, plus BatchNorm and ReLU.
+  none elsewhere). The graph convolution aggregates each 1-hop partition,
+  averaged per subset, before its 1 x 1 convolution, then BatchNorm and ReLU.
 - Attention: 8 heads, query/key depth a quarter of the output channels, value
   depth all of them, 1 x 1 convolutions for the q/k/v and output projections,
   queries scaled by (depth per head)^-1/2, no relative position encoding. Each
@@ -43,22 +43,23 @@ settles it for the joint-coordinate NTU model:
   convolution blocks, graph convolutions and classifier, torch defaults for the
   attention projections).
 
-Departures: the graph convolution computes W_k x before aggregating (ST-GCN's
-order; the code aggregates first), which moves where the bias enters but not the
-parameter count; the two streams are one module whose summed scores get the
-loss, where the code trains the streams apart and adds their scores afterwards.
+Departure: `st-tr` is one module whose summed scores get the loss, where the
+code trains the two streams apart and adds their scores afterwards; training
+`st-tr-s` and `st-tr-t` separately and summing their scores is the code's route.
 
 Size. At the standard widths with 3 input channels and 60 classes the streams
 have 3,074,826 (S-TR) and 1,768,358 (T-TR) parameters and the two-stream model
 4,843,184. The public code's counts for that configuration are 3,075,338 and
 1,768,870: it also builds a BatchNorm (`person_bn`, 512 parameters) that its
-forward never uses, left out here. With the code's weights loaded, each stream
-here gives the code's outputs (checked in evaluation mode). The STAR
-paper's 6.73M for "ST-TR" matches no configuration of the code: its shipped NTU
-configuration doubles every width and reads joints and bones (about 12.1M per
-stream); at doubled widths the T-TR stream alone has 6.84M, and one stream with
-both SSA and TSA 6.67M. Table 2 shows the model built here beside the paper's
-figure, so the difference is visible rather than tuned away.
+forward never uses, left out here. Loaded with the code's weights, each stream
+gives the code's outputs in evaluation mode, and costs what the code costs:
+16.515 (S-TR) and 11.447 (T-TR) GMACs of convolutions and matrix products per
+300-frame, 2-person sample (torch's FlopCounterMode on both). The STAR paper's
+6.73M for "ST-TR" matches no configuration of the code: its shipped NTU
+configuration is the S-TR stream at doubled widths on joints and bones (12.1M);
+at doubled widths the T-TR stream has 6.84M, and one stream with both SSA and
+TSA 6.67M. The report's Table 2 puts the model built here beside the paper's
+figure, so the difference is shown rather than tuned away.
 """
 
 from __future__ import annotations
@@ -116,11 +117,11 @@ class ConvBlock(nn.Module):
 
 
 class GraphBlock(nn.Module):
-    """Graph convolution over the subset-averaged partitions, BatchNorm, ReLU: the code's `unit_gcn`."""
+    """Graph convolution (aggregating first) over the subset-averaged partitions, BatchNorm, ReLU: `unit_gcn`."""
 
     def __init__(self, in_channels: int, out_channels: int, partitions: torch.Tensor):
         super().__init__()
-        self.gcn = GraphConvolution(in_channels, out_channels, partitions)
+        self.gcn = GraphConvolution(in_channels, out_channels, partitions, aggregate_first=True)
         self.norm = nn.BatchNorm2d(out_channels)
         _he_normal_(self.gcn.conv.weight, out_channels)
 
@@ -242,7 +243,7 @@ class STTRStream(nn.Module):
         if stream not in STREAMS:
             raise ValueError(f"unknown ST-TR stream {stream!r}; choose from {STREAMS}")
         partitions = torch.from_numpy(skeleton.spatial_partitions(config.hand_layout, "subset"))
-        self.input_norm = InputNorm(config.in_channels, config.persons, per_person=True)
+        self.input_norm = InputNorm(config.in_channels, config.persons)
         self.first = nn.Sequential(
             GraphBlock(config.in_channels, FIRST_CHANNELS, partitions),
             ConvBlock(FIRST_CHANNELS, FIRST_CHANNELS, config.temporal_kernel),
@@ -250,8 +251,8 @@ class STTRStream(nn.Module):
         units = []
         in_channels = FIRST_CHANNELS
         for index, (out_channels, stride) in enumerate(UNITS):
-            extra = config.in_channels if index == CONCAT_INPUT_AT else 0
-            units.append(STTRUnit(in_channels + extra, out_channels, stride, stream,
+            coordinate_channels = config.in_channels if index == CONCAT_INPUT_AT else 0
+            units.append(STTRUnit(in_channels + coordinate_channels, out_channels, stride, stream,
                                   out_channels >= config.attention_from, partitions, config))
             in_channels = out_channels
         self.units = nn.ModuleList(units)

@@ -74,12 +74,15 @@ def forward(model, inputs):
         return model(*inputs)
 
 
-def counted_macs(model, inputs) -> float:
-    """Multiply-accumulates of one forward pass as torch's FlopCounterMode counts them (products, convolutions)."""
+def padded_macs(model, padded) -> float:
+    """Multiply-accumulates of a padded batch as torch's FlopCounterMode counts them (products, convolutions).
+
+    Every padded clip costs the same, so one clip is counted and multiplied.
+    """
     counter = FlopCounterMode(display=False)
     with counter:
-        forward(model, inputs)
-    return counter.get_total_flops() / 2
+        forward(model, (padded.x[:1],))
+    return counter.get_total_flops() / 2 * len(padded.x)
 
 
 def model_table(samples, names: list[str], device, repeats: int, ceiling: float) -> None:
@@ -87,6 +90,7 @@ def model_table(samples, names: list[str], device, repeats: int, ceiling: float)
     padded = PaddedCollate()(samples).to(device)
     rows = len(compact.x)
     print(f"\nbatch: {len(samples)} clips, {rows} compact rows; padded {tuple(padded.x.shape)}")
+    print("gmacs: STAR's analytic count; the padded baselines' convolutions and matrix products (FlopCounterMode)")
     print(f"{'model':16s} {'layout':8s} {'params_m':>8s} {'latency_ms':>10s} {'min..max':>15s} {'gmacs':>7s} "
           f"{'gflop/s':>8s} {'of ceiling':>10s}")
     results = {}
@@ -98,10 +102,10 @@ def model_table(samples, names: list[str], device, repeats: int, ceiling: float)
         inputs = registry.model_inputs(spec, batch)
         median, low, high = latency_ms(lambda m=model, i=inputs: forward(m, i), device, repeats)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        if hasattr(model, "analytic_macs"):
+        if spec.layout == "compact":
             macs = sum(model.analytic_macs(rows, len(samples)).values())
         else:
-            macs = counted_macs(model, inputs)
+            macs = padded_macs(model, padded)
         results[name] = (spec.layout, median)
         rate = 2 * macs / median / 1e6
         print(f"{name:16s} {spec.layout:8s} {params:8.3f} {median:10.1f} {f'{low:.1f}..{high:.1f}':>15s} "
