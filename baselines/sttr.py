@@ -285,7 +285,8 @@ class STTR(nn.Module):
 
 
 # The ST-TR paper's NTU schedule, which the STAR paper keeps for this baseline. The batch of 32 is the
-# paper's; its shipped configuration runs 2 clips per step and accumulates gradients over 2 steps.
+# paper's setting as we read it (unconfirmed against its text); the shipped configuration runs 2 clips
+# per step and accumulates gradients over 2 steps.
 STTR_RECIPES = {
     "paper": TrainingRecipe(optimizer="sgd", lr=0.1, schedule="step", epochs=120, batch_size=32, momentum=0.9,
                             nesterov=True, weight_decay=1e-4, milestones=(60, 90), gamma=0.1),
