@@ -38,6 +38,62 @@ def _models(args: argparse.Namespace) -> None:
         print(f"{name:16s} {spec.layout:8s} {params:10,d}  {spec.description}")
 
 
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainingRecipe field (--lr, --batch-size, --betas B1 B2, ...); unset flags keep the recipe's."""
+    import typing
+    from dataclasses import fields
+
+    from star.recipe import OPTIMIZERS, SCHEDULES, TrainingRecipe
+
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+    group = parser.add_argument_group("training recipe (each overrides the model's recipe)")
+    hints = typing.get_type_hints(TrainingRecipe)
+    for field in fields(TrainingRecipe):
+        flag, hint = f"--{field.name.replace('_', '-')}", hints[field.name]
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(hint) is tuple:
+            element, *rest = typing.get_args(hint)
+            group.add_argument(flag, type=element, nargs="*" if rest == [Ellipsis] else len(rest) + 1,
+                               default=None, metavar=element.__name__.upper())
+        elif field.name in choices:
+            group.add_argument(flag, choices=choices[field.name], default=None)
+        else:
+            group.add_argument(flag, type=hint, default=None, metavar=hint.__name__.upper())
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict:
+    from dataclasses import fields
+
+    from star.recipe import TrainingRecipe
+
+    values = {field.name: getattr(args, field.name) for field in fields(TrainingRecipe)}
+    return {name: tuple(value) if isinstance(value, list) else value
+            for name, value in values.items() if value is not None}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from star.train import run_config, train
+
+    config = run_config(args.store, args.benchmark, args.model, args.out, recipe=args.recipe,
+                        overrides=_recipe_overrides(args), fill=args.fill, seed=args.seed, device=args.device,
+                        workers=args.workers, group_by_length=args.group_by_length, accumulate=args.accumulate,
+                        amp=args.amp, padded_frames=args.padded_frames, deterministic=args.deterministic,
+                        max_clips=args.max_clips)
+    metrics = train(config, progress=not args.quiet, log_every_s=args.log_every)
+    print(f"{args.out}: {metrics['epochs']} epochs, test top-1 {metrics['top1_pct']:.2f}% "
+          f"(best {metrics['best_top1_pct']:.2f}% at epoch {metrics['best_epoch']}), {metrics['wall_s']:.0f} s")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from star.evaluate import evaluate
+
+    result = evaluate(args.run, args.checkpoint, args.split, store=args.store, out=args.out, device=args.device,
+                      workers=args.workers, batch_size=args.batch_size)
+    print(f"{result['checkpoint']} (epoch {result['epoch']}) on {result['benchmark']} {args.split}: "
+          f"top-1 {result['top1_pct']:.2f}%, top-5 {result['top5_pct']:.2f}% over {result['clips']} clips")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star", description=__doc__)
     parser.add_argument("--version", action="version", version=f"star {__version__}")
@@ -56,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--skip-bad", action="store_true",
                      help="skip unreadable files and list them in the summary instead of stopping")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
-    pre.set_defaults(run=_preprocess)
+    pre.set_defaults(handler=_preprocess)
 
     synth = commands.add_parser("synth", help="write the tiny synthetic NTU-format data set",
                                 description="Write synthetic NTU-format .skeleton files (the tiny set used "
@@ -64,22 +120,75 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, metavar="DIR")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--clips-per-action", type=int, default=24, metavar="N")
-    synth.set_defaults(run=_synth)
+    synth.set_defaults(handler=_synth)
 
     models = commands.add_parser("models", help="list the registered models",
                                  description="List every registered model: its batch layout and parameter count.")
     models.add_argument("--classes", type=int, default=60, help="classes the parameter count assumes")
-    models.set_defaults(run=_models)
+    models.set_defaults(handler=_models)
+
+    from star.data.batching import FILLS
+    from star.data.splits import BENCHMARKS
+    from star.data.store import PADDED_FRAMES
+    from star.train import DEVICES
+
+    workers = min(4, max(1, default_workers() - 1))
+    train = commands.add_parser("train", help="train one model on one benchmark (resumes an interrupted run)",
+                                description="Train a registered model with its recipe (or overrides) and write "
+                                            "history.csv, metrics.json, checkpoint.pt and best.pt into --out. "
+                                            "Run again with the same flags to resume after an interruption. "
+                                            "Several GPUs: torchrun --nproc-per-node G -m star.cli train ...")
+    train.add_argument("--store", required=True, metavar="STORE", help="compact store (star preprocess)")
+    train.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    train.add_argument("--model", required=True, metavar="NAME", help="a model of `star models`")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--recipe", default="default", metavar="NAME",
+                       help="which of the model's recipes to start from (STAR: paper or code)")
+    train.add_argument("--device", choices=DEVICES, default="auto")
+    train.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+    train.add_argument("--workers", type=int, default=workers, metavar="N",
+                       help=f"data loader processes (default {workers})")
+    train.add_argument("--group-by-length", action="store_true", help="batch clips of similar length together")
+    train.add_argument("--accumulate", type=int, default=1, metavar="N",
+                       help="split each batch into N micro-batches (same batch size, less memory)")
+    train.add_argument("--fill", choices=FILLS, default=None,
+                       help="padded layout: fill short clips by repeating them or with zeros (default: the model's)")
+    train.add_argument("--padded-frames", type=int, default=PADDED_FRAMES, metavar="T",
+                       help=f"padded layout: frames per clip (default {PADDED_FRAMES})")
+    train.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
+    train.add_argument("--max-clips", type=int, default=None, metavar="N",
+                       help="train and test on at most N clips of each side, evenly spread (quick checks)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    train.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
+                       help="without a terminal: seconds between progress lines")
+    _recipe_arguments(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="a run's checkpoint: top-1, top-5, per class, confusion",
+                                   description="Evaluate a run's checkpoint on one side of its benchmark and "
+                                               "write JSON and CSV files into RUN/evaluation (or --out).")
+    evaluate.add_argument("--run", required=True, metavar="RUN", help="run folder (star train --out)")
+    evaluate.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--store", default=None, metavar="STORE", help="the store, if it moved since training")
+    evaluate.add_argument("--out", default=None, metavar="DIR")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--workers", type=int, default=workers, metavar="N")
+    evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: the run's")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"star {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
 from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
-from star.data.batching import CompactBatch, PaddedBatch
+from star.data.batching import FILLS, CompactBatch, PaddedBatch
 from star.model.star import STAR, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
 
@@ -30,6 +30,7 @@ class ModelSpec:
     constructor: Callable[[int], nn.Module]  # num_classes -> model
     recipes: dict[str, TrainingRecipe]  # training settings by name; "default" is the one used unless told
     description: str
+    fill: str = "repeat"  # padded layout: how clips shorter than 300 frames are filled (star.data.batching)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -38,6 +39,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register(spec: ModelSpec) -> None:
     if spec.layout not in LAYOUTS:
         raise ValueError(f"model {spec.name!r}: unknown layout {spec.layout!r}; choose one of {LAYOUTS}")
+    if spec.fill not in FILLS:
+        raise ValueError(f"model {spec.name!r}: unknown fill {spec.fill!r}; choose one of {FILLS}")
     if "default" not in spec.recipes:
         raise ValueError(f"model {spec.name!r}: its recipes need a 'default' entry")
     _REGISTRY[spec.name] = spec
@@ -82,7 +85,8 @@ for _width in (64, 128):
 
 register(ModelSpec("st-gcn", "padded", lambda num_classes: STGCN(STGCNConfig(num_classes=num_classes)),
                    {"default": STGCN_RECIPES["paper"], **STGCN_RECIPES},
-                   "ST-GCN (Yan et al. 2018): ten graph-convolution units, 64-256 channels"))
+                   "ST-GCN (Yan et al. 2018): ten graph-convolution units, 64-256 channels",
+                   fill="zero"))  # its NTU data generator leaves the frames after a clip's end at zero
 
 
 def _sttr(streams: tuple[str, ...]) -> Callable[[int], nn.Module]:
@@ -95,4 +99,4 @@ for _name, _streams, _what in (
     ("st-tr-s", ("spatial",), "ST-TR's S-TR stream alone: spatial self-attention from the 128-channel units"),
     ("st-tr-t", ("temporal",), "ST-TR's T-TR stream alone: temporal self-attention from the 128-channel units"),
 ):
-    register(ModelSpec(_name, "padded", _sttr(_streams), _STTR_RECIPES, _what))
+    register(ModelSpec(_name, "padded", _sttr(_streams), _STTR_RECIPES, _what))  # its data repeats short clips

@@ -35,3 +35,30 @@ class TrainingRecipe:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        for name in ("lr", "epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.schedule == "noam" and self.warmup_epochs <= 0:
+            raise ValueError(f"the noam schedule needs warmup_epochs > 0, got {self.warmup_epochs}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be ascending epochs, got {self.milestones}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def learning_rate(self, step: int, steps_per_epoch: int, width: int | None = None) -> float:
+        """The rate for optimiser step `step` (1, 2, ...); `width` is d of the noam schedule.
+
+        noam (the paper's Equation 8): lr d^-0.5 min(t^-0.5, t w^-1.5) with w =
+        warmup_epochs x steps_per_epoch steps, rising linearly to its peak at t = w.
+        step: lr x gamma^(milestones passed), epochs counted from 0 as the
+        baselines' own code does, so milestone 10 lowers the rate from the 11th epoch.
+        """
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "step":
+            epoch = (step - 1) // steps_per_epoch
+            return self.lr * self.gamma ** sum(epoch >= milestone for milestone in self.milestones)
+        if width is None:
+            raise ValueError("the noam schedule needs the model width d; this model has none")
+        warmup = max(1.0, self.warmup_epochs * steps_per_epoch)
+        return self.lr * width ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)

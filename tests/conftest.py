@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from star.data.preprocess import preprocess
@@ -22,4 +24,14 @@ def tiny_store(tiny_raw, tmp_path_factory) -> CompactStore:
     """The tiny set preprocessed into a compact store."""
     out = tmp_path_factory.mktemp("stores") / "tiny"
     preprocess([tiny_raw], out, workers=1, progress=False)
+    return CompactStore(out)
+
+
+@pytest.fixture(scope="session")
+def short_store(tmp_path_factory) -> CompactStore:
+    """The tiny set with clips of 32-64 frames instead of 32-300: the same classes, cheaper to train on."""
+    raw = tmp_path_factory.mktemp("short_raw")
+    generate(raw, replace(TINY, max_frames=64))
+    out = tmp_path_factory.mktemp("stores") / "short"
+    preprocess([raw], out, workers=1, progress=False)
     return CompactStore(out)

@@ -7,6 +7,7 @@ from star.data.batching import (
     ClipDataset,
     ClipSample,
     PaddedCollate,
+    ShardedBatchSampler,
     clip_loader,
     collate_compact,
     pad_clip,
@@ -137,3 +138,26 @@ def test_batches_move_as_a_whole(tiny_store, dataset):
         moved = batch.to("cpu")
         assert type(moved) is type(batch) and moved.num_clips == 2
         assert all(torch.equal(getattr(moved, name), getattr(batch, name)) for name in vars(batch))
+
+
+@pytest.mark.parametrize("world,accumulate", [(1, 1), (1, 3), (2, 1), (3, 2)])
+def test_shards_and_micro_batches_make_up_each_batch_again(world, accumulate):
+    batches = ClipBatchSampler(np.ones(23), 5, seed=4)
+    shards = [ShardedBatchSampler(batches, rank, world, accumulate, drop_short=True) for rank in range(world)]
+    plans = [shard.steps() for shard in shards]
+    kept = [batch for batch in batches.batches() if len(batch) >= world]  # the last batch has 3 clips
+    assert [len(plan) for plan in plans] == [len(kept)] * world
+    for step, batch in enumerate(kept):
+        parts = [part for plan in plans for part in plan[step][0]]
+        assert sorted(sum(parts, [])) == sorted(batch.tolist())
+        assert all(len(plan[step][0]) <= accumulate and plan[step][1] == len(batch) for plan in plans)
+    assert list(shards[0]) == [part for parts, _ in plans[0] for part in parts]
+    assert len(shards[0]) == sum(len(parts) for parts, _ in plans[0])
+
+
+def test_evaluation_shards_keep_every_clip_and_skip_empty_shares():
+    batches = ClipBatchSampler(np.ones(7), 3, shuffle=False)
+    shares = [list(ShardedBatchSampler(batches, rank, 4)) for rank in range(4)]
+    assert sorted(sum(sum(shares, []), [])) == list(range(7))
+    assert shares[0] == [[0], [3], [6]]
+    assert shares[3] == []  # batches of three clips leave the fourth process nothing

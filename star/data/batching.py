@@ -162,7 +162,8 @@ class ClipBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[np.ndarray]:
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches, as arrays of dataset positions."""
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         if self.group_by_length:
@@ -177,21 +178,74 @@ class ClipBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self):
-        return (batch.tolist() for batch in self._batches())
+        return (batch.tolist() for batch in self.batches())
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """One process's share of every batch of a ClipBatchSampler, cut into micro-batches.
+
+    Process `rank` of `world` takes clips rank, rank + world, ... of each batch,
+    so the shares of all processes make up the batch again and a batch means
+    the same clips however many processes train; each share is then cut into
+    at most `accumulate` micro-batches (gradient accumulation). `steps()` says
+    which micro-batches make one optimiser step and how many clips the whole
+    batch holds (the divisor of the summed loss). With `drop_short`, a batch
+    with fewer clips than processes is skipped (training: every process must
+    take part in every step); without it, empty shares are simply left out
+    (evaluation).
+    """
+
+    def __init__(self, batches: ClipBatchSampler, rank: int = 0, world: int = 1, accumulate: int = 1,
+                 drop_short: bool = False):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of the {world} processes")
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be at least 1, got {accumulate}")
+        self.batch_sampler = batches
+        self.rank, self.world, self.accumulate, self.drop_short = rank, world, accumulate, drop_short
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def steps(self) -> list[tuple[list[list[int]], int]]:
+        """Per optimiser step: this process's micro-batches and the clips in the whole batch."""
+        steps = []
+        for batch in self.batch_sampler.batches():
+            if self.drop_short and len(batch) < self.world:
+                continue
+            share = batch[self.rank::self.world]
+            if len(share):
+                parts = np.array_split(share, min(self.accumulate, len(share)))
+                steps.append(([part.tolist() for part in parts], len(batch)))
+        return steps
+
+    def __iter__(self):
+        return (part for parts, _ in self.steps() for part in parts)
+
+    def __len__(self) -> int:
+        return sum(len(parts) for parts, _ in self.steps())
+
+
 def clip_loader(store: CompactStore, indices: np.ndarray, layout: str, batch_size: int, shuffle: bool = False,
                 seed: int = 0, group_by_length: bool = False, workers: int = 0, fill: str = "repeat",
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader of CompactBatch (`layout="compact"`) or PaddedBatch (`layout="padded"`)."""
-    collates = {"compact": collate_compact, "padded": PaddedCollate(fill=fill)}
+                drop_last: bool = False, frames: int = PADDED_FRAMES, rank: int = 0, world: int = 1,
+                accumulate: int = 1, drop_short: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader of CompactBatch (`layout="compact"`) or PaddedBatch (`layout="padded"`, `frames` long).
+
+    Its `batch_sampler` is a ShardedBatchSampler (process `rank` of `world`, `accumulate` micro-batches
+    per batch). The loader draws from its own generator, never from torch's global one, so loading
+    cannot shift the random numbers dropout draws.
+    """
+    collates = {"compact": collate_compact, "padded": PaddedCollate(frames=frames, fill=fill)}
     if layout not in collates:
         raise ValueError(f"unknown batch layout {layout!r}; choose one of {sorted(collates)}")
     dataset = ClipDataset(store, indices)
-    sampler = ClipBatchSampler(dataset.rows(), batch_size, shuffle, seed, group_by_length, drop_last)
+    batches = ClipBatchSampler(dataset.rows(), batch_size, shuffle, seed, group_by_length, drop_last)
+    sampler = ShardedBatchSampler(batches, rank, world, accumulate, drop_short)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collates[layout], num_workers=workers,
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed))
