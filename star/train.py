@@ -32,6 +32,7 @@ other through torchrun's environment and the first one writes the files.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -91,7 +92,7 @@ class RunConfig:
     max_clips: int | None = None  # use at most this many clips of each side, evenly spread (quick checks)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "recipe": asdict(self.recipe)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
@@ -266,9 +267,9 @@ class Progress:
     """A progress bar on a terminal; otherwise a plain line every `every_s` seconds (workflow logs)."""
 
     def __init__(self, total: int, description: str, enabled: bool, every_s: float = 60.0):
-        self.terminal = enabled and sys.stderr.isatty()
         self.enabled, self.every_s, self.description, self.total = enabled, every_s, description, total
-        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False) if self.terminal else None
+        terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False) if terminal else None
         self.done = self.clips = 0
         self.start = self.last = time.monotonic()
 
@@ -383,6 +384,10 @@ class Trainer:
     def run(self) -> dict:
         """Train the remaining epochs; returns the contents of metrics.json."""
         self.resume()
+        finished = self.out / "metrics.json"
+        if self.epoch == self.config.recipe.epochs and finished.exists():
+            self.log(f"{self.out} has finished its {self.epoch} epochs")
+            return json.loads(finished.read_text())
         if self.processes.main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_csv(self.out / "history.csv", HISTORY_COLUMNS, self.history)

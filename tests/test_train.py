@@ -186,8 +186,7 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
         time.sleep(0.05)
     time.sleep(0.3)  # into the second epoch, possibly while it writes its checkpoint
     process.kill()
-    process.wait()
-    assert not (out / "metrics.json").exists()
+    assert process.wait() == -9 and not (out / "metrics.json").exists()  # killed, not finished
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
     assert measured(read_history(out)) == measured(read_history(reference_run))
 
@@ -195,9 +194,9 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
 def test_a_finished_run_is_not_trained_again_and_can_be_extended(short_store, reference_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
-    stamp = (out / "checkpoint.pt").stat().st_mtime_ns
+    stamps = [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")]
     assert train(quick_config(short_store, out), progress=False)["epochs"] == 3
-    assert (out / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")] == stamps
     train(quick_config(short_store, out, overrides={"epochs": 4}), progress=False)
     history = read_history(out)
     assert len(history) == 4 and measured(history[:3]) == measured(read_history(reference_run))

@@ -1,0 +1,52 @@
+"""Proof that the trainer and the models learn: the tiny set's clips (32-64 frames), six NTU 60 classes.
+
+Chance is 1/6 of the 36 test clips (17%); telling one-person from two-person
+classes, all a model learns from the number of persons alone, gives 33%. Each
+model trains with the trainer and a recipe suited to 108 training clips
+(Adam at a fixed rate), the baselines on short padded clips to keep them to
+a minute or two on two CPU cores. ST-GCN, fed raw coordinates, only tells the
+one-person classes apart after about 20 epochs, hence its 30 (at 16 frames).
+Measured on the 2-core development machine: STAR-64 100%, on shuffled labels
+at best 22%, ST-GCN best 83%, ST-TR 81%.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from star.data.store import CompactStore
+from star.train import run_config, train
+
+pytestmark = pytest.mark.slow
+
+ADAM = {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0, "batch_size": 8}
+
+
+def learn(store, out, model, epochs, **options):
+    recipe = "code" if model.startswith("star") else "default"
+    config = run_config(store.path, "ntu60/xsub", model, out, recipe=recipe, overrides={**ADAM, "epochs": epochs},
+                        **options)
+    return train(config, progress=False)
+
+
+def test_star_64_learns(short_store, tmp_path):
+    metrics = learn(short_store, tmp_path / "run", "star-64", epochs=8)
+    assert metrics["top1_pct"] >= 75
+
+
+def test_star_64_learns_nothing_from_shuffled_labels(short_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(short_store.path, store)
+    clips = np.load(store / "clips.npy")
+    train_side = short_store.split("ntu60/xsub", "train")
+    clips["label"][train_side] = np.random.default_rng(0).permutation(clips["label"][train_side])
+    np.save(store / "clips.npy", clips)
+    metrics = learn(CompactStore(store), tmp_path / "run", "star-64", epochs=8)
+    assert metrics["best_top1_pct"] <= 40
+
+
+@pytest.mark.parametrize("model,epochs,frames", [("st-gcn", 30, 16), ("st-tr", 8, 32)])
+def test_baselines_learn(short_store, tmp_path, model, epochs, frames):
+    metrics = learn(short_store, tmp_path / "run", model, epochs=epochs, padded_frames=frames)
+    assert metrics["best_top1_pct"] >= 55
