@@ -116,8 +116,6 @@ def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, r
         raise ValueError(f"unknown recipe setting {', '.join(unknown)}; the settings are {', '.join(sorted(known))}")
     config = RunConfig(str(store), benchmark, model, str(out), replace(spec.recipes[recipe], **overrides),
                        recipe, fill=fill or spec.fill, **options)
-    if config.device not in DEVICES:
-        raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
     if config.accumulate < 1:
         raise ValueError(f"accumulate must be at least 1, got {config.accumulate}")
     return config
@@ -516,4 +514,9 @@ def _save(data: dict, path: Path) -> None:
 
 def train(config: RunConfig, progress: bool = True, log_every_s: float = 60.0) -> dict:
     """Train (or resume) one run and return its metrics.json contents."""
-    return Trainer(config, progress, log_every_s).run()
+    started_group = not dist.is_initialized()
+    try:
+        return Trainer(config, progress, log_every_s).run()
+    finally:
+        if started_group and dist.is_initialized():
+            dist.destroy_process_group()
