@@ -94,6 +94,24 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"top-1 {result['top1_pct']:.2f}%, top-5 {result['top5_pct']:.2f}% over {result['clips']} clips")
 
 
+def _profile(args: argparse.Namespace) -> None:
+    from star.io import write_json
+    from star.profiling.profile import profile, set_threads
+    from star.train import resolve_device
+
+    device = resolve_device(args.device)
+    threads = set_threads(args.threads)
+    result = profile(args.store, args.benchmark, args.model, clips=args.clips, seed=args.seed, device=device,
+                     repeats=args.repeats, warmup=args.warmup, profiler_runs=args.profiler_runs,
+                     sweep_frames=args.sweep_frames, sweep_clips=args.sweep_clips, sweep_repeats=args.sweep_repeats)
+    write_json(args.out, result)
+    summary, batch = result["summary"], result["batch"]
+    print(f"{args.model} on {batch['clips']} clips ({batch['total_frames']} frames, {batch['rows']} rows), "
+          f"{device}, {threads} threads: {summary['latency_ms']:.1f} ms, {summary['params']:,d} parameters, "
+          f"{summary['gmacs']:.2f} GMACs")
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star", description=__doc__)
     parser.add_argument("--version", action="version", version=f"star {__version__}")
@@ -177,6 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=workers, metavar="N")
     evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: the run's")
     evaluate.set_defaults(handler=_evaluate)
+
+    prof = commands.add_parser("profile", help="parameters, GMACs (three counters), latency and memory of a model",
+                               description="Profile one model on a fixed batch of test clips: parameters, MACs "
+                                           "from fvcore, DeepSpeed and the analytic count, latency (whole and per "
+                                           "module category) and peak memory; JSON to --out.")
+    prof.add_argument("--store", required=True, metavar="STORE", help="compact store (star preprocess)")
+    prof.add_argument("--benchmark", default="ntu60/xsub", help="the test side of this benchmark gives the clips")
+    prof.add_argument("--model", required=True, metavar="NAME", help="a registered model (star models)")
+    prof.add_argument("--out", required=True, metavar="FILE.json")
+    prof.add_argument("--clips", type=int, default=16, metavar="N", help="clips in the profiling batch")
+    prof.add_argument("--seed", type=int, default=0, help="seed of the clip draw")
+    prof.add_argument("--device", choices=DEVICES, default="auto")
+    prof.add_argument("--threads", type=int, default=None, metavar="N",
+                      help="torch CPU threads (default: every core this process may use)")
+    prof.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forward passes")
+    prof.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes before them")
+    prof.add_argument("--profiler-runs", type=int, default=3, metavar="N",
+                      help="forward passes under torch.profiler for the per-category latency")
+    prof.add_argument("--sweep-frames", type=int, nargs="*", default=None, metavar="T",
+                      help="also time one-person clips of each of these lengths (e.g. 32 64 128 300)")
+    prof.add_argument("--sweep-clips", type=int, nargs="*", default=None, metavar="B",
+                      help="batch sizes of the sweep (default: 1 and --clips)")
+    prof.add_argument("--sweep-repeats", type=int, default=3, metavar="N")
+    prof.set_defaults(handler=_profile)
     return parser
 
 
@@ -184,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"star {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -89,22 +89,28 @@ class NeighbourhoodGraph:
                                   [move(t) for t in self.col_queries])
 
 
+def _row_attention_forward(q, k, v, keep, graph: NeighbourhoodGraph, scale: float):
+    """Eq. 2-3 row by row on (V, d, M) planes: the output and the attention weights alpha (E, M)."""
+    alpha = q.new_empty(graph.num_edges, q.shape[-1])  # (E, M)
+    out = torch.empty_like(v)
+    bounds = graph.rowptr.tolist()
+    for i, keys in enumerate(graph.row_keys):
+        start, stop = bounds[i], bounds[i + 1]
+        scores = (q[i] * k[keys]).sum(1) * scale  # (deg, M)
+        weights = torch.softmax(scores, dim=0)
+        alpha[start:stop] = weights
+        if keep is not None:
+            weights = weights * keep[start:stop]
+        out[i] = (weights.unsqueeze(1) * v[keys]).sum(0)  # (d, M)
+    return out, alpha
+
+
 class _RowAttention(torch.autograd.Function):
-    """Eq. 2-3 row by row on (V, d, M) planes; `keep` is the scaled dropout mask (E, M) or None."""
+    """The rows kernel with its hand-written gradient; `keep` is the scaled dropout mask (E, M) or None."""
 
     @staticmethod
     def forward(ctx, q, k, v, keep, graph: NeighbourhoodGraph, scale: float):
-        alpha = q.new_empty(graph.num_edges, q.shape[-1])  # (E, M)
-        out = torch.empty_like(v)
-        bounds = graph.rowptr.tolist()
-        for i, keys in enumerate(graph.row_keys):
-            start, stop = bounds[i], bounds[i + 1]
-            scores = (q[i] * k[keys]).sum(1) * scale  # (deg, M)
-            weights = torch.softmax(scores, dim=0)
-            alpha[start:stop] = weights
-            if keep is not None:
-                weights = weights * keep[start:stop]
-            out[i] = (weights.unsqueeze(1) * v[keys]).sum(0)  # (d, M)
+        out, alpha = _row_attention_forward(q, k, v, keep, graph, scale)
         ctx.save_for_backward(q, k, v, keep, alpha)
         ctx.graph, ctx.scale = graph, scale
         return out
@@ -137,8 +143,16 @@ class _RowAttention(torch.autograd.Function):
 
 def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: NeighbourhoodGraph,
                   keep: torch.Tensor | None = None) -> torch.Tensor:
-    """The `rows` kernel: q, k, v (V, d, M) -> (V, d, M); d is the head depth."""
-    return _RowAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), keep, graph, q.shape[1] ** -0.5)
+    """The `rows` kernel: q, k, v (V, d, M) -> (V, d, M); d is the head depth.
+
+    Without gradients (inference, and the tracing FLOP counters) the plain
+    forward runs, so its operations are visible to tracers and nothing is
+    kept for a backward pass.
+    """
+    q, k, v, scale = q.contiguous(), k.contiguous(), v.contiguous(), q.shape[1] ** -0.5
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _RowAttention.apply(q, k, v, keep, graph, scale)
+    return _row_attention_forward(q, k, v, keep, graph, scale)[0]
 
 
 def edge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: NeighbourhoodGraph,

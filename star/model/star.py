@@ -191,26 +191,41 @@ class STAR(nn.Module):
     def analytic_macs(self, rows: int, clips: int) -> dict[str, int]:
         """Multiply-accumulates of one forward pass on `rows` rows in `clips` clips, by component.
 
-        Counted: every matrix product (linear layers, attention scores and
-        aggregations, the linear attention's U, Z and outputs, the pooling's
-        context, weights and weighted sum). Not counted: normalisation,
-        activations, softmax, exp, additions of residuals and encodings.
+        Counted: every product of two tensors (linear layers, attention scores
+        and aggregations, the linear attention's U, outputs and normaliser, the
+        pooling's context and weighting). Not counted: normalisation,
+        activations, softmax, exp, sums without a product (the linear
+        attention's Z, segment means), scaling by constants, the positional
+        encoding's angles. `mac_categories` names the kind of product of each.
         """
         c = self.config
         tokens = rows * NUM_JOINTS
         d, depth = c.width, c.width // c.heads
         pairs = NUM_JOINTS * NUM_JOINTS if c.spatial == "full" else int(
             neighbourhood_mask(c.max_hop, hand_layout=c.hand_layout).sum())
-        qkv = tokens * d * 3 * d
         return {
             "embedding": tokens * c.in_channels * d,
-            "qkv": 2 * c.layers * qkv,
+            "qkv": 2 * c.layers * tokens * d * 3 * d,
             # scores q.k and aggregation alpha v over each attended pair, d per pair over all heads
             "spatial_attention": c.layers * 2 * rows * pairs * d,
-            # U = phi(K)^T V and phi(Q) U: depth x depth per head per token each; Z and phi(Q).Z: depth each
-            "temporal_attention": c.layers * tokens * d * (2 * depth + 2),
+            # U = phi(K)^T V and phi(Q) U: depth x depth per head per token each
+            "temporal_attention": c.layers * tokens * d * 2 * depth,
+            # phi(Q).Z: depth per head per token
+            "temporal_normaliser": c.layers * tokens * d,
             "feed_forward": 2 * c.layers * tokens * 2 * d * d,
-            # context W (per clip and joint), the agreement and the weighted rows
-            "pooling": clips * NUM_JOINTS * d * d + 2 * tokens * d,
+            "pooling_context": clips * NUM_JOINTS * d * d,  # mean rows (per clip and joint) times W
+            "pooling_weighting": 2 * tokens * d,  # the agreement <v_i, c> and the weighted rows a_i v_i
             "head": clips * (NUM_JOINTS * d * c.head_hidden + c.head_hidden * c.num_classes),
         }
+
+    def mac_categories(self) -> dict[str, str]:
+        """The kind of product behind each component of `analytic_macs`, in the paper's Table 3 categories.
+
+        Linear: nn.Linear layers; MatMul: matrix products; Mul: element-wise
+        products summed afterwards (the sparse attention's rows, the linear
+        attention's normaliser, the pooling's weights).
+        """
+        spatial = "Mul" if self.config.spatial == "sparse" else "MatMul"
+        return {"embedding": "Linear", "qkv": "Linear", "spatial_attention": spatial, "temporal_attention": "MatMul",
+                "temporal_normaliser": "Mul", "feed_forward": "Linear", "pooling_context": "MatMul",
+                "pooling_weighting": "Mul", "head": "Linear"}

@@ -1,0 +1,231 @@
+"""Profiling: the three MAC counters agree where they should, the breakdowns attribute work correctly,
+and `star profile` writes a complete profile for every registered model or refuses bad input by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import star.models as registry
+from star.cli import main
+from star.data.preprocess import preprocess
+from star.data.splits import XSUB60_TRAIN_SUBJECTS, get_benchmark
+from star.data.synthetic import random_samples
+from star.paper import published
+from star.profiling.batch import ProfilingBatch, draw_batch, uniform_batch
+from star.profiling.counting import (
+    _deepspeed_op,
+    builtin_leaves,
+    deepspeed_count,
+    fvcore_count,
+    op_category,
+    parameter_counts,
+)
+from star.profiling.profile import count_macs, sweep
+from star.profiling.timing import category_latency, forward_latency, peak_memory
+
+CPU = torch.device("cpu")
+
+
+def _small_batch() -> ProfilingBatch:
+    return ProfilingBatch(random_samples(frames=[9, 6], persons=[1, 2], seed=0), ["a", "b"], {})
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_counters_agree_on_what_each_counts(name):
+    """Linear and convolution layers: all three counters give the same MACs, module by module.
+
+    Beyond them each counter's known gaps are accounted for exactly, so the
+    tolerance is zero: DeepSpeed records einsum and element-wise products as
+    FLOPs without MACs and does not see `*` at all, so its products are
+    fvcore's minus the Mul category and the einsum calls; STAR's closed form
+    leaves out only the positional encoding's angles (rows x width / 2).
+    """
+    spec = registry.spec(name)
+    model = registry.build(name).eval()
+    batch = _small_batch()
+    counts = count_macs(model, spec, batch, CPU)
+    fv, ds, an = counts["fvcore"], counts["deepspeed"], counts["analytic"]
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert layers
+    for layer in layers:
+        assert fv.by_module[layer] == ds.by_module[layer] == an.by_module[layer], layer
+    for category in ("Linear", "Conv2d"):
+        assert fv.by_category.get(category) == ds.by_category.get(category) == an.by_category.get(category)
+    assert fv.by_module[""] == fv.total
+    missed_by_deepspeed = fv.by_category.get("Mul", 0) + fv.by_operator.get("einsum", 0)
+    assert ds.products == fv.products - missed_by_deepspeed
+    if spec.layout == "compact":
+        assert fv.by_category["Mul"] > 0
+        assert fv.products - an.products == batch.rows * model.config.width // 2
+        assert {k: v for k, v in fv.by_category.items() if k in ("MatMul", "Linear")} == \
+               {k: v for k, v in an.by_category.items() if k in ("MatMul", "Linear")}
+    assert parameter_counts(model)["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_padded_counts_extend_exactly_to_the_batch():
+    """Counts on one and two padded clips, extended to three, equal a direct count on three."""
+    spec = registry.spec("st-gcn")
+    model = registry.build("st-gcn").eval()
+    batch = ProfilingBatch(random_samples(frames=[9, 6, 5], persons=[1, 2, 1], seed=0), ["a", "b", "c"], {})
+    extended = count_macs(model, spec, batch, CPU)["fvcore"]
+    direct = fvcore_count(model, registry.model_inputs(spec, batch.padded()))
+    assert (extended.total, extended.by_category, extended.by_module, extended.by_operator) == \
+           (direct.total, direct.by_category, direct.by_module, direct.by_operator)
+    assert direct.by_operator["mul"] == 10 * 3 * 25 * 25  # the adjacency x edge importance: once per forward
+
+
+def test_stgcn_convolutions_match_the_papers_table3():
+    """16 padded clips: the paper's 260.4 GMACs of Conv2d (ours count 16 x 16.2288 = 259.66, 0.3% below)."""
+    paper = dict(published()["table3_breakdown_top3"]["st-gcn"]["macs"])["Conv2d"]
+    model = registry.build("st-gcn").eval()
+    counts = count_macs(model, registry.spec("st-gcn"), uniform_batch(16, 40), CPU)
+    for counter in ("fvcore", "deepspeed", "analytic"):
+        assert counts[counter].by_category["Conv2d"] == pytest.approx(paper, rel=0.01), counter
+
+
+def test_sparse_attention_is_counted_as_products_not_zero():
+    """The sparse attention's element-wise products: 2 x edges x rows x width per layer, in the Mul category."""
+    model = registry.build("star-64").eval()
+    batch = _small_batch().compact()
+    fv = fvcore_count(model, registry.model_inputs(registry.spec("star-64"), batch))
+    config, rows = model.config, len(batch.x)
+    attention = config.layers * 2 * 191 * rows * config.width
+    other_products = config.layers * rows * 25 * config.width + 2 * rows * 25 * config.width + rows * config.width // 2
+    assert fv.by_category["Mul"] == attention + other_products
+
+
+def test_deepspeed_misses_einsum_and_says_so():
+    model = registry.build("st-gcn").eval()
+    x = registry.model_inputs(registry.spec("st-gcn"), _small_batch().padded())[0][:1]
+    fv, ds = fvcore_count(model, (x,)), deepspeed_count(model, (x,))
+    assert fv.by_operator["einsum"] > 0 and "einsum" not in ds.by_operator
+    assert ds.missed == {"MatMul (einsum, FLOPs recorded)": 2 * fv.by_operator["einsum"]}
+
+
+def test_parameters_by_category_and_module():
+    model = registry.build("star-64")
+    params = parameter_counts(model)
+    assert params["by_category"]["Linear"] == sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                                                  for m in model.modules() if isinstance(m, nn.Linear))
+    assert sum(params["by_category"].values()) == sum(params["by_module"].values()) == params["total"] == 426_494
+    assert params["by_module"]["pooling"] == 64 * 64
+
+
+def test_categories_of_operators_and_modules():
+    assert op_category("aten::bmm") == "MatMul" and op_category("aten::einsum") == "MatMul"
+    assert op_category("aten::index_add_") == "Sum" and op_category("aten::mul") == "Mul"
+    assert op_category("aten::frobnicate") == "aten::frobnicate"
+    assert _deepspeed_op(str(torch.bmm)) == "bmm"
+    assert _deepspeed_op(str(nn.functional.linear)) == "linear"
+    leaves = builtin_leaves(registry.build("star-64"))
+    assert leaves["embedding"] == "Linear" and leaves["input_norm"] == "BatchNorm1d"
+    assert "pooling" not in leaves  # a model's own module: its operators keep their own categories
+
+
+class _LinearThenMatMul(nn.Module):
+    def __init__(self, matmul: bool):
+        super().__init__()
+        self.linear, self.matmul = nn.Linear(64, 64), matmul
+
+    def forward(self, x):
+        y = self.linear(x)
+        return y @ y.T if self.matmul else y
+
+
+def test_latency_categories_follow_modules_then_operators():
+    x = torch.randn(256, 64)
+    for matmul in (True, False):
+        model = _LinearThenMatMul(matmul)
+        breakdown = category_latency(model, lambda m=model: m(x), CPU, runs=2)["by_category_ms"]
+        assert "Linear" in breakdown  # the linear layer's addmm is charged to its module, not to MatMul
+        assert ("MatMul" in breakdown) == matmul
+
+
+def test_peak_memory_replays_allocations_and_frees():
+    x = torch.randn(1000, 1000)
+
+    def forward():
+        a = x @ x  # 4 MB
+        b = a * 2  # 4 MB: 8 MB live
+        del a
+        return (b + 1).sum()  # 4 MB: still 8 MB live
+
+    peak = peak_memory(forward, CPU)["peak_bytes"]
+    assert 8_000_000 <= peak < 8_000_000 + 1024
+
+
+def test_forward_latency_runs_warmup_then_repeats():
+    calls = []
+    result = forward_latency(lambda: calls.append(1), CPU, repeats=5, warmup=2)
+    assert len(calls) == 7 and len(result["times_ms"]) == 5
+    assert result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        forward_latency(lambda: None, CPU, repeats=0)
+
+
+def test_profiling_batch_is_a_recorded_seeded_draw(tiny_store):
+    batch = draw_batch(tiny_store, "ntu60/xsub", clips=5, seed=3)
+    test_names = set(tiny_store.clips["name"][tiny_store.split("ntu60/xsub", "test")])
+    assert set(batch.names) <= test_names and len(set(batch.names)) == 5
+    assert draw_batch(tiny_store, "ntu60/xsub", clips=5, seed=3).names == batch.names
+    assert draw_batch(tiny_store, "ntu60/xsub", clips=5, seed=4).names != batch.names
+    described = batch.describe()
+    assert described["total_frames"] == sum(c["frames"] for c in described["clip_list"])
+    assert described["rows"] == len(batch.compact().x) == sum(c["rows"] for c in described["clip_list"])
+    assert described["padded"]["bytes"] == batch.padded().x.numel() * 4 == 5 * 3 * 300 * 25 * 2 * 4
+    assert described["compact"]["bytes"] == described["rows"] * 25 * 3 * 4 + (5 + 1) * 8 + 2 * described["rows"] * 8
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_star_profile_writes_every_models_json(tiny_store, tmp_path, name):
+    out = tmp_path / f"{name}.json"
+    assert main(["profile", "--store", str(tiny_store.path), "--model", name, "--out", str(out), "--clips", "2",
+                 "--repeats", "2", "--warmup", "1", "--profiler-runs", "1", "--threads", "2"]) == 0
+    result = json.loads(out.read_text())
+    model = registry.build(name, get_benchmark("ntu60/xsub").num_classes)
+    summary, macs = result["summary"], result["macs"]
+    assert result["model"] == name and result["threads"] == 2 and result["device"] == "cpu"
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["gmacs"] == macs["fvcore"]["total"] / 1e9 > 0
+    assert set(macs) == {"fvcore", "deepspeed", "analytic"}
+    assert result["top3"]["macs"] == [[k, v] for k, v in list(macs["fvcore"]["by_category"].items())[:3]]
+    latency = result["latency"]
+    assert len(latency["times_ms"]) == 2 and summary["latency_ms"] == latency["median_ms"]
+    assert latency["profiled_total_ms"] == pytest.approx(sum(latency["by_category_ms"].values()))
+    assert result["batch"]["clips"] == 2 and len(result["batch"]["clip_list"]) == 2
+    assert result["memory"]["peak_bytes"] > result["memory"]["input_bytes"] > 0
+
+
+def test_sweep_pads_the_baselines_and_not_star():
+    star = sweep("star-64", frames=[8, 16], clips=[1, 2], num_classes=60, device=CPU, repeats=1, warmup=0)
+    assert [(p["clips"], p["frames"], p["rows"]) for p in star] == [(1, 8, 8), (1, 16, 16), (2, 8, 16), (2, 16, 32)]
+    assert star[0]["gmacs"] < star[1]["gmacs"] < star[3]["gmacs"]
+    gcn = sweep("st-gcn", frames=[8, 16], clips=[1, 2], num_classes=60, device=CPU, repeats=1, warmup=0)
+    assert gcn[0] == {**gcn[1], "frames": 8}  # padded to 300 frames: measured once per batch size
+    assert gcn[2]["gmacs"] == pytest.approx(2 * gcn[0]["gmacs"])
+
+
+def test_bad_input_is_named(tiny_store, tiny_raw, tmp_path, capsys):
+    out = str(tmp_path / "p.json")
+    assert main(["profile", "--store", str(tiny_store.path), "--model", "st-nope", "--out", out]) == 2
+    assert "unknown model 'st-nope'" in capsys.readouterr().err
+    assert main(["profile", "--store", str(tmp_path / "nowhere"), "--model", "star-64", "--out", out]) == 2
+    assert "is not a data store" in capsys.readouterr().err
+    assert main(["profile", "--store", str(tiny_store.path), "--model", "star-64", "--out", out,
+                 "--clips", "1000"]) == 2
+    assert "fewer than the 1000 asked for" in capsys.readouterr().err
+    # a store of training subjects only: the cross-subject test side is empty
+    raw = tmp_path / "train_only"
+    raw.mkdir()
+    for path in sorted(tiny_raw.glob("*.skeleton")):
+        if int(path.name[9:12]) in XSUB60_TRAIN_SUBJECTS:
+            shutil.copy(path, raw)
+    preprocess([raw], tmp_path / "store", workers=1, progress=False)
+    assert main(["profile", "--store", str(tmp_path / "store"), "--model", "star-64", "--out", out]) == 2
+    assert "has no clip on the test side of ntu60/xsub" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
