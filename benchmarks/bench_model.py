@@ -19,8 +19,6 @@ Prints, from one run on one machine:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -32,6 +30,8 @@ from star.data.synthetic import random_samples
 from star.model.scatter import BACKENDS, get_backend
 from star.model.sparse_attention import SpatialAttention
 from star.model.star import STAR, STARConfig
+from star.profiling.timing import forward_latency
+from star.runtime import keep_freed_memory
 from star.skeleton import neighbourhood_mask
 
 
@@ -43,23 +43,10 @@ def ntu_like_clips(count: int, seed: int) -> tuple[list[int], list[int]]:
     return frames, persons
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def latency_ms(function, device: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
     """Median, min and max wall time of function() in ms, after warm-up."""
-    for _ in range(warmup):
-        function()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), min(times), max(times)
+    timing = forward_latency(function, device, repeats, warmup)
+    return timing["median_ms"], timing["min_ms"], timing["max_ms"]
 
 
 def matmul_ceiling(device: torch.device, repeats: int) -> float:
@@ -176,6 +163,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="registered models to time (default: all)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["models", "attention", "backends"])
     args = parser.parse_args()
+    keep_freed_memory()  # as the star command does (star.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

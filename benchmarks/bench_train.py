@@ -26,6 +26,7 @@ import torch
 import star.models as registry
 from star.data.preprocess import preprocess
 from star.data.synthetic import TINY, generate
+from star.runtime import keep_freed_memory
 from star.train import Trainer, predict, run_config
 
 DEFAULT_MODELS = ("star-64", "star-128", "st-gcn", "st-tr")
@@ -66,6 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.models:
         registry.spec(name)  # an unknown name fails here, before anything runs
+    keep_freed_memory()  # as `star train` does (star.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
 

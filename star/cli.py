@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "evaluate", "profile"):
+        from star.runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         args.handler(args)
     except (ValueError, OSError) as error:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from star import __version__
+from star.runtime import allocator
 
 _SOURCE = Path(__file__).resolve().parent.parent
 
@@ -41,5 +42,6 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "star_version": __version__,
+        "allocator": allocator(),
         **git_state(),
     }

@@ -4,6 +4,7 @@ and `star profile` writes a complete profile for every registered model or refus
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 
 import pytest
@@ -27,6 +28,8 @@ from star.profiling.counting import (
 )
 from star.profiling.profile import count_macs, sweep
 from star.profiling.timing import category_latency, forward_latency, peak_memory
+from star.provenance import environment
+from star.runtime import allocator, keep_freed_memory
 
 CPU = torch.device("cpu")
 
@@ -190,6 +193,7 @@ def test_star_profile_writes_every_models_json(tiny_store, tmp_path, name):
     model = registry.build(name, get_benchmark("ntu60/xsub").num_classes)
     summary, macs = result["summary"], result["macs"]
     assert result["model"] == name and result["threads"] == 2 and result["device"] == "cpu"
+    assert result["allocator"] == allocator()
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     assert summary["gmacs"] == macs["fvcore"]["total"] / 1e9 > 0
     assert set(macs) == {"fvcore", "deepspeed", "analytic"}
@@ -229,3 +233,12 @@ def test_bad_input_is_named(tiny_store, tiny_raw, tmp_path, capsys):
     assert main(["profile", "--store", str(tmp_path / "store"), "--model", "star-64", "--out", out]) == 2
     assert "has no clip on the test side of ntu60/xsub" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_allocator_setting_is_applied_and_can_be_declined(monkeypatch):
+    monkeypatch.setenv("STAR_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory()["allocator"] == "glibc defaults (STAR_KEEP_FREED_MEMORY=0)" == allocator()
+    monkeypatch.delenv("STAR_KEEP_FREED_MEMORY")
+    if platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory()["allocator"].startswith("glibc, freed memory kept")
+        assert environment(CPU)["allocator"] == allocator()

@@ -1,0 +1,46 @@
+"""Process settings that decide CPU speed as much as the model does, applied once by the `star` command.
+
+glibc's malloc gives every large allocation (above a threshold that starts at
+128 KB) its own fresh mapping from the kernel and unmaps it on free, and
+returns the top of the heap to the kernel once 128 KB of it is free. A
+forward pass allocates and frees activations of tens of MB, so each pass
+touches freshly mapped pages again and the kernel zeroes them on first touch:
+on this suite's 2-core test machine that was 40-45% of a STAR or ST-GCN
+forward pass on 16 clips, and the share changed with whatever ran in the
+process before (fvcore's tracing raises glibc's adaptive threshold as a side
+effect, halving later latencies). `keep_freed_memory` serves every allocation
+from the heap and never trims it, which is what the jemalloc or tcmalloc
+preload that CPU performance guides recommend achieves: a process keeps its
+peak memory, and latencies no longer depend on history. Set
+STAR_KEEP_FREED_MEMORY=0 to leave glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_state = {"allocator": "platform default"}
+
+
+def keep_freed_memory() -> dict:
+    """Make glibc keep freed memory for reuse (no per-allocation mappings, no trimming); what was done."""
+    if os.environ.get("STAR_KEEP_FREED_MEMORY", "1") == "0":
+        _state["allocator"] = "glibc defaults (STAR_KEEP_FREED_MEMORY=0)"
+        return dict(_state)
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return dict(_state)  # not glibc (macOS, Windows, musl): nothing to set
+    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1:
+        _state["allocator"] = "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+    return dict(_state)
+
+
+def allocator() -> str:
+    """How host memory is being allocated in this process, for result files."""
+    return _state["allocator"]
