@@ -122,14 +122,14 @@ def attention_table(rows: int, device, repeats: int) -> None:
         median, _, _ = latency_ms(lambda m=module: forward(m, (x,)), device, repeats)
         timings[name] = median
         macs = 2 * rows * pairs * 64 + rows * 25 * 64 * 192  # scores + aggregation, and the q/k/v projection
-        # the sparse forms copy each attended key and value plane once per edge; the dense one gathers nothing
-        gathered = 2 * rows * pairs * 64 * 4 / 1e6 if pairs == edges else 0.0
+        # the edges form copies each attended key and value plane once per edge; rows and dense gather nothing
+        gathered = 2 * rows * pairs * 64 * 4 / 1e6 if name.startswith("sparse edges") else 0.0
         print(f"{name:20s} {pairs:5d} {median:10.2f} {macs / 1e9:10.3f} {2 * macs / median / 1e6:8.1f} "
               f"{gathered:11.1f}")
     ratio = timings["full (dense)"] / timings["sparse rows"]
     print(f"sparse rows vs full: {ratio:.2f}x {'faster' if ratio >= 1 else 'slower'} "
-          f"(computes {edges}/625 = {edges / 625:.0%} of the pairs; the dense form runs as one batched matrix "
-          "product at BLAS speed, the sparse one gathers neighbour planes at memory speed)")
+          f"(computes {edges}/625 = {edges / 625:.0%} of the pairs, one plane operation per edge at memory speed; "
+          "the dense form computes all 625 as batched matrix products of 25 x 25 at BLAS speed)")
 
 
 def backend_table(samples, device, repeats: int) -> None:

@@ -1,8 +1,8 @@
 """Parameters and multiply-accumulates, by module category and by named module, from three counters.
 
 Categories are the paper's (Table 3, Figures 8-10): work done inside a
-built-in torch.nn leaf module belongs to its type (Linear, Conv2d,
-BatchNorm2d, LayerNorm, ReLU, ...); work done by operators written into a
+leaf module of a built-in torch.nn type, or of a subclass of one, belongs to
+that type (Linear, Conv2d, BatchNorm2d, LayerNorm, ReLU, ...); work done by operators written into a
 model's own forward belongs to the operator's kind (MatMul for matmul, bmm,
 mm, einsum; Mul for element-wise products; ...). So ST-GCN's graph
 aggregation (an einsum in its own module) is MatMul, and STAR's sparse
@@ -10,10 +10,12 @@ attention (element-wise products summed over each neighbourhood) is Mul.
 
 One multiply-accumulate counts as one, in every counter:
 
-1. `fvcore_count`: fvcore's FlopCountAnalysis on a JIT trace, plus a handle
-   for `aten::mul`, which fvcore ignores: a product of two tensors counts one
-   MAC per output element (the sum that follows is the accumulate half), a
-   product with a constant counts nothing. Segment sums (`index_add_`,
+1. `fvcore_count`: fvcore's FlopCountAnalysis on a JIT trace, plus handles
+   for the element-wise products fvcore ignores or does not know: `aten::mul`
+   of two tensors counts one MAC per output element (the sum that follows is
+   the accumulate half; a product with a constant counts nothing),
+   `aten::linalg_vecdot` and `aten::addcmul` one per product (the sparse
+   attention's scores and aggregation). Segment sums (`index_add_`,
    `segment_reduce`) and plain sums count nothing: they add, never multiply.
    fvcore also counts normalisations (1 per element for batch norm in eval
    mode, 5 for layer norm); those appear as their module's category and are
@@ -46,7 +48,7 @@ MAT_MUL_OPS = ("matmul", "mm", "bmm", "addmm", "baddbmm", "einsum")
 OP_CATEGORIES = {
     **dict.fromkeys(MAT_MUL_OPS, "MatMul"),
     "linear": "Linear",
-    "mul": "Mul",
+    "mul": "Mul", "addcmul": "Mul", "linalg_vecdot": "Mul",
     "conv": "Conv", "_convolution": "Conv", "convolution": "Conv", "conv2d": "Conv",
     "batch_norm": "BatchNorm", "layer_norm": "LayerNorm", "softmax": "Softmax",
     "add": "Add", "sub": "Add", "div": "Div",
@@ -64,14 +66,18 @@ def op_category(op: str) -> str:
     return OP_CATEGORIES.get(name, f"aten::{name}")
 
 
-def is_builtin_leaf(module: nn.Module) -> bool:
-    """A torch.nn module with no children: its type is a category of its own (Linear, Conv2d, ...)."""
-    return next(module.children(), None) is None and type(module).__module__.startswith("torch.nn.")
+def builtin_type(module: nn.Module) -> str | None:
+    """The torch.nn type a module is or extends (Linear for a subclass of nn.Linear), None for nn.Module itself."""
+    for kind in type(module).__mro__:
+        if kind.__module__.startswith("torch.nn.") and kind is not nn.Module:
+            return kind.__name__
+    return None
 
 
 def builtin_leaves(model: nn.Module) -> dict[str, str]:
-    """Named built-in leaf modules -> their type name."""
-    return {name: type(m).__name__ for name, m in model.named_modules() if is_builtin_leaf(m)}
+    """Named leaf modules (no children) of a built-in torch.nn type -> that type's name."""
+    return {name: builtin_type(m) for name, m in model.named_modules()
+            if next(m.children(), None) is None and builtin_type(m)}
 
 
 def parameter_counts(model: nn.Module) -> dict:
@@ -148,6 +154,23 @@ def _tensor_product_macs(inputs, outputs) -> int:
     return _numel(get_shape(outputs[0]))
 
 
+def _products(a, b) -> int:
+    """Element-wise products of two traced tensors, broadcast."""
+    from fvcore.nn.jit_handles import get_shape
+
+    return _numel(torch.broadcast_shapes(tuple(get_shape(a)), tuple(get_shape(b))))
+
+
+def _dot_product_macs(inputs, outputs) -> int:
+    """aten::linalg_vecdot(x, y, dim): one MAC per product summed."""
+    return _products(inputs[0], inputs[1])
+
+
+def _multiply_add_macs(inputs, outputs) -> int:
+    """aten::addcmul(x, a, b): x + a * b, one MAC per product added."""
+    return _products(inputs[1], inputs[2])
+
+
 def _numel(shape) -> int:
     count = 1
     for size in shape:
@@ -159,7 +182,8 @@ def fvcore_count(model: nn.Module, inputs: tuple) -> MacCount:
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle("aten::mul", _tensor_product_macs)
+    analysis.set_op_handle("aten::mul", _tensor_product_macs, "aten::linalg_vecdot", _dot_product_macs,
+                           "aten::addcmul", _multiply_add_macs, "aten::addcmul_", _multiply_add_macs)
     # additions only: the multiply of each MAC they finish is counted at aten::mul
     analysis.set_op_handle("aten::index_add_", None, "aten::index_add", None, "aten::segment_reduce", None,
                            "aten::sum", None)
