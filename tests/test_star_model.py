@@ -20,6 +20,7 @@ from star.model.linear_attention import (
     segmented_linear_attention,
 )
 from star.model.pooling import ContextPooling
+from star.model.projection import PlaneProjection
 from star.model.scatter import BACKENDS, get_backend
 from star.model.sparse_attention import (
     NeighbourhoodGraph,
@@ -179,7 +180,7 @@ def test_segmented_linear_attention_equals_the_quadratic_form_per_segment():
     q, k, v = (torch.randn(6, 20, 5, dtype=torch.float64, generator=generator) for _ in range(3))
     q, k = elu_feature_map(q), elu_feature_map(k)
     segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
-    fast = segmented_linear_attention(q, k, v, bounds)
+    fast = segmented_linear_attention(q.mT, k.mT, v.mT, bounds).mT  # it takes time innermost: (G, d, N)
     torch.testing.assert_close(fast, quadratic_linear_attention(q, k, v, segment_ids))
     # and each segment alone is ordinary linear attention phi(Q) (phi(K)^T V) / phi(Q) sum phi(K)
     a, b = bounds[2], bounds[3]
@@ -192,6 +193,30 @@ def test_elu_feature_map_is_positive_where_float32_can_say_so():
     assert (elu_feature_map(torch.linspace(-15, 50, 131)) > 0).all()
     assert (elu_feature_map(torch.tensor([-200.0])) == 0).all()  # exp underflows: the eps keeps 0/0 away
     torch.testing.assert_close(elu_feature_map(torch.tensor([2.0, 0.0])), torch.tensor([3.0, 1.0]))
+
+
+def test_temporal_module_equals_eq6_on_linear_projections():
+    torch.manual_seed(0)
+    module = TemporalAttention(16, 4).eval()
+    x, bounds = torch.randn(12, 25, 16), [0, 5, 12]
+    qkv = (x @ module.qkv.weight.T).view(12, 25, 3, 4, 4).permute(2, 1, 3, 0, 4).reshape(3, 100, 12, 4)  # (3, G, N, d)
+    q, k = elu_feature_map(qkv[0] * 4 ** -0.25), elu_feature_map(qkv[1] * 4 ** -0.25)
+    reference = quadratic_linear_attention(q, k, qkv[2], torch.tensor([0] * 5 + [1] * 7), module.eps)  # (G, N, d)
+    reference = reference.view(25, 4, 12, 4).permute(2, 0, 1, 3).reshape(12, 25, 16)  # (N, V, H*d)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, bounds), reference)
+
+
+def test_plane_projection_holds_linear_weights_in_any_row_order():
+    torch.manual_seed(0)
+    x = torch.randn(7, 25, 16)
+    projection = PlaneProjection(16, 4, ("depth", "qkv", "head"))
+    expected = (x @ projection.weight.T).view(7, 25, 3, 4, 4).permute(1, 4, 2, 3, 0).reshape(25, 48, 7)  # (V, d3H, N)
+    with torch.no_grad():
+        torch.testing.assert_close(projection(x), expected)
+    assert set(projection.state_dict()) == {"weight"}
+    with pytest.raises(ValueError, match="permutation"):
+        PlaneProjection(16, 4, ("qkv", "qkv", "depth"))
 
 
 def test_temporal_module_never_mixes_segments():

@@ -14,8 +14,9 @@ related in time only through the positional encoding of their shared clock
 (`star.model.encoding`).
 
 Fast form: one (d x L) @ (L x d) product per clip and head and joint, a batched
-matrix product over a (G, L, d) slice of the joint-and-head-major layout
-(G = joints x heads), then one (L x d) @ (d x d) product for the outputs. This
+matrix product over a (G, d, L) slice of the joint-and-head-major layout with
+time innermost (G = joints x heads, as `star.model.projection` writes it),
+then one (d x d) @ (d x L) product for the outputs. This
 is what Eq. 6 asks for, done by the BLAS. Forming phi(K_j) V_j^T per row and
 summing per segment with a scatter, the literal reading of Eq. 6, would write
 d x d numbers per row and joint and head to memory before reducing them; the
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from star.model.projection import PlaneProjection
+
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """phi(x) = elu(x) + 1, positive everywhere."""
@@ -44,20 +47,21 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 def segmented_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
                                eps: float = 1e-6) -> torch.Tensor:
-    """Eq. 6 with phi already applied: q, k, v (G, N, d) -> (G, N, d); segment m is rows bounds[m]:bounds[m+1]."""
+    """Eq. 6 with phi already applied: q, k, v (G, d, N) -> (G, d, N), time innermost; segment m is rows
+    bounds[m]:bounds[m+1]."""
     lengths = [stop - start for start, stop in zip(bounds[:-1], bounds[1:], strict=False)]
     outs = []
     # split, not slicing: the gradient of a split is one concatenation, a slice's is a full-size zero tensor
-    for q_m, k_m, v_m in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), strict=True):  # (G, L, d)
-        u = k_m.transpose(1, 2) @ v_m  # (G, d, d)
-        z = k_m.sum(1, keepdim=True)  # (G, 1, d)
-        outs.append((q_m @ u) / ((q_m * z).sum(-1, keepdim=True) + eps))
-    return torch.cat(outs, dim=1)
+    for q_m, k_m, v_m in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2), strict=True):  # (G, d, L)
+        u = k_m @ v_m.transpose(1, 2)  # (G, d, d): U = sum_j phi(K_j) V_j^T
+        z = k_m.sum(2, keepdim=True)  # (G, d, 1)
+        outs.append((u.transpose(1, 2) @ q_m) / ((q_m * z).sum(1, keepdim=True) + eps))  # (G, d, L)
+    return torch.cat(outs, dim=2)
 
 
 def quadratic_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
                                eps: float = 1e-6) -> torch.Tensor:
-    """Reference: (phi(Q) phi(K)^T masked to same-segment pairs) V, row-normalised; shapes as above."""
+    """Reference: (phi(Q) phi(K)^T masked to same-segment pairs) V, row-normalised; q, k, v (G, N, d)."""
     same = segment_ids[:, None] == segment_ids[None, :]  # (N, N)
     weights = (q @ k.transpose(1, 2)) * same  # (G, N, N)
     return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
@@ -71,13 +75,14 @@ class TemporalAttention(nn.Module):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads, self.eps = heads, eps
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        # one (d, N) matrix per joint and head: output rows in (H, 3, d) order
+        self.qkv = PlaneProjection(width, heads, ("head", "qkv", "depth"))
 
     def forward(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
-        qkv = self.qkv(x).view(n, v, 3, h, d).permute(2, 1, 3, 0, 4).reshape(3, v * h, n, d)  # (3, G, N, d)
+        q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
         scale = d ** -0.25
-        q, k = elu_feature_map(qkv[0] * scale), elu_feature_map(qkv[1] * scale)
-        out = segmented_linear_attention(q, k, qkv[2], bounds, self.eps)  # (G, N, d)
-        return out.view(v, h, n, d).permute(2, 0, 1, 3).reshape(n, v, c)  # (N, V, H*d)
+        q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
+        out = segmented_linear_attention(q, k, val, bounds, self.eps)  # (G, d, N)
+        return out.view(v, h, d, n).permute(3, 0, 1, 2).reshape(n, v, c)  # (N, V, H*d)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from star.model.dropout import keep_mask
+from star.model.projection import PlaneProjection
 from star.model.scatter import SegmentOps
 
 KERNELS = ("rows", "edges")
@@ -190,30 +191,6 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return alpha @ v
 
 
-class PlaneProjection(nn.Linear):
-    """The query, key and value projection of the rows kernel, written straight into the kernel's layout.
-
-    The weights of nn.Linear(width, 3 width, bias=False), under the same name,
-    applied as one batched product per joint, W' x_j^T, where W' is W with its
-    output rows reordered from (3, H, d) to (3, d, H): the product reads the
-    (N, V, C) input in place (as a transposed operand) and writes (V, 3, d, H, N),
-    so the (V, d, M) planes with M = (H, N) need no copy. Applying nn.Linear
-    and permuting its (N, V, 3, H, d) output instead moves three times the
-    activations' bytes through a strided copy.
-    """
-
-    def __init__(self, width: int, heads: int):
-        super().__init__(width, 3 * width, bias=False)
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, v, c = x.shape
-        h, d = self.heads, c // self.heads
-        weight = self.weight.view(3, h, d, c).transpose(1, 2).reshape(3 * c, c)  # output rows in (3, d, H) order
-        planes = torch.bmm(weight.expand(v, 3 * c, c), x.permute(1, 2, 0))  # (V, 3C, N), x^T read in place
-        return planes.view(v, 3, d, h * n)  # (V, 3, d, M), M = (H, N)
-
-
 class SpatialAttention(nn.Module):
     """Multi-head self-attention over the 25 joints of every row, sparse (Eq. 1-3) or full.
 
@@ -233,7 +210,9 @@ class SpatialAttention(nn.Module):
             raise ValueError("the edges kernel needs segment ops (star.model.scatter.get_backend)")
         self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
         rows = kernel == "rows" and mask is not None
-        self.qkv = PlaneProjection(width, heads) if rows else nn.Linear(width, 3 * width, bias=False)
+        # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order
+        self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if rows else \
+            nn.Linear(width, 3 * width, bias=False)
         self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
         self._graph_on: dict[torch.device, NeighbourhoodGraph] = {}
 
@@ -254,7 +233,7 @@ class SpatialAttention(nn.Module):
         if self.training and self.attention_dropout > 0:
             keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x)  # (E, M)
         if self.kernel == "rows":
-            q, k, val = self.qkv(x).unbind(1)  # (V, d, M) each, M = (H, N)
+            q, k, val = self.qkv(x).view(v, 3, d, h * n).unbind(1)  # (V, d, M) each, M = (H, N)
             out = row_attention(q, k, val, graph, keep)  # (V, d, M)
             return out.view(v, d, h, n).permute(3, 0, 2, 1).reshape(n, v, c)  # (N, V, H*d)
         qkv = self.qkv(x).view(n, v, 3, h, d)  # (N, V, 3, H, d)

@@ -1,0 +1,37 @@
+"""The query, key and value projection (the paper's Eq. 1), written straight into an attention's layout.
+
+Both attentions work joint-major with time innermost: the sparse attention on
+one (d, M) plane per joint, the temporal attention on one (d, N) matrix per
+joint and head. nn.Linear gives (N, V, 3, H, d), time outermost, and turning
+that around is a strided copy of three times the activations, which cost
+more than either attention's own arithmetic on a CPU. `PlaneProjection`
+holds the weights of nn.Linear(width, 3 width, bias=False), under the same
+name, and applies them as one batched product per joint, W' x_j^T, reading
+the (N, V, C) input in place as a transposed operand and writing
+(V, 3C, N). W' is W with its 3C output rows reordered (a 3C x C copy, not an
+activation copy), so each attention finds its q, k and v as views.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+AXES = ("qkv", "head", "depth")  # the order of nn.Linear's output rows: (3, H, d)
+
+
+class PlaneProjection(nn.Linear):
+    """x (N, V, C) -> (V, 3C, N), the 3C rows in `order`, a permutation of AXES."""
+
+    def __init__(self, width: int, heads: int, order: tuple[str, str, str]):
+        super().__init__(width, 3 * width, bias=False)
+        if sorted(order) != sorted(AXES):
+            raise ValueError(f"order must be a permutation of {AXES}, got {order}")
+        self.heads = heads
+        self.permutation = tuple(AXES.index(axis) for axis in order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, v, c = x.shape
+        h = self.heads
+        weight = self.weight.view(3, h, c // h, c).permute(*self.permutation, 3).reshape(3 * c, c)  # rows in order
+        return torch.bmm(weight.expand(v, 3 * c, c), x.permute(1, 2, 0))  # (V, 3C, N), x^T read in place
