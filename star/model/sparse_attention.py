@@ -22,7 +22,8 @@ Three kernels compute the same numbers:
   The gradient is written by hand (`_RowAttention`) the same way, edge by
   edge, adding into the key and value gradient planes in place. (An earlier
   form gathered each row's deg(i) <= 13 key and value planes into a copy; the
-  gathers moved 8x the activations' bytes and made it 1.6x slower.)
+  gathers moved 8x the activations' bytes and made STAR-64's forward pass
+  1.17x slower on a 2-core CPU.)
 - `edges`: the literal edge-list form, gathering (E, M, d) tensors and
   normalising with segment maximum and sum over each query's edges
   (`star.model.scatter`). It is a test reference and the measured example of
