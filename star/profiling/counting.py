@@ -25,7 +25,7 @@ One multiply-accumulate counts as one, in every counter:
    convolutions and torch.matmul/mm/bmm/addmm and `@`; it records einsum and
    element-wise products as FLOPs with zero MACs and does not see `*` at all,
    so ST-GCN's graph aggregation and STAR's sparse attention are missing
-   from its MAC count. `missed` in its result names what it did not count.
+   from its MAC count. `missed` in its result holds the FLOPs it recorded for them.
 3. `analytic_count`: textbook formulas per built-in Linear and Conv module
    (output elements x inputs per output), plus, for models that have one,
    the model's closed-form `analytic_macs` (STAR) for what happens between
@@ -35,6 +35,7 @@ One multiply-accumulate counts as one, in every counter:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -104,7 +105,8 @@ class MacCount:
     by_operator: dict[str, int] = field(default_factory=dict)  # per operator the counter keys its counts by
     products: int = 0  # the total over PRODUCTS categories: what the three counters can be compared on
     skipped: dict[str, int] = field(default_factory=dict)  # operators the counter saw and did not count
-    missed: dict[str, int] = field(default_factory=dict)  # categories the counter is known not to count
+    # operator -> FLOPs the counter recorded for products it gave no MACs (DeepSpeed: einsum, torch.mul)
+    missed: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         # fvcore's einsum handle returns floats; every count is a whole number of MACs
@@ -149,16 +151,16 @@ def _tensor_product_macs(inputs, outputs) -> int:
     from fvcore.nn.jit_handles import get_shape
 
     shapes = [get_shape(v) for v in inputs[:2]]
-    if any(s is None or _numel(s) <= 1 for s in shapes):
+    if any(s is None or math.prod(s) <= 1 for s in shapes):
         return 0
-    return _numel(get_shape(outputs[0]))
+    return _products(*inputs[:2])
 
 
 def _products(a, b) -> int:
     """Element-wise products of two traced tensors, broadcast."""
     from fvcore.nn.jit_handles import get_shape
 
-    return _numel(torch.broadcast_shapes(tuple(get_shape(a)), tuple(get_shape(b))))
+    return math.prod(torch.broadcast_shapes(tuple(get_shape(a)), tuple(get_shape(b))))
 
 
 def _dot_product_macs(inputs, outputs) -> int:
@@ -169,13 +171,6 @@ def _dot_product_macs(inputs, outputs) -> int:
 def _multiply_add_macs(inputs, outputs) -> int:
     """aten::addcmul(x, a, b): x + a * b, one MAC per product added."""
     return _products(inputs[1], inputs[2])
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def fvcore_count(model: nn.Module, inputs: tuple) -> MacCount:
@@ -243,12 +238,11 @@ def deepspeed_count(model: nn.Module, inputs: tuple) -> MacCount:
         by_module_operator[name] = ops
     by_category = _categorise(builtin_leaves(model), by_operator, by_module_operator)
     own = {name: sum(ops.values()) for name, ops in own_ops.items()}
-    # what it records as FLOPs but not as MACs: products it does not count (einsum, torch.mul)
     missed = Counter()
     for name, flops in own_flops.items():
         for op, count in flops.items():
             if op in ("einsum", "mul") and not own_ops.get(name, {}).get(op):
-                missed[op_category(op) + f" ({op}, FLOPs recorded)"] += count
+                missed[op] += count
     return MacCount("deepspeed", int(total), by_category, _hierarchical(own), dict(by_operator), missed=dict(missed))
 
 
@@ -258,10 +252,7 @@ def _textbook_macs(module: nn.Module, output: torch.Tensor) -> int:
     """Output elements x the inputs each one sums over."""
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
-    kernel = 1
-    for size in module.kernel_size:
-        kernel *= size
-    return output.numel() * module.in_channels // module.groups * kernel
+    return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
 
 
 def analytic_count(model: nn.Module, inputs: tuple, rows: int | None = None, clips: int | None = None) -> MacCount:
@@ -278,7 +269,7 @@ def analytic_count(model: nn.Module, inputs: tuple, rows: int | None = None, cli
         def hook(module, args, output):
             macs = _textbook_macs(module, output)
             own[name] = own.get(name, 0) + macs
-            by_category[type(module).__name__] += macs
+            by_category[builtin_type(module)] += macs
         return hook
 
     layers = (nn.Linear, nn.Conv1d, nn.Conv2d)

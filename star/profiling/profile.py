@@ -52,9 +52,9 @@ def _extrapolated(one: MacCount, two: MacCount, clips: int) -> MacCount:
     def line(a: dict, b: dict) -> dict:
         return {k: a.get(k, 0) + (clips - 1) * (b.get(k, 0) - a.get(k, 0)) for k in {**a, **b}}
 
-    return replace(two, total=line({"": one.total}, {"": two.total})[""], by_category=line(one.by_category,
-                   two.by_category), by_module=line(one.by_module, two.by_module),
-                   by_operator=line(one.by_operator, two.by_operator), missed=line(one.missed, two.missed))
+    fields = ("by_category", "by_module", "by_operator", "missed")
+    return replace(two, total=one.total + (clips - 1) * (two.total - one.total),
+                   **{f: line(getattr(one, f), getattr(two, f)) for f in fields})
 
 
 def _model_batch(spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.device):
