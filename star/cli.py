@@ -112,6 +112,33 @@ def _profile(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _table(args: argparse.Namespace) -> None:
+    from star.io import read_json
+    from star.report.html import write_table
+    from star.report.tables import build
+
+    results = [{**read_json(path), "_path": path} for path in args.inputs]
+    table = build(args.number, results, accuracy=args.accuracy, smoke=args.smoke)
+    csv_path, html_path = write_table(table, args.out)
+    print(f"table {args.number}: {len(table.rows)} rows x {len(table.columns)} columns from {len(results)} files; "
+          f"wrote {csv_path} and {html_path}")
+
+
+def _figure(args: argparse.Namespace) -> None:
+    from star.report.figures import draw, save
+
+    paths = save(draw(args.name, args.inputs), args.out)
+    print(f"wrote {' and '.join(map(str, paths))}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from star.report.html import REPORT_TEMPLATE, write_report
+
+    out = write_report(args.out, tables=args.tables, figures=args.figures, runs=args.runs, profiles=args.profiles,
+                       manifest=args.manifest, config=args.config, template=args.template or REPORT_TEMPLATE)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star", description=__doc__)
     parser.add_argument("--version", action="version", version=f"star {__version__}")
@@ -219,6 +246,41 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch sizes of the sweep (default: 1 and --clips)")
     prof.add_argument("--sweep-repeats", type=int, default=3, metavar="N")
     prof.set_defaults(handler=_profile)
+
+    from star.report.figures import TITLES as FIGURES
+
+    table = commands.add_parser("table", help="one of the paper's Tables 1-5 as CSV and an HTML fragment",
+                                description="Tables 1 and 4 from runs' metrics.json, Tables 2, 3 and 5 from "
+                                            "profile JSONs; each cell reproduced beside published.")
+    table.add_argument("number", type=int, choices=range(1, 6), metavar="N", help="table number, 1-5")
+    table.add_argument("inputs", nargs="+", metavar="FILE.json", help="runs' metrics.json or profile JSONs")
+    table.add_argument("--out", required=True, metavar="tableN.csv", help="the .html is written beside it")
+    table.add_argument("--accuracy", choices=("best", "final"), default="best",
+                       help="top-1 of the best epoch (as the papers' code reports) or of the last")
+    table.add_argument("--smoke", action="store_true", help="mark every cell as from a smoke run")
+    table.set_defaults(handler=_table)
+
+    figure = commands.add_parser("figure", help="one figure as PNG and SVG",
+                                 description="; ".join(f"{name}: {title}" for name, title in FIGURES.items()))
+    figure.add_argument("name", choices=list(FIGURES), metavar="NAME", help=", ".join(FIGURES))
+    figure.add_argument("inputs", nargs="+", metavar="FILE",
+                        help="profile JSONs, runs' metrics.json (training-curves) or the store's manifest.json")
+    figure.add_argument("--out", required=True, metavar="NAME.png", help="the .svg is written beside it")
+    figure.set_defaults(handler=_figure)
+
+    report = commands.add_parser("report", help="the one-file HTML report",
+                                 description="Tables, figures, the paper's contradictions and what was run, "
+                                             "in one self-contained HTML file.")
+    report.add_argument("--out", required=True, metavar="index.html")
+    report.add_argument("--tables", nargs="+", required=True, metavar="tableN.csv",
+                        help="table CSVs (their .html fragments beside them are embedded)")
+    report.add_argument("--figures", nargs="*", default=[], metavar="NAME.png")
+    report.add_argument("--runs", nargs="*", default=[], metavar="metrics.json")
+    report.add_argument("--profiles", nargs="*", default=[], metavar="FILE.json")
+    report.add_argument("--manifest", default=None, metavar="manifest.json", help="the store's manifest")
+    report.add_argument("--config", default=None, metavar="config.json", help="the workflow's resolved config")
+    report.add_argument("--template", default=None, metavar="FILE.html.j2", help="default: the package's")
+    report.set_defaults(handler=_report)
     return parser
 
 

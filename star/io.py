@@ -39,3 +39,11 @@ def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[dict]) ->
             writer.writerows(rows)
 
     write_atomic(path, write)
+
+
+def read_json(path: str | Path) -> dict:
+    """A result file's contents; a missing or malformed file is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read it as JSON ({error})") from error

@@ -1,0 +1,30 @@
+# The STAR reproduction: `snakemake --cores 8 all` makes reports/index.html (README: Quickstart).
+# Rules live in workflow/rules/, one topic each; the configuration is explained in workflow/config/config.yaml.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# the paper's settings; --configfile workflow/config/smoke.yaml (or your own) is read after it and wins
+configfile: os.path.join(workflow.basedir, "workflow/config/config.yaml")
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT,
+    default_target: True

@@ -1,0 +1,162 @@
+"""Tables as CSV + HTML fragments, and the one-file HTML report (`reports/index.html`).
+
+The report embeds everything it shows (figures as base64 PNG, styles inline)
+so it opens offline in any browser: the five tables from their fragments, the
+figures, where the paper contradicts itself beside the reproduced cells that
+bear on it (`inconsistencies` in the published-numbers file), and what was
+run: the configuration, every run and profile with its device, commit, date
+and run time, and the versions of the packages that made the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import math
+from importlib import metadata
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from star.io import read_json, write_atomic
+from star.paper import published
+from star.report.figures import TITLES as FIGURE_TITLES
+from star.report.tables import RECORD_COLUMNS, Table
+
+TEMPLATES = Path(__file__).with_name("templates")
+REPORT_TEMPLATE = TEMPLATES / "report.html.j2"
+PACKAGES = ("star-repro", "torch", "numpy", "snakemake", "pandas", "matplotlib", "jinja2", "fvcore", "deepspeed")
+
+
+class ReportError(ValueError):
+    """Inputs the report cannot use (named in the message)."""
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def number(value: float | None) -> str:
+    """Four significant digits; whole numbers with thousands separators from 10,000 on."""
+    if _missing(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+
+
+def signed(value: float | None) -> str:
+    """A difference: three significant digits and its sign, never an exponent from 1,000 on."""
+    if _missing(value):
+        return "–"
+    return f"{value:+,.0f}" if abs(value) >= 1_000 else f"{value:+.3g}"
+
+
+def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.globals.update(number=number, signed=signed)
+    return env
+
+
+def table_fragment(table: Table) -> str:
+    return _environment(jinja2.FileSystemLoader(TEMPLATES)).get_template("table.html.j2").render(table=table)
+
+
+def write_table(table: Table, csv_path: str | Path) -> tuple[Path, Path]:
+    """`tableN.csv` (one row per cell) and `tableN.html` (the fragment the report embeds) beside it."""
+    csv_path = Path(csv_path)
+    if csv_path.suffix != ".csv":
+        raise ReportError(f"table output must end in .csv (the .html is written beside it): {csv_path}")
+    html_path = csv_path.with_suffix(".html")
+    frame = pd.DataFrame(table.records(), columns=list(RECORD_COLUMNS))
+    write_atomic(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomic(html_path, lambda tmp: tmp.write_text(table_fragment(table)))
+    return csv_path, html_path
+
+
+def _table_cells(csv_paths: list[Path]) -> dict[tuple[int, str, str], dict]:
+    cells = {}
+    for path in csv_paths:
+        try:
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path}: cannot read it as a table CSV ({error})") from error
+        missing = set(RECORD_COLUMNS) - set(frame.columns)
+        if missing:
+            raise ReportError(f"{path}: not a table CSV of `star table` (no column {sorted(missing)})")
+        for record in frame.to_dict("records"):
+            record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+            cells[int(record["table"]), str(record["row"]), str(record["column"])] = record
+    return cells
+
+
+def _inconsistencies(cells: dict) -> list[dict]:
+    """Each contradiction of the paper with the reproduced cells it names (None where not reproduced)."""
+    return [{"text": item["text"],
+             "cells": [{"where": f"Table {t}, {row}, {column}", "record": cells.get((t, row, column))}
+                       for t, row, column in item["cells"]]}
+            for item in published()["inconsistencies"]]
+
+
+def _figure(path: Path) -> dict:
+    if path.suffix != ".png":
+        raise ReportError(f"{path}: figures are embedded as PNG")
+    try:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as error:
+        raise ReportError(f"{path}: cannot read the figure ({error})") from error
+    return {"name": path.stem, "title": FIGURE_TITLES.get(path.stem, path.stem), "png_base64": data}
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _run_row(path: Path) -> dict:
+    run = read_json(path)
+    finished = datetime.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
+    return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
+
+
+def render_report(tables: list[Path], figures: list[Path], runs: list[Path], profiles: list[Path],
+                  manifest: Path | None = None, config: Path | None = None,
+                  template: Path = REPORT_TEMPLATE) -> str:
+    tables, figures = [Path(p) for p in tables], [Path(p) for p in figures]
+    fragments = []
+    for csv_path in sorted(tables, key=lambda p: p.stem):
+        fragment = csv_path.with_suffix(".html")
+        if not fragment.exists():
+            raise ReportError(f"{fragment}: missing; `star table` writes it beside {csv_path.name}")
+        fragments.append(fragment.read_text())
+    cells = _table_cells(tables)
+    run_rows = sorted((_run_row(Path(p)) for p in runs), key=lambda r: (r["benchmark"], r["model"], r["seed"]))
+    profile_rows = [read_json(Path(p)) for p in profiles]
+    template = Path(template)
+    env = _environment(jinja2.FileSystemLoader(template.parent))
+    return env.get_template(template.name).render(
+        generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        smoke=any(record["smoke"] for record in cells.values()),
+        tables=fragments,
+        figures=[_figure(p) for p in figures],
+        inconsistencies=_inconsistencies(cells),
+        runs=run_rows,
+        total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
+        profiles=profile_rows,
+        manifest=read_json(Path(manifest)) if manifest else None,
+        config=json.dumps(read_json(Path(config)), indent=2) if config else None,
+        versions=_versions(),
+        published_source="star/data/resources/paper_tables.yaml",
+    )
+
+
+def write_report(out: str | Path, **inputs) -> Path:
+    html = render_report(**inputs)
+    write_atomic(Path(out), lambda tmp: tmp.write_text(html))
+    return Path(out)

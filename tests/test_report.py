@@ -1,0 +1,276 @@
+"""Tables 1-5, the figures and the HTML report, from result files made up here (the smoke workflow test
+in test_workflow.py makes them for real)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import statistics
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from star.cli import main
+from star.paper import published
+from star.profiling.profile import FORMAT as PROFILE_FORMAT
+from star.report import figures
+from star.report.html import render_report, write_table
+from star.report.tables import RECORD_COLUMNS, TableError, build
+from star.train import RUN_FORMAT
+
+BENCHMARKS = published()["table1_accuracy_top1"]["columns"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(model: str, benchmark: str, seed: int, best: float, final: float | None = None) -> dict:
+    return {"format": RUN_FORMAT, "model": model, "benchmark": benchmark, "dataset": benchmark.split("/")[0],
+            "seed": seed, "epochs": 3, "best_top1_pct": best, "top1_pct": best - 1 if final is None else final,
+            "best_epoch": 2, "wall_s": 12.5, "train_clips": 16, "test_clips": 16, "world_size": 1, "device": "cpu",
+            "device_name": "test cpu", "git_commit": "0123456789abcdef", "git_dirty": False,
+            "_path": f"{benchmark}/{model}/seed{seed}"}
+
+
+def profile(model: str, latency_ms: float, gmacs: float, params: int) -> dict:
+    """A profile JSON with the keys tables, figures and the report read; breakdowns scaled by `gmacs`."""
+    macs = {"Linear": gmacs * 0.7e9, "MatMul": gmacs * 0.2e9, "Mul": gmacs * 0.08e9, "LayerNorm": gmacs * 0.02e9}
+    parameters = {"Linear": params * 0.9, "LayerNorm": params * 0.06, "ContextPooling": params * 0.04}
+    time_ms = {"Linear": latency_ms * 0.5, "Mul": latency_ms * 0.3, "MatMul": latency_ms * 0.2}
+    ranked = lambda d: [[k, v] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3]]  # noqa: E731
+    layout = "padded" if model.startswith("st-") else "compact"
+    return {"format": PROFILE_FORMAT, "model": model, "layout": layout, "device": "cpu", "device_name": "test cpu",
+            "torch": "2.13.0", "threads": 2, "allocator": "keep", "git_commit": "0123456789abcdef", "git_dirty": True,
+            "created": "2026-11-24T10:00:00+0000",
+            "batch": {"clips": 4, "benchmark": "ntu60/xsub", "seed": 0, "fed_as": layout},
+            "summary": {"latency_ms": latency_ms, "params": params, "params_m": params / 1e6, "gmacs": gmacs},
+            "top3": {"macs": ranked(macs), "params": ranked(parameters), "latency_ms": ranked(time_ms)},
+            "macs": {"fvcore": {"by_category": macs}}, "params": {"by_category": parameters},
+            "latency": {"by_category_ms": time_ms, "repeats": 3},
+            "sweep": [{"clips": c, "frames": f, "latency_ms": latency_ms * c * f / 128, "gmacs": gmacs}
+                      for c in (1, 4) for f in (32, 128)]}
+
+
+PROFILES = {
+    "st-gcn": profile("st-gcn", 2111.0, 274.2, 3_098_832),
+    "st-tr": profile("st-tr", 4625.0, 449.4, 4_843_184),
+    "star-64": profile("star-64", 346.0, 12.21, 426_494),
+    "star-128": profile("star-128", 890.0, 47.5, 1_262_462),
+    "star-64-full": profile("star-64-full", 409.0, 12.82, 426_494),
+}
+
+
+def test_table1_mean_and_spread_over_seeds_beside_the_published_number():
+    runs = [run("star-64", "ntu60/xsub", seed, best) for seed, best in enumerate([70.0, 72.5, 76.0])]
+    runs += [run("st-gcn", b, 0, 50.0 + i) for i, b in enumerate(BENCHMARKS)]
+    table = build(1, runs)
+    assert table.rows == ["st-gcn", "star-64"]  # the paper's order
+    assert table.columns == BENCHMARKS
+    cell = table.cell("star-64", "ntu60/xsub")
+    assert cell.reproduced == statistics.fmean([70.0, 72.5, 76.0])
+    assert cell.spread == statistics.stdev([70.0, 72.5, 76.0])
+    assert cell.seeds == 3
+    assert cell.published == published()["table1_accuracy_top1"]["rows"]["star-64"][0]
+    assert cell.difference == cell.reproduced - cell.published
+    single = table.cell("st-gcn", "ntu120/xset")
+    assert (single.reproduced, single.spread, single.seeds) == (53.0, None, 1)
+    assert single.published == published()["table1_accuracy_top1"]["rows"]["st-gcn"][3]
+    assert table.cell("star-64", "ntu60/xview").reproduced is None  # not run: an empty cell, not a zero
+
+
+def test_table1_final_accuracy_and_bad_runs():
+    runs = [run("star-64", "ntu60/xsub", 0, best=80.0, final=75.0)]
+    assert build(1, runs, accuracy="final").cell("star-64", "ntu60/xsub").reproduced == 75.0
+    with pytest.raises(TableError, match="two runs for .*star-64"):
+        build(1, runs + runs)
+    with pytest.raises(TableError, match="accuracy must be one of"):
+        build(1, runs, accuracy="median")
+    with pytest.raises(TableError, match="several models in one row"):
+        build(4, [run("star-64", "ntu60/xsub", 0, 80.0), run("star-128", "ntu60/xsub", 0, 81.0)])
+
+
+def test_table4_rows_are_the_papers_sparse_and_full_with_the_model_named():
+    table = build(4, [run("star-128", "ntu60/xsub", 0, 80.0), run("star-128-full", "ntu60/xsub", 0, 79.0)])
+    assert table.rows == ["star-sparse", "star-full"]
+    paper = published()["table4_sparse_vs_full_accuracy"]["rows"]
+    assert table.cell("star-full", "ntu60/xsub").published == paper["star-full"][0]
+    assert table.cell("star-full", "ntu60/xsub").model == "star-128-full"
+    assert table.cell("star-sparse", "ntu60/xsub").model == "star-128"
+
+
+@pytest.mark.parametrize("number", [2, 5])
+def test_efficiency_tables_put_each_summary_beside_its_published_column(number):
+    chosen = ["st-gcn", "st-tr", "star-64", "star-128"] if number == 2 else ["star-64", "star-64-full"]
+    table = build(number, [PROFILES[m] for m in chosen], smoke=True)
+    paper = published()["table2_efficiency" if number == 2 else "table5_sparse_vs_full_efficiency"]
+    for model in chosen:
+        row = model if number == 2 else ("star-full" if model.endswith("-full") else "star-sparse")
+        latency = table.cell(row, "latency_ms")
+        assert latency.reproduced == PROFILES[model]["summary"]["latency_ms"]
+        assert latency.published == paper["rows"][row][paper["columns"].index("cuda_time_ms")]
+        gmacs = table.cell(row, "gmacs")
+        assert gmacs.published == paper["rows"][row][paper["columns"].index("gmacs")]
+        assert gmacs.difference == PROFILES[model]["summary"]["gmacs"] - gmacs.published
+    assert ("params_m" in table.columns) == (number == 2)
+    assert "test cpu" in table.notes[0]
+    assert all(record["smoke"] for record in table.records())
+
+
+def test_table3_differences_only_where_the_module_types_agree():
+    table = build(3, [PROFILES["st-gcn"], PROFILES["star-64"]])
+    paper = published()["table3_breakdown_top3"]
+    assert table.columns[:3] == ["gmacs #1", "gmacs #2", "gmacs #3"]
+    first = table.cell("star-64", "params_m #1")  # Linear on both sides
+    assert (first.category, first.published_category) == ("Linear", "Linear")
+    assert first.reproduced == PROFILES["star-64"]["top3"]["params"][0][1] / 1e6
+    assert first.difference == first.reproduced - paper["star-64"]["params"][0][1] / 1e6
+    mismatched = table.cell("star-64", "gmacs #1")  # ours Linear, the paper's "MatMul (attention)"
+    assert mismatched.published_category == "MatMul (attention)" and mismatched.difference is None
+    third = table.cell("star-64", "latency_ms #3")  # ours MatMul, the paper's Linear
+    assert (third.category, third.published_category, third.difference) == ("MatMul", "Linear", None)
+    assert table.cell("star-64", "params_m #3").published is None  # the paper lists two
+
+
+def test_table_csv_round_trips_exactly_and_html_has_every_cell(tmp_path):
+    table = build(2, [PROFILES[m] for m in ("st-gcn", "star-64")])
+    csv_path, html_path = write_table(table, tmp_path / "table2.csv")
+    frame = pd.read_csv(csv_path)
+    assert tuple(frame.columns) == RECORD_COLUMNS
+    for record, row in zip(table.records(), frame.to_dict("records"), strict=True):
+        for key in ("reproduced", "published", "difference"):
+            assert record[key] == row[key]
+    html = html_path.read_text()
+    assert html.count("<td>") == len(table.rows) * len(table.columns)
+    assert "smoke" not in html
+
+
+@pytest.mark.parametrize("name", list(figures.TITLES))
+def test_every_figure_is_written_as_png_and_svg(name, tmp_path):
+    if name == "training-curves":
+        inputs = []
+        for model in ("star-64", "star-128"):
+            folder = tmp_path / model
+            folder.mkdir()
+            (folder / "metrics.json").write_text(json.dumps(run(model, "ntu60/xsub", 0, 50.0)))
+            pd.DataFrame({"epoch": [1, 2, 3], "train_top1_pct": [10, 30, 50], "test_top1_pct": [8, 20, 41]}).to_csv(
+                folder / "history.csv", index=False)
+            inputs.append(folder / "metrics.json")
+    elif name == "storage":
+        inputs = [tmp_path / "manifest.json"]
+        inputs[0].write_text(json.dumps({"clips": 192, "total_frames": 29619, "bytes": {
+            "compact": 8_910_380, "padded_300x2": 34_560_000, "compact_over_padded": 8_910_380 / 34_560_000}}))
+    else:
+        inputs = []
+        for model in ("st-gcn", "star-64"):
+            inputs.append(tmp_path / f"{model}.json")
+            inputs[-1].write_text(json.dumps(PROFILES[model]))
+    png = tmp_path / "out" / f"{name}.png"
+    assert main(["figure", name, *map(str, inputs), "--out", str(png)]) == 0
+    assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 10_000
+    assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_figure_bad_input_names_the_file_and_writes_nothing(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    out = tmp_path / "figures" / "breakdown-macs.png"
+    assert main(["figure", "breakdown-macs", str(broken), "--out", str(out)]) == 2
+    assert str(broken) in capsys.readouterr().err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    with pytest.raises(figures.FigureError, match="sweep-frames"):
+        figures.latency_sweep([{**PROFILES["star-64"], "sweep": []}])
+
+
+def test_table_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    profile_path = tmp_path / "star-64.json"
+    profile_path.write_text(json.dumps(PROFILES["star-64"]))
+    out = tmp_path / "tables" / "table1.csv"
+    assert main(["table", "1", str(profile_path), "--out", str(out)]) == 2  # a profile is not a run
+    assert f"{profile_path} is not one" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".html").exists()
+    with pytest.raises(SystemExit):
+        main(["table", "6", str(profile_path), "--out", str(out)])
+
+
+class _Page(HTMLParser):
+    """What a browser would load: tables by id, images with their sources, external references."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images, self.external, self.text = set(), [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+        for key in ("src", "href"):
+            if key in attrs and not attrs[key].startswith(("data:", "#")):
+                self.external.append(attrs[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_embeds_every_table_and_figure_and_lists_the_papers_contradictions(tmp_path):
+    runs = []
+    for model in ("st-gcn", "st-tr", "star-64", "star-128", "star-64-full"):
+        for benchmark in BENCHMARKS:
+            path = tmp_path / "runs" / benchmark / model / "metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(run(model, benchmark, 0, 60.0)))
+            runs.append(path)
+    profile_paths = []
+    for model, data in PROFILES.items():
+        profile_paths.append(tmp_path / f"{model}.json")
+        profile_paths[-1].write_text(json.dumps(data))
+    sparse_full = {"star-64", "star-64-full"}
+    inputs = {1: [json.loads(p.read_text()) for p in runs if p.parent.name not in {"star-64-full"}],
+              2: [PROFILES[m] for m in ("st-gcn", "st-tr", "star-64", "star-128")],
+              3: [PROFILES[m] for m in ("st-gcn", "st-tr", "star-64", "star-128")],
+              4: [json.loads(p.read_text()) for p in runs if p.parent.name in sparse_full],
+              5: [PROFILES[m] for m in sparse_full]}
+    tables = [write_table(build(n, data, smoke=True), tmp_path / f"table{n}.csv")[0] for n, data in inputs.items()]
+    figure_paths = []
+    for name in ("breakdown-macs", "latency-sweep"):
+        figure_paths += figures.save(figures.draw(name, profile_paths[:2]), tmp_path / f"{name}.png")[:1]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"smoke": True, "models": ["star-64"]}))
+    html = render_report(tables=tables, figures=figure_paths, runs=runs, profiles=profile_paths, config=config)
+
+    page = _Page()
+    page.feed(html)
+    assert {f"table{n}" for n in range(1, 6)} <= page.ids
+    assert {"breakdown-macs", "latency-sweep"} <= page.ids
+    assert len(page.images) == 2
+    for source in page.images:
+        assert base64.b64decode(source.removeprefix("data:image/png;base64,")).startswith(PNG_MAGIC)
+    assert page.external == []  # opens offline
+    text = " ".join(page.text)
+    assert "Smoke run." in text
+    for item in published()["inconsistencies"]:
+        assert item["text"] in text
+    # every cell an inconsistency names was reproduced here, and shown
+    assert "not reproduced in this run" not in text
+    assert text.count("test cpu") >= len(runs) + len(profile_paths)
+
+
+def test_inconsistencies_name_cells_the_tables_have():
+    """The published-numbers file points at (table, row, column) cells; each must be a cell the tables make."""
+    columns = {1: BENCHMARKS, 4: BENCHMARKS, 2: ["latency_ms", "params_m", "gmacs"], 5: ["latency_ms", "gmacs"],
+               3: build(3, [PROFILES["star-64"]]).columns}
+    models, ablation = ["st-gcn", "st-tr", "star-64", "star-128"], ["star-sparse", "star-full"]
+    rows = {1: models, 2: models, 3: models, 4: ablation, 5: ablation}
+    for item in published()["inconsistencies"]:
+        assert item["cells"], item["text"]
+        for number, row, column in item["cells"]:
+            assert row in rows[number] and column in columns[number], (number, row, column)
+
+
+def test_numbers_are_formatted_without_losing_the_sign_or_inventing_values():
+    from star.report.html import number, signed
+
+    assert number(None) == "–" and number(math.nan) == "–" and signed(None) == "–"
+    assert number(259.66) == "259.7" and number(3_098_832.0) == "3,098,832"
+    assert signed(-56.5) == "-56.5" and signed(0.25) == "+0.25" and signed(1679.5) == "+1,680"

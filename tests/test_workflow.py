@@ -1,0 +1,128 @@
+"""The Snakemake workflow: what it plans for the paper's configuration and for single targets, what it refuses
+before any job runs, and (slow) the whole smoke configuration end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO / "Snakefile"
+PAPER = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
+SMOKE = REPO / "workflow/config/smoke.yaml"
+FIGURES = ["breakdown-macs", "breakdown-params", "breakdown-latency", "training-curves", "storage", "latency-sweep"]
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+
+
+def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule from a dry run's "Job stats" table."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    stats = (result.stdout + result.stderr).split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if m[1] != "total"}
+
+
+@pytest.fixture
+def ntu_folders(tmp_path) -> Path:
+    """The paper configuration's raw folders, present (and empty: a dry run reads no file)."""
+    for folder in PAPER["data"]["raw_dirs"]:
+        (tmp_path / folder).mkdir(parents=True)
+    return tmp_path
+
+
+def test_paper_config_plans_every_training_job(ntu_folders):
+    jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "all"))
+    models = set(PAPER["models"]) | set(PAPER["ablation"].values())
+    runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
+    assert runs == 20
+    assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
+                    "resolved_config": 1, "report": 1, "all": 1}
+
+
+def test_one_table_plans_only_what_it_needs(ntu_folders):
+    assert planned(snakemake(ntu_folders, "-n", "--cores", "8", "results/tables/table2.csv")) == {
+        "preprocess": 1, "profile": len(PAPER["models"]), "table": 1}
+    jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "table4"))
+    assert jobs == {"preprocess": 1, "train": len(PAPER["benchmarks"]) * 2, "table": 1, "table4": 1}
+
+
+def _refused(workdir: Path, *config: str) -> str:
+    result = snakemake(workdir, "-n", "--cores", "1", "all", "--config", *config)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Job stats" not in output  # nothing was planned, let alone run
+    return output
+
+
+def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders):
+    output = _refused(ntu_folders, "accuracy=worst")
+    assert "accuracy" in output and "'worst' is not one of ['best', 'final']" in output
+    output = _refused(ntu_folders, "seeds=[-1]")
+    assert "seeds" in output and "minimum" in output
+    output = _refused(ntu_folders, "models=[star-64,star-256]")
+    assert "config key models: unknown model 'star-256'" in output and "star-128-full" in output
+    output = _refused(ntu_folders, "benchmarks=[ntu60/xsub,ntu90/xsub]")
+    assert "'ntu90/xsub' is not one of" in output
+    output = _refused(ntu_folders, "ablation={sparse: star-64-full, full: star-64}")
+    assert "config key ablation" in output
+
+
+def test_missing_raw_folder_stops_at_once_with_how_to_get_the_data(tmp_path):
+    output = _refused(tmp_path)
+    assert PAPER["data"]["raw_dirs"][0] in output and "data.raw_dirs" in output
+    assert "rose1.ntu.edu.sg" in output and "smoke.yaml" in output
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.ids.add(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs["src"])
+
+
+@pytest.mark.slow
+def test_smoke_workflow_end_to_end(tmp_path):
+    """The README's first command in a temporary folder: every table, figure and the report, Snakemake's own
+    report, then only the report reruns when only its template changes."""
+    result = snakemake(tmp_path, "--cores", "2", "all", "--configfile", str(SMOKE), timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    for number in range(1, 6):
+        csv = (tmp_path / f"results/tables/table{number}.csv").read_text().splitlines()
+        assert len(csv) > 2 and all(line.endswith(",True") for line in csv[1:])  # every cell marked smoke
+        assert "smoke run: not a reproduction" in (tmp_path / f"results/tables/table{number}.html").read_text()
+    for name in FIGURES:
+        assert (tmp_path / f"results/figures/{name}.png").stat().st_size > 10_000
+        assert (tmp_path / f"results/figures/{name}.svg").stat().st_size > 10_000
+    page = _Page()
+    page.feed((tmp_path / "reports/index.html").read_text())
+    assert {f"table{n}" for n in range(1, 6)} | set(FIGURES) <= page.ids
+    assert len(page.images) == len(FIGURES) and all(src.startswith("data:image/png;base64,") for src in page.images)
+
+    result = snakemake(tmp_path, "--configfile", str(SMOKE), "--report", "reports/snakemake.html")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "reports/snakemake.html").stat().st_size > 100_000  # Snakemake's report, figures inside
+
+    template = REPO / "star/report/templates/report.html.j2"
+    times = template.stat()
+    try:
+        os.utime(template, (times.st_atime, times.st_mtime + 3600))
+        assert planned(snakemake(tmp_path, "-n", "--cores", "2", "all", "--configfile", str(SMOKE))) == {
+            "report": 1, "all": 1}
+    finally:
+        os.utime(template, (times.st_atime, times.st_mtime))

@@ -1,0 +1,119 @@
+# Names, paths and checks shared by the rule files. Everything here runs when the workflow is parsed,
+# so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts.
+import os
+import re
+
+from snakemake.exceptions import WorkflowError
+
+from star.data.splits import BENCHMARKS
+from star.models import names as registered_models
+
+STORE = "results/store"
+MANIFEST = f"{STORE}/manifest.json"  # the store's last file: written when the store is whole
+REPORT = "reports/index.html"
+TEMPLATES = os.path.join(workflow.basedir, "star", "report", "templates")
+FIGURES = ["breakdown-macs", "breakdown-params", "breakdown-latency", "training-curves", "storage", "latency-sweep"]
+
+
+def check_names():
+    models = registered_models()
+    named = [("models", m) for m in config["models"]] + [("figures.curves_models", m) for m in config["figures"]["curves_models"]]
+    named += [(f"ablation.{key}", config["ablation"][key]) for key in ("sparse", "full")]
+    named += [(f"training.overrides.{m}", m) for m in config["training"]["overrides"]]
+    for key, model in named:
+        if model not in models:
+            raise WorkflowError(f"config key {key}: unknown model {model!r}; registered models: {', '.join(models)}")
+    if not config["ablation"]["full"].endswith("-full") or config["ablation"]["sparse"].endswith("-full"):
+        raise WorkflowError(f"config key ablation: sparse must be a sparse model and full a -full model, "
+                            f"not {config['ablation']['sparse']!r} and {config['ablation']['full']!r}")
+
+
+def check_raw_dirs():
+    if config["data"]["synthetic"]:
+        return
+    missing = [d for d in config["data"]["raw_dirs"] if not os.path.isdir(d)]
+    if missing:
+        raise WorkflowError(
+            f"raw NTU RGB+D folder(s) not found: {', '.join(missing)} (config key data.raw_dirs).\n"
+            "NTU RGB+D is licensed: request the skeleton archives from the ROSE Lab "
+            "(https://rose1.ntu.edu.sg/dataset/actionRecognition/), unpack nturgb+d_skeletons and "
+            "nturgbd_skeletons_s018_to_s032, and set data.raw_dirs to those folders, e.g.\n"
+            "  snakemake --cores 8 all --config 'data={raw_dirs: [/data/nturgb+d_skeletons, /data/nturgbd_skeletons_s018_to_s032]}'\n"
+            "or edit workflow/config/config.yaml. To try the pipeline without the data set, run the smoke configuration:\n"
+            "  snakemake --cores 2 all --configfile workflow/config/smoke.yaml")
+
+
+check_names()
+check_raw_dirs()
+
+
+def run_metrics(benchmark, model, seed):
+    return f"results/runs/{benchmark}/{model}/seed{seed}/metrics.json"
+
+
+def runs_of(models, benchmarks=None):
+    return [run_metrics(b, m, s) for b in benchmarks or config["benchmarks"] for m in models for s in config["seeds"]]
+
+
+def profiles_of(models):
+    return [f"results/profile/{m}.json" for m in dict.fromkeys(models)]
+
+
+ABLATION = [config["ablation"]["sparse"], config["ablation"]["full"]]
+TABLE_INPUTS = {
+    1: runs_of(config["models"]),
+    2: profiles_of(config["models"]),
+    3: profiles_of(config["models"]),
+    4: runs_of(ABLATION),
+    5: profiles_of(ABLATION),
+}
+FIGURE_INPUTS = {
+    "breakdown-macs": profiles_of(config["models"]),
+    "breakdown-params": profiles_of(config["models"]),
+    "breakdown-latency": profiles_of(config["models"]),
+    "training-curves": runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]]),
+    "storage": [MANIFEST],
+    "latency-sweep": profiles_of(config["models"] + ABLATION),
+}
+
+
+def all_cores():
+    """Every core Snakemake was given; 1 when it was given no --cores (--report, or a cluster profile,
+    which sets each rule's threads itself)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
+def training_options(model):
+    """`star train` flags for `model`: the training settings with its overrides."""
+    settings = {**config["training"], **config["training"]["overrides"].get(model, {})}
+    flags = [f"--recipe {settings['recipe']}", f"--accumulate {settings['accumulate']}",
+             f"--padded-frames {settings['padded_frames']}", f"--device {settings['device']}",
+             f"--workers {settings['workers']}"]
+    flags += [f"--{key.replace('_', '-')} {settings[key]}" for key in ("epochs", "batch_size", "max_clips")
+              if settings[key] is not None]
+    if settings["amp"]:
+        flags.append("--amp")
+    return " ".join(flags)
+
+
+def profile_options():
+    p = config["profiling"]
+    flags = [f"--benchmark {p['benchmark']}", f"--clips {p['clips']}", f"--seed {p['seed']}",
+             f"--repeats {p['repeats']}", f"--warmup {p['warmup']}", f"--profiler-runs {p['profiler_runs']}",
+             f"--device {p['device']}"]
+    if p["sweep_frames"]:
+        flags.append("--sweep-frames " + " ".join(map(str, p["sweep_frames"])))
+        flags.append("--sweep-clips " + " ".join(map(str, p["sweep_clips"])))
+    return " ".join(flags)
+
+
+wildcard_constraints:
+    dataset="ntu60|ntu120",
+    benchmark="|".join(name.split("/")[1] for name in BENCHMARKS),
+    model="|".join(map(re.escape, registered_models())),
+    seed=r"\d+",
+    number="[1-5]",
+    figure="|".join(FIGURES),

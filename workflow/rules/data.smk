@@ -1,0 +1,23 @@
+# Raw skeleton files -> one compact store for all four benchmarks (NTU 60 is setups S001-S017 of NTU 120).
+
+if config["data"]["synthetic"]:
+
+    rule synth:
+        output:
+            directory(config["data"]["raw_dirs"][0]),
+        log:
+            "logs/synth.log",
+        shell:
+            "star synth --out {output} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        config["data"]["raw_dirs"],
+    output:
+        MANIFEST,
+    log:
+        "logs/preprocess.log",
+    threads: config["data"]["workers"]
+    shell:
+        "star preprocess --raw {input} --out {STORE} --workers {threads} --quiet > {log} 2>&1"

@@ -1,0 +1,19 @@
+# One profile per model on the fixed profiling batch: Tables 2, 3 and 5 and Figures 8-10. By default a
+# profiling job takes every core Snakemake was given, so no other job runs beside it and skews its timing.
+
+
+rule profile:
+    input:
+        store=MANIFEST,
+    output:
+        "results/profile/{model}.json",
+    log:
+        "logs/profile/{model}.log",
+    params:
+        options=profile_options(),
+    threads: config["profiling"]["threads"] or all_cores()
+    resources:
+        gpu=config["profiling"]["gpus"],
+    shell:
+        "star profile --store {STORE} --model {wildcards.model} --out {output} --threads {threads}"
+        " {params.options} > {log} 2>&1"

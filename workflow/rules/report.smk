@@ -1,0 +1,80 @@
+# Tables 1-5, the figures and the one-file HTML report. Changing a template reruns only what it renders:
+# table.html.j2 the tables (and the report), report.html.j2 the report alone.
+
+
+rule table:
+    input:
+        results=lambda wildcards: TABLE_INPUTS[int(wildcards.number)],
+        template=os.path.join(TEMPLATES, "table.html.j2"),
+    output:
+        csv="results/tables/table{number}.csv",
+        html=report("results/tables/table{number}.html", caption="../report/table.rst", category="Tables",
+                    labels={"table": "Table {number}"}),
+    log:
+        "logs/tables/table{number}.log",
+    params:
+        flags=f"--accuracy {config['accuracy']}" + (" --smoke" if config["smoke"] else ""),
+    shell:
+        "star table {wildcards.number} {input.results} --out {output.csv} {params.flags} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        lambda wildcards: FIGURE_INPUTS[wildcards.figure],
+    output:
+        png=report("results/figures/{figure}.png", caption="../report/figure.rst", category="Figures",
+                   labels={"figure": "{figure}"}),
+        svg="results/figures/{figure}.svg",
+    log:
+        "logs/figures/{figure}.log",
+    shell:
+        "star figure {wildcards.figure} {input} --out {output.png} > {log} 2>&1"
+
+
+rule resolved_config:
+    output:
+        "results/config.json",
+    params:
+        config=config,
+    run:
+        from star.io import write_json
+
+        write_json(output[0], params.config)
+
+
+rule report:
+    input:
+        tables=expand("results/tables/table{number}.csv", number=TABLE_INPUTS),
+        figures=expand("results/figures/{figure}.png", figure=FIGURES),
+        runs=sorted(set(runs_of(config["models"]) + runs_of(ABLATION))),
+        profiles=profiles_of(config["models"] + ABLATION),
+        manifest=MANIFEST,
+        config="results/config.json",
+        template=os.path.join(TEMPLATES, "report.html.j2"),
+    output:
+        REPORT,
+    log:
+        "logs/report.log",
+    shell:
+        "star report --out {output} --tables {input.tables} --figures {input.figures} --runs {input.runs}"
+        " --profiles {input.profiles} --manifest {input.manifest} --config {input.config}"
+        " --template {input.template} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        expand("results/tables/table{number}.csv", number=TABLE_INPUTS),
+
+
+rule figures:
+    input:
+        expand("results/figures/{figure}.png", figure=FIGURES),
+
+
+for number in TABLE_INPUTS:
+
+    rule:
+        name:
+            f"table{number}"
+        input:
+            f"results/tables/table{number}.csv",

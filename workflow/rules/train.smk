@@ -1,0 +1,22 @@
+# One training run per (benchmark, model, seed). A failed or killed job keeps its checkpoint.pt, and the
+# same job run again resumes from its last finished epoch (star train); Snakemake removes only the
+# declared outputs, which `star train` writes whole.
+
+
+rule train:
+    input:
+        store=MANIFEST,
+    output:
+        metrics="results/runs/{dataset}/{benchmark}/{model}/seed{seed}/metrics.json",
+        history="results/runs/{dataset}/{benchmark}/{model}/seed{seed}/history.csv",
+    log:
+        "logs/runs/{dataset}/{benchmark}/{model}/seed{seed}.log",
+    params:
+        options=lambda wildcards: training_options(wildcards.model),
+    threads: config["training"]["threads"]
+    resources:
+        gpu=config["training"]["gpus"],
+    shell:
+        "star train --store {STORE} --benchmark {wildcards.dataset}/{wildcards.benchmark}"
+        " --model {wildcards.model} --seed {wildcards.seed} --out $(dirname {output.metrics})"
+        " {params.options} --quiet > {log} 2>&1"
