@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from star.report.figures import TITLES
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
 PAPER = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
 SMOKE = REPO / "workflow/config/smoke.yaml"
-FIGURES = ["breakdown-macs", "breakdown-params", "breakdown-latency", "training-curves", "storage", "latency-sweep"]
+FIGURES = list(TITLES)
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """The paper's Figures 8-11 and two figures beyond it, drawn with matplotlib from result files.
 
 Each figure is a function of loaded result files that returns a matplotlib
-Figure; `save` writes it as PNG and SVG at once, each under a temporary name.
+Figure; `draw` reads the files for a figure by name, `save` writes it as PNG
+and SVG, each under a temporary name (neither is left if either fails).
 
 - `breakdown-macs`, `breakdown-params`, `breakdown-latency` (Figures 8-10):
   per model, the costliest module types (fvcore's MACs, parameters, profiled
@@ -20,14 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from star.io import read_json, write_atomic  # noqa: E402
+from star.io import read_json, write_atomic
 
 TITLES = {
     "breakdown-macs": "Figure 8. MACs by module type",
@@ -60,11 +58,12 @@ BREAKDOWNS = {
 
 
 def _panels(count: int, width: float = 4.2, height: float = 3.2):
-    figure, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False, layout="constrained")
-    return figure, axes[0]
+    # a bare Figure, not pyplot: no global figure registry to leak into, no GUI backend to pick
+    figure = Figure(figsize=(width * count, height), layout="constrained")
+    return figure, figure.subplots(1, count, squeeze=False)[0]
 
 
-def breakdown(profiles: list[dict], quantity: str) -> plt.Figure:
+def breakdown(profiles: list[dict], quantity: str) -> Figure:
     spec = BREAKDOWNS[quantity]
     if not profiles:
         raise FigureError(f"breakdown-{quantity} needs at least one profile JSON")
@@ -87,7 +86,7 @@ def breakdown(profiles: list[dict], quantity: str) -> plt.Figure:
     return figure
 
 
-def training_curves(runs: list[tuple[dict, pd.DataFrame]]) -> plt.Figure:
+def training_curves(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
     """`runs`: each run's metrics.json and history.csv; one panel per model, a pair of lines per seed."""
     if not runs:
         raise FigureError("training-curves needs at least one run's metrics.json")
@@ -110,7 +109,7 @@ def training_curves(runs: list[tuple[dict, pd.DataFrame]]) -> plt.Figure:
     return figure
 
 
-def storage(manifest: dict) -> plt.Figure:
+def storage(manifest: dict) -> Figure:
     sizes = manifest["bytes"]
     figure, (axis,) = _panels(1, width=6.5, height=2.6)
     names = ["padded 300 x 2 (baselines)", "compact store (STAR)"]
@@ -124,7 +123,7 @@ def storage(manifest: dict) -> plt.Figure:
     return figure
 
 
-def latency_sweep(profiles: list[dict]) -> plt.Figure:
+def latency_sweep(profiles: list[dict]) -> Figure:
     swept = [p for p in profiles if p.get("sweep")]
     if not swept:
         raise FigureError("latency-sweep needs profiles made with --sweep-frames")
@@ -153,7 +152,7 @@ def _history(metrics_path: Path) -> pd.DataFrame:
         raise FigureError(f"{path}: cannot read the run's history ({error})") from error
 
 
-def draw(name: str, inputs: list[str | Path]) -> plt.Figure:
+def draw(name: str, inputs: list[str | Path]) -> Figure:
     """Figure `name` (a key of TITLES) from its input files: profile JSONs, runs' metrics.json or a manifest."""
     inputs = [Path(p) for p in inputs]
     if name not in TITLES:
@@ -170,7 +169,7 @@ def draw(name: str, inputs: list[str | Path]) -> plt.Figure:
     return breakdown(profiles, name.removeprefix("breakdown-"))
 
 
-def save(figure: plt.Figure, png: str | Path) -> list[Path]:
+def save(figure: Figure, png: str | Path) -> list[Path]:
     """Write `png` and the SVG beside it; returns both paths."""
     png = Path(png)
     if png.suffix != ".png":
@@ -184,7 +183,5 @@ def save(figure: plt.Figure, png: str | Path) -> list[Path]:
         for path in paths:
             path.unlink(missing_ok=True)
         raise
-    finally:
-        plt.close(figure)
     return paths
 

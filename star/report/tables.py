@@ -39,7 +39,7 @@ TITLES = {
     4: "Sparse against full spatial attention: top-1 accuracy (%)",
     5: "Sparse against full spatial attention: latency and GMACs",
 }
-# Table 2/5 columns: the profile summary's key, the published column it stands beside, the unit's scale
+# Table 2/5 columns: the profile summary's key -> the published column it stands beside (same unit)
 EFFICIENCY_COLUMNS = {"latency_ms": "cuda_time_ms", "params_m": "params_millions", "gmacs": "gmacs"}
 # Table 3: the profile's top3 key -> the column quantity and the divisor giving its unit
 BREAKDOWN_QUANTITIES = {"macs": ("gmacs", 1e9), "params": ("params_m", 1e6), "latency_ms": ("latency_ms", 1.0)}
@@ -129,10 +129,10 @@ def _unique(items: list[dict], key, what: str) -> dict:
     """Index result files by `key`, refusing two files for one place in the table."""
     out = {}
     for item in items:
-        k = key(item)
-        if k in out:
-            raise TableError(f"two {what} for {k}: {out[k]['_path']} and {item['_path']}")
-        out[k] = item
+        place = key(item)
+        if place in out:
+            raise TableError(f"two {what} for {place}: {out[place].get('_path')} and {item.get('_path')}")
+        out[place] = item
     return out
 
 

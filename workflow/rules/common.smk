@@ -5,14 +5,16 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
+import star.io
 from star.data.splits import BENCHMARKS
 from star.models import names as registered_models
+from star.report.figures import TITLES as FIGURE_TITLES
 
 STORE = "results/store"
 MANIFEST = f"{STORE}/manifest.json"  # the store's last file: written when the store is whole
 REPORT = "reports/index.html"
 TEMPLATES = os.path.join(workflow.basedir, "star", "report", "templates")
-FIGURES = ["breakdown-macs", "breakdown-params", "breakdown-latency", "training-curves", "storage", "latency-sweep"]
+FIGURES = list(FIGURE_TITLES)
 
 
 def check_names():

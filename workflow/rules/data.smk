@@ -18,6 +18,8 @@ rule preprocess:
         MANIFEST,
     log:
         "logs/preprocess.log",
+    params:
+        store=lambda wildcards, output: os.path.dirname(output[0]),
     threads: config["data"]["workers"]
     shell:
-        "star preprocess --raw {input} --out {STORE} --workers {threads} --quiet > {log} 2>&1"
+        "star preprocess --raw {input} --out {params.store} --workers {threads} --quiet > {log} 2>&1"

@@ -4,16 +4,17 @@
 
 rule profile:
     input:
-        store=MANIFEST,
+        manifest=MANIFEST,
     output:
         "results/profile/{model}.json",
     log:
         "logs/profile/{model}.log",
     params:
+        store=lambda wildcards, input: os.path.dirname(input.manifest),
         options=profile_options(),
     threads: config["profiling"]["threads"] or all_cores()
     resources:
         gpu=config["profiling"]["gpus"],
     shell:
-        "star profile --store {STORE} --model {wildcards.model} --out {output} --threads {threads}"
+        "star profile --store {params.store} --model {wildcards.model} --out {output} --threads {threads}"
         " {params.options} > {log} 2>&1"

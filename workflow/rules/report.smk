@@ -34,12 +34,13 @@ rule figure:
 rule resolved_config:
     output:
         "results/config.json",
+    log:
+        "logs/config.log",
     params:
         config=config,
     run:
-        from star.io import write_json
-
-        write_json(output[0], params.config)
+        star.io.write_json(output[0], params.config)
+        shell("echo 'configuration files read: {workflow.configfiles}' > {log}")
 
 
 rule report:

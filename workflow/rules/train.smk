@@ -5,18 +5,19 @@
 
 rule train:
     input:
-        store=MANIFEST,
+        manifest=MANIFEST,
     output:
         metrics="results/runs/{dataset}/{benchmark}/{model}/seed{seed}/metrics.json",
         history="results/runs/{dataset}/{benchmark}/{model}/seed{seed}/history.csv",
     log:
         "logs/runs/{dataset}/{benchmark}/{model}/seed{seed}.log",
     params:
+        store=lambda wildcards, input: os.path.dirname(input.manifest),
         options=lambda wildcards: training_options(wildcards.model),
     threads: config["training"]["threads"]
     resources:
         gpu=config["training"]["gpus"],
     shell:
-        "star train --store {STORE} --benchmark {wildcards.dataset}/{wildcards.benchmark}"
+        "star train --store {params.store} --benchmark {wildcards.dataset}/{wildcards.benchmark}"
         " --model {wildcards.model} --seed {wildcards.seed} --out $(dirname {output.metrics})"
         " {params.options} --quiet > {log} 2>&1"
