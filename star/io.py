@@ -26,6 +26,21 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def write_together(writes: dict[Path, Callable[[Path], None]]) -> list[Path]:
+    """Several files that belong together (a table's CSV and HTML, a figure's PNG and SVG), each written by
+    write_atomic; if any fails, those already written are removed too, so none is left without the others."""
+    done = []
+    try:
+        for path, write in writes.items():
+            write_atomic(path, write)
+            done.append(Path(path))
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
+    return done
+
+
 def write_json(path: str | Path, data) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from star.cli import main
+from star.io import write_together
 from star.paper import published
 from star.profiling.profile import FORMAT as PROFILE_FORMAT
 from star.report import figures
-from star.report.html import render_report, write_table
+from star.report.html import number, render_report, signed, write_table
 from star.report.tables import RECORD_COLUMNS, TableError, build
 from star.train import RUN_FORMAT
 
@@ -269,8 +270,17 @@ def test_inconsistencies_name_cells_the_tables_have():
 
 
 def test_numbers_are_formatted_without_losing_the_sign_or_inventing_values():
-    from star.report.html import number, signed
-
     assert number(None) == "–" and number(math.nan) == "–" and signed(None) == "–"
     assert number(259.66) == "259.7" and number(3_098_832.0) == "3,098,832"
     assert signed(-56.5) == "-56.5" and signed(0.25) == "+0.25" and signed(1679.5) == "+1,680"
+
+
+def test_files_written_together_are_all_removed_when_one_fails(tmp_path):
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_together({tmp_path / "table1.csv": lambda tmp: tmp.write_text("whole"),
+                        tmp_path / "table1.html": half_then_fail})
+    assert list(tmp_path.iterdir()) == []

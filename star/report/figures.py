@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from star.io import read_json, write_atomic
+from star.io import read_json, write_together
 
 TITLES = {
     "breakdown-macs": "Figure 8. MACs by module type",
@@ -174,14 +174,7 @@ def save(figure: Figure, png: str | Path) -> list[Path]:
     png = Path(png)
     if png.suffix != ".png":
         raise FigureError(f"figure output must end in .png (the .svg is written beside it): {png}")
-    paths = [png.with_suffix(f".{fmt}") for fmt in FORMATS]
-    try:
-        for path in paths:
-            # matplotlib picks the format from the name, so the temporary name keeps the suffix
-            write_atomic(path, lambda tmp, fmt=path.suffix[1:]: figure.savefig(tmp, format=fmt, dpi=120))
-    except BaseException:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        raise
-    return paths
+    # matplotlib picks the format from the name, so it is given explicitly for the temporary name
+    return write_together({png.with_suffix(f".{fmt}"): lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=120)
+                           for fmt in FORMATS})
 

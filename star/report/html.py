@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from star.io import read_json, write_atomic
+from star.io import read_json, write_atomic, write_together
 from star.paper import published
 from star.report.figures import TITLES as FIGURE_TITLES
 from star.report.tables import RECORD_COLUMNS, Table
@@ -70,8 +70,9 @@ def write_table(table: Table, csv_path: str | Path) -> tuple[Path, Path]:
         raise ReportError(f"table output must end in .csv (the .html is written beside it): {csv_path}")
     html_path = csv_path.with_suffix(".html")
     frame = pd.DataFrame(table.records(), columns=list(RECORD_COLUMNS))
-    write_atomic(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
-    write_atomic(html_path, lambda tmp: tmp.write_text(table_fragment(table)))
+    fragment = table_fragment(table)
+    write_together({csv_path: lambda tmp: frame.to_csv(tmp, index=False),
+                    html_path: lambda tmp: tmp.write_text(fragment)})
     return csv_path, html_path
 
 
