@@ -265,8 +265,8 @@ def test_inconsistencies_name_cells_the_tables_have():
     rows = {1: models, 2: models, 3: models, 4: ablation, 5: ablation}
     for item in published()["inconsistencies"]:
         assert item["cells"], item["text"]
-        for number, row, column in item["cells"]:
-            assert row in rows[number] and column in columns[number], (number, row, column)
+        for table_number, row, column in item["cells"]:
+            assert row in rows[table_number] and column in columns[table_number], (table_number, row, column)
 
 
 def test_numbers_are_formatted_without_losing_the_sign_or_inventing_values():
