@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--sweep-repeats", type=int, default=3, metavar="N")
     prof.set_defaults(handler=_profile)
 
-    from star.report.figures import TITLES as FIGURES
+    from star.report.figures import FIGURES
 
     table = commands.add_parser("table", help="one of the paper's Tables 1-5 as CSV and an HTML fragment",
                                 description="Tables 1 and 4 from runs' metrics.json, Tables 2, 3 and 5 from "

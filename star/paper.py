@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -22,6 +23,9 @@ _EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
+PUBLISHED = Path(str(resources.files("star.data.resources").joinpath("paper_tables.yaml")))
+
+
 @cache
 def published() -> dict:
-    return yaml.load(resources.files("star.data.resources").joinpath("paper_tables.yaml").read_text(), _Loader)
+    return yaml.load(PUBLISHED.read_text(), _Loader)

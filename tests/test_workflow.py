@@ -6,19 +6,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
+from html_page import Page
 
-from star.report.figures import TITLES
+from star.report.figures import FIGURES as FIGURE_TITLES
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
 PAPER = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
 SMOKE = REPO / "workflow/config/smoke.yaml"
-FIGURES = list(TITLES)
+FIGURES = list(FIGURE_TITLES)
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -45,7 +45,6 @@ def test_paper_config_plans_every_training_job(ntu_folders):
     jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "all"))
     models = set(PAPER["models"]) | set(PAPER["ablation"].values())
     runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
-    assert runs == 20
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
                     "resolved_config": 1, "report": 1, "all": 1}
 
@@ -84,23 +83,15 @@ def test_missing_raw_folder_stops_at_once_with_how_to_get_the_data(tmp_path):
     assert "rose1.ntu.edu.sg" in output and "smoke.yaml" in output
 
 
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.ids, self.images = set(), []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.ids.add(attrs.get("id"))
-        if tag == "img":
-            self.images.append(attrs["src"])
-
-
 @pytest.mark.slow
 def test_smoke_workflow_end_to_end(tmp_path):
     """The README's first command in a temporary folder: every table, figure and the report, Snakemake's own
     report, then only the report reruns when only its template changes."""
-    result = snakemake(tmp_path, "--cores", "2", "all", "--configfile", str(SMOKE), timeout=1500)
+    # the report template is a copy, so the test can change it without touching the repository
+    template = tmp_path / "report.html.j2"
+    template.write_bytes((REPO / "star/report/templates/report.html.j2").read_bytes())
+    smoke = ("--configfile", str(SMOKE), "--config", f"report_template={template}")
+    result = snakemake(tmp_path, "--cores", "2", "all", *smoke, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     for number in range(1, 6):
@@ -110,22 +101,14 @@ def test_smoke_workflow_end_to_end(tmp_path):
     for name in FIGURES:
         assert (tmp_path / f"results/figures/{name}.png").stat().st_size > 10_000
         assert (tmp_path / f"results/figures/{name}.svg").stat().st_size > 10_000
-    page = _Page()
-    page.feed((tmp_path / "reports/index.html").read_text())
+    page = Page((tmp_path / "reports/index.html").read_text())
     assert {f"table{n}" for n in range(1, 6)} | set(FIGURES) <= page.ids
     assert len(page.images) == len(FIGURES) and all(src.startswith("data:image/png;base64,") for src in page.images)
 
-    result = snakemake(tmp_path, "--configfile", str(SMOKE), "--report", "reports/snakemake.html")
+    result = snakemake(tmp_path, *smoke, "--report", "reports/snakemake.html")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "reports/snakemake.html").stat().st_size > 100_000  # Snakemake's report, figures inside
 
-    # Snakemake reruns a job for an input whose content changed (a touched file with the same checksum is not
-    # a change), so the template is changed for the dry run and restored byte for byte
-    template = REPO / "star/report/templates/report.html.j2"
-    original = template.read_bytes()
-    try:
-        template.write_bytes(original + b"<!-- changed by test_smoke_workflow_end_to_end -->\n")
-        assert planned(snakemake(tmp_path, "-n", "--cores", "2", "all", "--configfile", str(SMOKE))) == {
-            "report": 1, "all": 1}
-    finally:
-        template.write_bytes(original)
+    # Snakemake reruns a job whose input's content changed (a touched file with the same checksum is no change)
+    template.write_text(template.read_text() + "<!-- changed -->\n")
+    assert planned(snakemake(tmp_path, "-n", "--cores", "2", "all", *smoke)) == {"report": 1, "all": 1}

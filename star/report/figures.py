@@ -27,11 +27,11 @@ from matplotlib.ticker import MaxNLocator
 
 from star.io import read_json, write_together
 
-TITLES = {
+FIGURES = {  # name -> title in the report
     "breakdown-macs": "Figure 8. MACs by module type",
     "breakdown-params": "Figure 9. Parameters by module type",
     "breakdown-latency": "Figure 10. Latency by module type",
-    "training-curves": "Figure 11. Train and test top-1 per epoch on NTU 60 cross-subject",
+    "training-curves": "Figure 11. Train and test top-1 per epoch",
     "storage": "Beyond the paper: bytes of the compact store against the padded layout",
     "latency-sweep": "Beyond the paper: forward latency against clip length",
 }
@@ -93,13 +93,12 @@ def training_curves(runs: list[tuple[dict, pd.DataFrame]]) -> Figure:
     models = list(dict.fromkeys(metrics["model"] for metrics, _ in runs))
     figure, axes = _panels(len(models), width=4.8)
     for axis, model in zip(axes, models, strict=True):
-        for metrics, history in runs:
-            if metrics["model"] != model:
-                continue
+        model_runs = [(metrics, history) for metrics, history in runs if metrics["model"] == model]
+        for metrics, history in model_runs:
             seed = metrics["seed"]
             axis.plot(history["epoch"], history["train_top1_pct"], color="#4477aa", label=f"train, seed {seed}")
             axis.plot(history["epoch"], history["test_top1_pct"], color="#ee6677", label=f"test, seed {seed}")
-        axis.set_title(f"{model}, {runs[0][0]['benchmark']}")
+        axis.set_title(f"{model}, {', '.join(sorted({m['benchmark'] for m, _ in model_runs}))}")
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel("top-1 (%)")
@@ -153,10 +152,17 @@ def _history(metrics_path: Path) -> pd.DataFrame:
 
 
 def draw(name: str, inputs: list[str | Path]) -> Figure:
-    """Figure `name` (a key of TITLES) from its input files: profile JSONs, runs' metrics.json or a manifest."""
+    """Figure `name` (a key of FIGURES) from its input files: profile JSONs, runs' metrics.json or a manifest."""
     inputs = [Path(p) for p in inputs]
-    if name not in TITLES:
-        raise FigureError(f"no figure {name!r}; the figures are {', '.join(TITLES)}")
+    if name not in FIGURES:
+        raise FigureError(f"no figure {name!r}; the figures are {', '.join(FIGURES)}")
+    try:
+        return _draw(name, inputs)
+    except KeyError as error:
+        raise FigureError(f"{name}: an input lacks the key {error} (inputs: {', '.join(map(str, inputs))})") from error
+
+
+def _draw(name: str, inputs: list[Path]) -> Figure:
     if name == "training-curves":
         return training_curves([(read_json(p), _history(p)) for p in inputs])
     if name == "storage":

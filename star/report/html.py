@@ -22,7 +22,7 @@ import pandas as pd
 
 from star.io import read_json, write_atomic, write_together
 from star.paper import published
-from star.report.figures import TITLES as FIGURE_TITLES
+from star.report.figures import FIGURES
 from star.report.tables import RECORD_COLUMNS, Table
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -46,7 +46,7 @@ def number(value: float | None) -> str:
 
 
 def signed(value: float | None) -> str:
-    """A difference: three significant digits and its sign, never an exponent from 1,000 on."""
+    """A difference: three significant digits and its sign; whole numbers with separators from 1,000 on."""
     if _missing(value):
         return "–"
     return f"{value:+,.0f}" if abs(value) >= 1_000 else f"{value:+.3g}"
@@ -107,7 +107,7 @@ def _figure(path: Path) -> dict:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
     except OSError as error:
         raise ReportError(f"{path}: cannot read the figure ({error})") from error
-    return {"name": path.stem, "title": FIGURE_TITLES.get(path.stem, path.stem), "png_base64": data}
+    return {"name": path.stem, "title": FIGURES.get(path.stem, path.stem), "png_base64": data}
 
 
 def _versions() -> dict[str, str]:
@@ -122,6 +122,9 @@ def _versions() -> dict[str, str]:
 
 def _run_row(path: Path) -> dict:
     run = read_json(path)
+    missing = [key for key in ("model", "benchmark", "seed", "epochs", "wall_s") if key not in run]
+    if missing:
+        raise ReportError(f"{path}: no {', '.join(missing)}; is it a run's metrics.json (star train)?")
     finished = datetime.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
     return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
 
@@ -141,20 +144,23 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
     profile_rows = [read_json(Path(p)) for p in profiles]
     template = Path(template)
     env = _environment(jinja2.FileSystemLoader(template.parent))
-    return env.get_template(template.name).render(
-        generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        smoke=any(record["smoke"] for record in cells.values()),
-        tables=fragments,
-        figures=[_figure(p) for p in figures],
-        inconsistencies=_inconsistencies(cells),
-        runs=run_rows,
-        total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
-        profiles=profile_rows,
-        manifest=read_json(Path(manifest)) if manifest else None,
-        config=json.dumps(read_json(Path(config)), indent=2) if config else None,
-        versions=_versions(),
-        published_source="star/data/resources/paper_tables.yaml",
-    )
+    try:
+        return env.get_template(template.name).render(
+            generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            smoke=any(record["smoke"] for record in cells.values()),
+            tables=fragments,
+            figures=[_figure(p) for p in figures],
+            inconsistencies=_inconsistencies(cells),
+            runs=run_rows,
+            total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
+            profiles=profile_rows,
+            manifest=read_json(Path(manifest)) if manifest else None,
+            config=json.dumps(read_json(Path(config)), indent=2) if config else None,
+            versions=_versions(),
+            published_source="star/data/resources/paper_tables.yaml",
+        )
+    except jinja2.TemplateError as error:
+        raise ReportError(f"{template}: {error} (a run, profile or manifest without what the report shows?)") from error
 
 
 def write_report(out: str | Path, **inputs) -> Path:

@@ -114,15 +114,31 @@ def _ordered(names: Iterable[str], first: Iterable[str]) -> list[str]:
     return [n for n in first if n in names] + [n for n in names if n not in first]
 
 
-def _ablation_row(model: str) -> str:
+def _row_of(number: int, model: str) -> str:
+    """Tables 1-3 have a row per model; Tables 4-5 the paper's star-sparse and star-full."""
+    if number not in (4, 5):
+        return model
+    if not model.startswith("star-"):
+        raise TableError(f"table {number} compares STAR's sparse and full attention, not {model!r}")
     return "star-full" if model.endswith("-full") else "star-sparse"
 
 
-def _check_format(number: int, items: list[dict], expected: str, what: str) -> None:
+RUN_KEYS = ("model", "benchmark", "seed", "epochs", *ACCURACY_KEYS.values())
+PROFILE_KEYS = ("model", "device", "device_name", "torch", "batch", "summary", "top3")
+
+
+def _check_inputs(number: int, items: list[dict], expected: str, what: str, keys: tuple[str, ...]) -> None:
+    """Each input is a result file of the kind the table is made from, with the keys it reads."""
+    if not items:
+        raise TableError(f"table {number} needs at least one of {what}")
     for item in items:
+        name = item.get("_path", "an input")
         if item.get("format") != expected:
-            raise TableError(f"table {number} is made from {what}; {item.get('_path', 'an input')} is not one "
+            raise TableError(f"table {number} is made from {what}; {name} is not one "
                              f"(format {item.get('format')!r}, expected {expected!r})")
+        missing = [key for key in keys if key not in item]
+        if missing:
+            raise TableError(f"{name}: no {', '.join(missing)} (is it complete?)")
 
 
 def _unique(items: list[dict], key, what: str) -> dict:
@@ -140,19 +156,16 @@ def accuracy_table(number: int, runs: list[dict], accuracy: str = "best", smoke:
     """Table 1 (rows: models) or 4 (rows: star-sparse, star-full) from runs' metrics.json contents."""
     if accuracy not in ACCURACY_KEYS:
         raise TableError(f"accuracy must be one of {sorted(ACCURACY_KEYS)}, not {accuracy!r}")
-    if not runs:
-        raise TableError(f"table {number} needs at least one run's metrics.json")
-    _check_format(number, runs, RUN_FORMAT, "runs' metrics.json (star train)")
+    _check_inputs(number, runs, RUN_FORMAT, "runs' metrics.json (star train)", RUN_KEYS)
     key = ACCURACY_KEYS[accuracy]
     paper = published()["table1_accuracy_top1" if number == 1 else "table4_sparse_vs_full_accuracy"]
-    row_of = (lambda run: run["model"]) if number == 1 else (lambda run: _ablation_row(run["model"]))
     _unique(runs, lambda r: (r["model"], r["benchmark"], r["seed"]), "runs")
     groups: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        groups.setdefault((row_of(run), run["benchmark"]), []).append(run)
     models_of_row: dict[str, set[str]] = {}
     for run in runs:
-        models_of_row.setdefault(row_of(run), set()).add(run["model"])
+        row = _row_of(number, run["model"])
+        groups.setdefault((row, run["benchmark"]), []).append(run)
+        models_of_row.setdefault(row, set()).add(run["model"])
     mixed = {row: sorted(models) for row, models in models_of_row.items() if len(models) > 1}
     if mixed:
         raise TableError(f"table {number} would put several models in one row: {mixed}")
@@ -186,12 +199,9 @@ def _device_note(profiles: list[dict]) -> str:
 
 def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> Table:
     """Table 2 (rows: models) or 5 (rows: star-sparse, star-full) from profile JSONs."""
-    if not profiles:
-        raise TableError(f"table {number} needs at least one profile JSON")
-    _check_format(number, profiles, PROFILE_FORMAT, "profile JSONs (star profile)")
+    _check_inputs(number, profiles, PROFILE_FORMAT, "profile JSONs (star profile)", PROFILE_KEYS)
     paper = published()["table2_efficiency" if number == 2 else "table5_sparse_vs_full_efficiency"]
-    row_of = (lambda p: p["model"]) if number == 2 else (lambda p: _ablation_row(p["model"]))
-    by_row = _unique(profiles, row_of, "profiles")
+    by_row = _unique(profiles, lambda p: _row_of(number, p["model"]), "profiles")
     columns = [c for c in EFFICIENCY_COLUMNS if EFFICIENCY_COLUMNS[c] in paper["columns"]]
     cells = {}
     for row, profile in by_row.items():
@@ -206,9 +216,7 @@ def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> 
 
 def breakdown_table(profiles: list[dict], smoke: bool = False) -> Table:
     """Table 3: for MACs, parameters and latency, the three costliest module types of each model."""
-    if not profiles:
-        raise TableError("table 3 needs at least one profile JSON")
-    _check_format(3, profiles, PROFILE_FORMAT, "profile JSONs (star profile)")
+    _check_inputs(3, profiles, PROFILE_FORMAT, "profile JSONs (star profile)", PROFILE_KEYS)
     paper = published()["table3_breakdown_top3"]
     by_model = _unique(profiles, lambda p: p["model"], "profiles")
     columns = [f"{quantity} #{rank}" for quantity, _ in BREAKDOWN_QUANTITIES.values() for rank in range(1, RANKS + 1)]
@@ -229,10 +237,14 @@ def breakdown_table(profiles: list[dict], smoke: bool = False) -> Table:
 
 
 def build(number: int, results: list[dict], accuracy: str = "best", smoke: bool = False) -> Table:
-    if number in (1, 4):
-        return accuracy_table(number, results, accuracy, smoke)
-    if number in (2, 5):
-        return efficiency_table(number, results, smoke)
-    if number == 3:
-        return breakdown_table(results, smoke)
+    try:
+        if number in (1, 4):
+            return accuracy_table(number, results, accuracy, smoke)
+        if number in (2, 5):
+            return efficiency_table(number, results, smoke)
+        if number == 3:
+            return breakdown_table(results, smoke)
+    except KeyError as error:  # a nested key of a result file (the top-level ones are checked with their file)
+        files = ", ".join(str(r.get("_path", "?")) for r in results)
+        raise TableError(f"table {number}: an input lacks the key {error} (inputs: {files})") from error
     raise TableError(f"there is no table {number}: the paper has tables 1-5")

@@ -8,12 +8,17 @@ from snakemake.exceptions import WorkflowError
 import star.io
 from star.data.splits import BENCHMARKS
 from star.models import names as registered_models
-from star.report.figures import TITLES as FIGURE_TITLES
+from star.paper import PUBLISHED
+from star.report.figures import FIGURES as FIGURE_TITLES
+from star.report.html import REPORT_TEMPLATE, TEMPLATES
 
 STORE = "results/store"
 MANIFEST = f"{STORE}/manifest.json"  # the store's last file: written when the store is whole
 REPORT = "reports/index.html"
-TEMPLATES = os.path.join(workflow.basedir, "star", "report", "templates")
+# the installed package's files that star table / report read, declared so that changing them reruns those jobs
+PUBLISHED_FILE = str(PUBLISHED)
+TABLE_TEMPLATE = str(TEMPLATES / "table.html.j2")
+REPORT_TEMPLATE_FILE = config["report_template"] or str(REPORT_TEMPLATE)
 FIGURES = list(FIGURE_TITLES)
 
 
@@ -62,6 +67,8 @@ def profiles_of(models):
 
 
 ABLATION = [config["ablation"]["sparse"], config["ablation"]["full"]]
+CURVE_RUNS = runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]])
+RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + CURVE_RUNS))
 TABLE_INPUTS = {
     1: runs_of(config["models"]),
     2: profiles_of(config["models"]),
@@ -73,7 +80,7 @@ FIGURE_INPUTS = {
     "breakdown-macs": profiles_of(config["models"]),
     "breakdown-params": profiles_of(config["models"]),
     "breakdown-latency": profiles_of(config["models"]),
-    "training-curves": runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]]),
+    "training-curves": CURVE_RUNS + [run.replace("metrics.json", "history.csv") for run in CURVE_RUNS],
     "storage": [MANIFEST],
     "latency-sweep": profiles_of(config["models"] + ABLATION),
 }
@@ -114,7 +121,7 @@ def profile_options():
 
 wildcard_constraints:
     dataset="ntu60|ntu120",
-    benchmark="|".join(name.split("/")[1] for name in BENCHMARKS),
+    benchmark="|".join(sorted({name.split("/")[1] for name in BENCHMARKS})),
     model="|".join(map(re.escape, registered_models())),
     seed=r"\d+",
     number="[1-5]",

@@ -1,11 +1,27 @@
 # Tables 1-5, the figures and the one-file HTML report. Changing a template reruns only what it renders:
 # table.html.j2 the tables (and the report), report.html.j2 the report alone.
 
+# quick jobs that read and write a few files: on a cluster they run where Snakemake runs, not as sbatch jobs
+localrules:
+    all,
+    resolved_config,
+    table,
+    figure,
+    report,
+    tables,
+    figures,
+    table1,
+    table2,
+    table3,
+    table4,
+    table5,
+
 
 rule table:
     input:
         results=lambda wildcards: TABLE_INPUTS[int(wildcards.number)],
-        template=os.path.join(TEMPLATES, "table.html.j2"),
+        published=PUBLISHED_FILE,
+        template=TABLE_TEMPLATE,
     output:
         csv="results/tables/table{number}.csv",
         html=report("results/tables/table{number}.html", caption="../report/table.rst", category="Tables",
@@ -27,8 +43,11 @@ rule figure:
         svg="results/figures/{figure}.svg",
     log:
         "logs/figures/{figure}.log",
+    params:
+        # the training curves read each run's history.csv beside its metrics.json: only the latter is named
+        files=lambda wildcards, input: [f for f in input if not f.endswith("history.csv")],
     shell:
-        "star figure {wildcards.figure} {input} --out {output.png} > {log} 2>&1"
+        "star figure {wildcards.figure} {params.files} --out {output.png} > {log} 2>&1"
 
 
 rule resolved_config:
@@ -46,12 +65,14 @@ rule resolved_config:
 rule report:
     input:
         tables=expand("results/tables/table{number}.csv", number=TABLE_INPUTS),
+        fragments=expand("results/tables/table{number}.html", number=TABLE_INPUTS),
         figures=expand("results/figures/{figure}.png", figure=FIGURES),
-        runs=sorted(set(runs_of(config["models"]) + runs_of(ABLATION))),
+        runs=RUNS,
         profiles=profiles_of(config["models"] + ABLATION),
         manifest=MANIFEST,
         config="results/config.json",
-        template=os.path.join(TEMPLATES, "report.html.j2"),
+        published=PUBLISHED_FILE,
+        template=REPORT_TEMPLATE_FILE,
     output:
         REPORT,
     log:
