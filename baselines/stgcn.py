@@ -21,14 +21,16 @@ authors' public code (yysijie/st-gcn) settles it:
 Choices, each said once:
 - The skeleton graph is `star.skeleton` with the chained hand layout ("stgcn"),
   the one the reference code uses (each hand tip hangs off its thumb).
-- The partition is the paper's spatial configuration, computed correctly: every
-  joint's parent is its centripetal neighbour. The reference code's distance cap
-  files most parents as centrifugal instead (see `star.skeleton.spatial_partitions`);
-  the parameter count is the same either way. It also orders the partitions
-  root, centrifugal, centripetal where this code has root, centripetal,
-  centrifugal: a converted checkpoint needs its partitions and edge-importance
-  masks reordered and transposed (rows here are output joints). With the
-  reference's partitions and weights loaded, this model gives its outputs.
+- The partition (`STGCNConfig.partition`): "paper" (`st-gcn`) is the paper's
+  spatial configuration, computed correctly: every joint's parent is its
+  centripetal neighbour, in the order root, centripetal, centrifugal.
+  "reference" (`st-gcn-code`, the network behind the published 81.5 / 88.3) is
+  what the reference code builds (`star.skeleton.capped_spatial_partitions`):
+  its distance cap files 16 of the 24 parents beside the children, and its
+  order is root, centrifugal, centripetal. The parameter count is the same
+  either way; the reference code's checkpoints load into `st-gcn-code`
+  (`star convert`), their partitions and edge-importance masks transposed
+  (rows here are output joints).
 - The reference classifies with a 1 x 1 Conv2d on the pooled (B, 256, 1, 1)
   map, which is a linear layer on the pooled vector; it is written as nn.Linear
   (the same 15,420 parameters at 60 classes and the same outputs), the module
@@ -60,6 +62,15 @@ class STGCNConfig:
     hand_layout: str = "stgcn"
     temporal_kernel: int = 9
     dropout: float = 0.5
+    partition: str = "paper"  # "paper" or "reference" (the reference code's hop-capped partitions)
+
+    def partitions(self) -> torch.Tensor:
+        """(3, 25, 25) spatial partitions, rows = output joints."""
+        if self.partition == "reference":
+            return torch.from_numpy(skeleton.capped_spatial_partitions(self.hand_layout))
+        if self.partition == "paper":
+            return torch.from_numpy(skeleton.spatial_partitions(self.hand_layout, "neighbourhood"))
+        raise ValueError(f"unknown partition {self.partition!r}; choose one of ('paper', 'reference')")
 
 
 class InputNorm(nn.Module):
@@ -168,7 +179,7 @@ class STGCN(nn.Module):
     def __init__(self, config: STGCNConfig):
         super().__init__()
         self.config = config
-        partitions = torch.from_numpy(skeleton.spatial_partitions(config.hand_layout, "neighbourhood"))
+        partitions = config.partitions()
         self.input_norm = InputNorm(config.in_channels)
         units = []
         in_channels = config.in_channels

@@ -24,7 +24,8 @@ settles it for the joint-coordinate NTU model:
   convolution block where the shape changes. A convolution block is dropout,
   k x 1 convolution, BatchNorm, ReLU (dropout 0.5 in the units' 9 x 1 blocks,
   none elsewhere). The graph convolution aggregates each 1-hop partition,
-  averaged per subset, before its 1 x 1 convolution, then BatchNorm and ReLU.
+  averaged per subset and weighted by a learnable mask (`mask_learning`),
+  before its 1 x 1 convolution, then BatchNorm and ReLU.
 - Attention: 8 heads, query/key depth a quarter of the output channels, value
   depth all of them, 1 x 1 convolutions for the q/k/v and output projections,
   queries scaled by (depth per head)^-1/2, no relative position encoding. Each
@@ -37,7 +38,7 @@ settles it for the joint-coordinate NTU model:
 - TSA downsamples inside: where the unit has stride 2, its q/k/v projection
   reads non-overlapping pairs of frames (a 2 x 1 convolution with stride 2). An
   odd frame count gets one zero frame appended after the input BatchNorm (the
-  code assumes 300 frames).
+  code fails there: its projection drops the last frame, its residual keeps it).
 - The graph is `star.skeleton` with the chained hand layout ("stgcn"), as in
   the code; weights start as the code starts them (He-normal for the
   convolution blocks, graph convolutions and classifier, torch defaults for the
@@ -51,15 +52,19 @@ Size. At the standard widths with 3 input channels and 60 classes the streams
 have 3,074,826 (S-TR) and 1,768,358 (T-TR) parameters and the two-stream model
 4,843,184. The public code's counts for that configuration are 3,075,338 and
 1,768,870: it also builds a BatchNorm (`person_bn`, 512 parameters) that its
-forward never uses, left out here. Loaded with the code's weights, each stream
-gives the code's outputs in evaluation mode, and costs what the code costs:
+forward never uses, left out here. Loaded with the code's weights
+(`star.convert.sttr`), each stream gives the code's outputs in evaluation mode
+(scripts/golden/sttr.py, tests/test_golden.py) and, dropout and DropConnect
+masks aside, its batch statistics and gradients in training mode (compared by
+hand beside the code, not in the fixtures); it costs what the code costs:
 16.515 (S-TR) and 11.447 (T-TR) GMACs of convolutions and matrix products per
 300-frame, 2-person sample (torch's FlopCounterMode on both). The STAR paper's
 6.73M for "ST-TR" matches no configuration of the code: its shipped NTU
 configuration is the S-TR stream at doubled widths on joints and bones (12.1M);
 at doubled widths the T-TR stream has 6.84M, and one stream with both SSA and
-TSA 6.67M. The report's Table 2 puts the model built here beside the paper's
-figure, so the difference is shown rather than tuned away.
+TSA 6.67M (6.68M on joints and bones). The report's Table 2 puts the model
+built here beside the paper's figure, so the difference is shown rather than
+tuned away.
 """
 
 from __future__ import annotations

@@ -94,6 +94,24 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"top-1 {result['top1_pct']:.2f}%, top-5 {result['top5_pct']:.2f}% over {result['clips']} clips")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from star.convert.checkpoint import convert
+
+    summary = convert(args.model, args.checkpoint, args.store, args.benchmark, args.out)
+    print(f"{args.out}: {summary['tensors']} tensors of {summary['code']} as {args.model}; "
+          f"score it with star evaluate --run {args.out}")
+
+
+def _fidelity(args: argparse.Namespace) -> None:
+    from star.fidelity import measure
+    from star.io import write_json
+
+    result = measure()
+    write_json(args.out, result)
+    for row in result["points"]:
+        print(f"{row['as_run']:14s} {row['point']:28s} max |logit change| {row['max_logit_change']:.3g}")
+
+
 def _profile(args: argparse.Namespace) -> None:
     from star.io import write_json
     from star.profiling.profile import profile, set_threads
@@ -135,7 +153,8 @@ def _report(args: argparse.Namespace) -> None:
     from star.report.html import REPORT_TEMPLATE, write_report
 
     out = write_report(args.out, tables=args.tables, figures=args.figures, runs=args.runs, profiles=args.profiles,
-                       manifest=args.manifest, config=args.config, template=args.template or REPORT_TEMPLATE)
+                       manifest=args.manifest, config=args.config, fidelity=args.fidelity,
+                       template=args.template or REPORT_TEMPLATE)
     print(f"wrote {out}")
 
 
@@ -223,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: the run's")
     evaluate.set_defaults(handler=_evaluate)
 
+    conv = commands.add_parser("convert", help="a reference code's checkpoint -> a run folder for star evaluate",
+                               description="Map a checkpoint of a public reference code (ST-GCN model zoo, ST-TR, "
+                                           "STAR) tensor by tensor onto its registered \"as run\" model and write "
+                                           "a run folder that star evaluate scores on the store.")
+    conv.add_argument("--model", required=True, help="the registered model the checkpoint's code runs, e.g. "
+                                                     "st-gcn-code, st-tr-s, star-64-code")
+    conv.add_argument("--checkpoint", required=True, metavar="FILE.pt")
+    conv.add_argument("--store", required=True, metavar="STORE", help="compact store to score on")
+    conv.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    conv.add_argument("--out", required=True, metavar="RUN")
+    conv.set_defaults(handler=_convert)
+
+    fid = commands.add_parser("fidelity", help="each point where paper and code differ: its effect on the logits",
+                              description="Switch each point of the \"as run\" models back to the paper's form "
+                                          "alone, on the same weights and the golden clips, and record the largest "
+                                          "change of a logit (JSON to --out).")
+    fid.add_argument("--out", required=True, metavar="FILE.json")
+    fid.set_defaults(handler=_fidelity)
+
     prof = commands.add_parser("profile", help="parameters, GMACs (three counters), latency and memory of a model",
                                description="Profile one model on a fixed batch of test clips: parameters, MACs "
                                            "from fvcore, DeepSpeed and the analytic count, latency (whole and per "
@@ -279,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profiles", nargs="*", default=[], metavar="FILE.json")
     report.add_argument("--manifest", default=None, metavar="manifest.json", help="the store's manifest")
     report.add_argument("--config", default=None, metavar="config.json", help="the workflow's resolved config")
+    report.add_argument("--fidelity", default=None, metavar="fidelity.json", help="star fidelity's result")
     report.add_argument("--template", default=None, metavar="FILE.html.j2", help="default: the package's")
     report.set_defaults(handler=_report)
     return parser

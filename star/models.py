@@ -17,7 +17,7 @@ from torch import nn
 from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
 from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 from star.data.batching import FILLS, CompactBatch, PaddedBatch
-from star.model.star import STAR, STAR_RECIPES, STARConfig
+from star.model.star import STAR, STAR_AS_RUN, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
 
 LAYOUTS = ("compact", "padded")
@@ -71,22 +71,31 @@ def model_inputs(model_spec: ModelSpec, batch: CompactBatch | PaddedBatch) -> tu
     return (batch.x,)
 
 
-def _star(width: int, spatial: str) -> Callable[[int], nn.Module]:
-    return lambda num_classes: STAR(STARConfig(num_classes=num_classes, width=width, spatial=spatial))
+def _star(width: int, spatial: str, as_run: bool) -> Callable[[int], nn.Module]:
+    options = STAR_AS_RUN if as_run else {}
+    return lambda num_classes: STAR(STARConfig(num_classes=num_classes, width=width, spatial=spatial, **options))
 
 
+# "as described" by the paper, and "as run" by the authors' code (star.model.star says where they differ)
 _STAR_RECIPES = {"default": STAR_RECIPES["paper"], **STAR_RECIPES}
 for _width in (64, 128):
-    register(ModelSpec(f"star-{_width}", "compact", _star(_width, "sparse"), _STAR_RECIPES,
-                       f"STAR, width {_width}, sparse spatial attention on A + A^2 + A^3"))
-    register(ModelSpec(f"star-{_width}-full", "compact", _star(_width, "full"), _STAR_RECIPES,
-                       f"STAR, width {_width}, dense spatial attention over all 25 joints (ablation)"))
+    for _suffix, _as_run, _form in (("", False, "as the paper describes it"),
+                                    ("-code", True, "as the authors' code runs it")):
+        register(ModelSpec(f"star-{_width}{_suffix}", "compact", _star(_width, "sparse", _as_run), _STAR_RECIPES,
+                           f"STAR, width {_width}, sparse spatial attention on A + A^2 + A^3, {_form}"))
+        register(ModelSpec(f"star-{_width}-full{_suffix}", "compact", _star(_width, "full", _as_run), _STAR_RECIPES,
+                           f"STAR, width {_width}, dense spatial attention over all 25 joints (ablation), {_form}"))
 
 
-register(ModelSpec("st-gcn", "padded", lambda num_classes: STGCN(STGCNConfig(num_classes=num_classes)),
-                   {"default": STGCN_RECIPES["paper"], **STGCN_RECIPES},
-                   "ST-GCN (Yan et al. 2018): ten graph-convolution units, 64-256 channels",
-                   fill="zero"))  # its NTU data generator leaves the frames after a clip's end at zero
+def _stgcn(partition: str) -> Callable[[int], nn.Module]:
+    return lambda num_classes: STGCN(STGCNConfig(num_classes=num_classes, partition=partition))
+
+
+for _name, _partition, _what in (("st-gcn", "paper", "the paper's spatial partition"),
+                                 ("st-gcn-code", "reference", "the reference code's hop-capped partitions")):
+    register(ModelSpec(_name, "padded", _stgcn(_partition), {"default": STGCN_RECIPES["paper"], **STGCN_RECIPES},
+                       f"ST-GCN (Yan et al. 2018): ten graph-convolution units, 64-256 channels, {_what}",
+                       fill="zero"))  # its NTU data generator leaves the frames after a clip's end at zero
 
 
 def _sttr(streams: tuple[str, ...]) -> Callable[[int], nn.Module]:

@@ -29,3 +29,12 @@ PUBLISHED = Path(str(resources.files("star.data.resources").joinpath("paper_tabl
 @cache
 def published() -> dict:
     return yaml.load(PUBLISHED.read_text(), _Loader)
+
+
+AS_RUN_SUFFIX = "-code"
+FIDELITY_FORMAT = "star-fidelity-1"  # `star fidelity` (star.fidelity), read by the report
+
+
+def paper_row(model: str) -> str:
+    """The paper's name for a registered model: an "as run" variant (`star-64-code`) reproduces the paper's row."""
+    return model.removesuffix(AS_RUN_SUFFIX)

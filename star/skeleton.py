@@ -93,6 +93,26 @@ def edge_index(max_hop: int, include_self: bool = True, hand_layout: str = "anat
     return np.stack([query, key]).astype(np.int64)
 
 
+def power_edge_counts(max_hop: int, hand_layout: str = "anatomical") -> np.ndarray:
+    """(25, 25) int64: for how many p in 1..max_hop the walks of A^p link joint i to joint j.
+
+    The STAR code (`skeleton_parts` in data/dataset3.py of imj2185/STAR) builds
+    its attention edges by concatenating the edge lists of A, A^2 and A^3
+    without merging them. On the bone tree (no odd cycles) A^p reaches the
+    joints at hop distance p, p - 2, ...: the joint itself once (A^2), each
+    two- and three-hop joint once, each one-hop neighbour twice (A and A^3).
+    The support equals `neighbourhood_mask(max_hop)`; the counts are what an
+    attention over the unmerged list weights each key by.
+    """
+    a = adjacency(hand_layout)
+    power = np.eye(NUM_JOINTS, dtype=np.int64)
+    counts = np.zeros((NUM_JOINTS, NUM_JOINTS), dtype=np.int64)
+    for _ in range(max_hop):
+        power = power @ a
+        counts += power > 0
+    return counts
+
+
 PARTITION_NORMALISATIONS = ("neighbourhood", "subset")
 
 
@@ -128,3 +148,24 @@ def spatial_partitions(hand_layout: str = "anatomical", normalisation: str = "ne
         row_sums = partitions.sum(axis=2, keepdims=True)
         partitions = np.divide(partitions, row_sums, out=np.zeros_like(partitions), where=row_sums > 0)
     return partitions.astype(np.float32)
+
+
+def capped_spatial_partitions(hand_layout: str = "stgcn") -> np.ndarray:
+    """The ST-GCN code's spatial partitions, (3, 25, 25) float32 in this module's convention (rows = outputs).
+
+    What yysijie/st-gcn's `Graph(layout="ntu-rgb+d", strategy="spatial")`
+    (net/utils/graph.py) builds, transposed to rows = output joints and in its
+    order: 0 the root (i itself); 1 the neighbours as far from the centre
+    (spine shoulder) as i or farther; 2 those nearer. The code measures the
+    distance to the centre with hops capped at `max_hop` = 1, so every joint two
+    or more hops away sits at "infinity" and ties with its parent, which lands
+    in partition 1 beside its children. Every entry of output row i is divided
+    by the size of i's 1-hop neighbourhood, itself included.
+    """
+    hops = hop_distance(hand_layout).astype(np.float64)
+    hops[hops > 1] = np.inf  # the code's max_hop = 1
+    to_centre = hops[:, ROOT_JOINT]
+    near = hops == 1  # (out i, in j) pairs one hop apart
+    out_far, in_far = to_centre[:, None], to_centre[None, :]
+    partitions = np.stack([np.eye(NUM_JOINTS), near & (in_far >= out_far), near & (in_far < out_far)])
+    return (partitions / (1 + near.sum(axis=1))[None, :, None]).astype(np.float32)

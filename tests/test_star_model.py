@@ -12,7 +12,7 @@ from star.data.batching import collate_compact
 from star.data.synthetic import random_samples
 from star.model import STAR, STARConfig
 from star.model.encoding import sinusoidal_encoding
-from star.model.features import bone_vectors, parent_index, track_motion, track_starts
+from star.model.features import bone_vectors, parent_index, segment_motion, segment_starts
 from star.model.linear_attention import (
     TemporalAttention,
     elu_feature_map,
@@ -271,9 +271,9 @@ def test_bones_and_motion_follow_their_definitions():
     torch.testing.assert_close(bones[:, 0], x[:, 0] - x[:, 1])  # spine base hangs from spine middle
     torch.testing.assert_close(bones[:, 21], x[:, 21] - x[:, 7])  # left hand tip from left hand
     # tracks: rows 0-2 (clip 0, person 0), row 3 (clip 0, person 1, one frame), rows 4-6 (clip 1)
-    starts = track_starts(torch.tensor([0, 0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 1, 0, 0, 0]))
+    starts = segment_starts(torch.tensor([0, 0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 1, 0, 0, 0]))
     assert starts.tolist() == [True, False, False, True, True, False, False]
-    motion = track_motion(x, starts)
+    motion = segment_motion(x, starts)
     expected = torch.stack([x[1] - x[0], x[2] - x[1], x[2] - x[1], torch.zeros(25, 3),
                             x[5] - x[4], x[6] - x[5], x[6] - x[5]])
     torch.testing.assert_close(motion, expected)

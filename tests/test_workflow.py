@@ -3,6 +3,7 @@ before any job runs, and (slow) the whole smoke configuration end to end."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -43,10 +44,11 @@ def ntu_folders(tmp_path) -> Path:
 
 def test_paper_config_plans_every_training_job(ntu_folders):
     jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "all"))
-    models = set(PAPER["models"]) | set(PAPER["ablation"].values())
+    models = set(PAPER["models"]) | set(PAPER["ablation"].values()) | set(PAPER["described"])
+    assert all(m.endswith("-code") for m in PAPER["ablation"].values()) and "star-64-code" in PAPER["models"]
     runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
-                    "resolved_config": 1, "report": 1, "all": 1}
+                    "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}
 
 
 def test_one_table_plans_only_what_it_needs(ntu_folders):
@@ -104,6 +106,12 @@ def test_smoke_workflow_end_to_end(tmp_path):
     page = Page((tmp_path / "reports/index.html").read_text())
     assert {f"table{n}" for n in range(1, 6)} | set(FIGURES) <= page.ids
     assert len(page.images) == len(FIGURES) and all(src.startswith("data:image/png;base64,") for src in page.images)
+    # Tables 1-5 from the models as their code runs them; the fidelity section filled from star fidelity
+    table1 = (tmp_path / "results/tables/table1.csv").read_text()
+    assert "star-64-code" in table1 and "st-gcn-code" in table1 and ",star-64," not in table1
+    fidelity = json.loads((tmp_path / "results/fidelity.json").read_text())
+    assert "fidelity" in page.ids and {p["point"] for p in fidelity["points"]} <= set(page.text)
+    assert {"as described", "as run"} <= set(page.text)
 
     result = snakemake(tmp_path, *smoke, "--report", "reports/snakemake.html")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -24,11 +24,13 @@ product reduces them inside the BLAS kernel. The explicit quadratic form
 phi(Q) phi(K)^T V per segment (`quadratic_linear_attention`) is the test
 reference.
 
-Choices the paper leaves open, settled as in the authors' code: queries and
-keys are scaled by d^(-1/4) before phi (so that phi(Q)^T phi(K) sees the
-1/sqrt(d) of softmax attention); a small `eps` keeps the denominator positive;
-the projections have no bias and there is no output projection; no dropout
-acts inside the attention (the weights are never formed).
+Choices the paper leaves open, settled as in the authors' code
+(`LinearAttention` in models/attentions.py of imj2185/STAR): queries and keys
+are scaled by d^(-1/4) before phi (so that phi(Q)^T phi(K) sees the 1/sqrt(d)
+of softmax attention); the projections have no bias and there is no output
+projection; no dropout acts inside the attention (the weights are never
+formed). `eps` is added to the denominator: 1e-6 as in Katharopoulos et al.'s
+code for "as described", 0 for "as run" (the STAR code adds none).
 """
 
 from __future__ import annotations

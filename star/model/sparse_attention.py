@@ -9,7 +9,11 @@ key and value (Eq. 1),
     v'_i     = sum_{j in N(i)} alpha_ij v_j                                          (Eq. 3)
 
 where d is the head depth. The exponent is taken after subtracting the row's
-maximum score, so no score overflows. 191 of the 625 joint pairs are edges.
+maximum score, so no score overflows. With the anatomical hands 191 of the 625
+joint pairs are edges. An edge may also be listed more than once (the authors'
+code lists each one-hop pair twice, `star.skeleton.power_edge_counts`): every
+kernel then treats each listing as an edge of its own, so the pair weighs
+double in the softmax and, in training, each listing draws its own dropout.
 
 Three kernels compute the same numbers:
 
@@ -60,7 +64,7 @@ KERNELS = ("rows", "edges")
 class NeighbourhoodGraph:
     """Index lists of a joint neighbourhood, as tensors (edge list, CSR pointer) and as Python lists."""
 
-    mask: torch.Tensor  # (V, V) bool, row i marks N(i)
+    mask: torch.Tensor  # (V, V) int64, row i counts each key of N(i) (1, or more for a repeated edge)
     query: torch.Tensor  # (E,) attending joint of each edge, sorted
     key: torch.Tensor  # (E,) attended joint of each edge
     rowptr: torch.Tensor  # (V + 1,) edges of query i are rowptr[i]:rowptr[i+1]
@@ -69,11 +73,14 @@ class NeighbourhoodGraph:
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> NeighbourhoodGraph:
-        query, key = np.nonzero(mask)  # row-major order: sorted by query
-        rowptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+        """`mask` (V, V): bool, or the number of times each pair is an edge (`star.skeleton.power_edge_counts`)."""
+        counts = np.asarray(mask).astype(np.int64)
+        query, key = np.nonzero(counts)  # row-major order: sorted by query
+        query, key = np.repeat(query, counts[query, key]), np.repeat(key, counts[query, key])  # repeated edges
+        rowptr = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])
         as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
         return cls(
-            mask=torch.as_tensor(mask, dtype=torch.bool),
+            mask=torch.as_tensor(counts),
             query=as_long(query),
             key=as_long(key),
             rowptr=as_long(rowptr),
@@ -184,10 +191,15 @@ def edge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: Nei
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                     dropout: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Softmax attention over the joint axis: q, k, v (..., V, d) -> (..., V, d); mask (V, V) keeps True pairs."""
+    """Softmax attention over the joint axis: q, k, v (..., V, d) -> (..., V, d).
+
+    `mask` (V, V) keeps the pairs it marks; given as edge counts, a pair that is
+    an edge c times weighs c times, as it does in a softmax over a list of edges
+    that holds it c times (log c added to its score).
+    """
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (..., V, V)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask.to(scores.dtype).log()  # -inf off the mask, log(count) on it
     alpha = F.dropout(torch.softmax(scores, dim=-1), dropout, training)
     return alpha @ v
 

@@ -13,26 +13,34 @@ padded) flow through:
     -> context-aware attention pooling per clip              (Eq. 7)
     -> MLP head: Linear(25 d -> 128), LeakyReLU, Dropout, Linear(-> classes)
 
-Choices the paper leaves open or states differently from the authors' code,
-which produced its numbers. Defaults follow the code, so that STAR-64 and
-STAR-128 have the code's 426,494 and 1,262,462 parameters (60 classes); each
-is an option of STARConfig:
-- features: 9 channels (coords, bones, motion; the paper speaks of 3D
-  coordinates: `features=("coords",)`).
-- activation in the feed-forward: GELU (the paper says SiLU: `activation="silu"`).
-- feed-forward: Linear(d, d), activation, dropout, Linear(d, d): hidden size d,
-  "uniform across the attention heads and the feed-forward networks".
-- Add & Norm is post-norm: LayerNorm(x + dropout(sublayer(x))).
-- 8 heads; query, key, value projections without bias; no output projection.
-- head hidden size: 128 at both widths (the paper says it scales with the
-  model; `head_hidden`).
-- dropout 0.5 everywhere ("every module"), including the attention weights of
-  the sparse attention and the head.
-- the input batch norm normalises over all rows of a batch in training, so a
-  clip's training-mode output depends on its batch mates; in eval mode (running
-  statistics) no clip sees another.
-- hand tips and thumbs attach to the hand joints (`hand_layout="anatomical"`),
-  giving 191 edges in A + A^2 + A^3.
+Two forms of every choice where the paper and the authors' code part ways,
+each an option of STARConfig so that any one can be switched alone (the
+registry's `star-64` / `star-128` are "as described", `star-64-code` /
+`star-128-code` "as run", `STAR_AS_RUN` below):
+
+| choice | as described (paper, else standard) | as run (imj2185/STAR main, DualGraphEncoder) |
+|---|---|---|
+| positional_encoding | Vaswani's sinusoids | (t / 10^4)^(i/d), see star.model.encoding |
+| positions | clip clock from 0, persons share it | row number in the clip, from 1 after the first clip |
+| feature_rules | bones per joint, motion per track | shifted bone list, motion across persons (features) |
+| duplicate_edges | A + A^2 + A^3 as a set of pairs | A, A^2, A^3 edge lists concatenated: one-hop pairs twice |
+| hand_layout | anatomical (tips and thumbs on the hand) | chained (tip on thumb, as ST-GCN) |
+| activation | SiLU (the paper's text) | GELU |
+| dropout, attention_dropout | 0.5 ("every module") | 0.4 (README and args.py) |
+| head_dropout | 0.5 | 0.3 (net2streams.py) |
+| feed_forward_dropout_twice | no | yes: FeedForward ends in dropout, Add & Norm drops again |
+| linear_eps | 1e-6 (Katharopoulos et al.'s code) | 0: no eps in the denominator |
+
+Shared by both: 9 input channels (coords, bones, motion; the paper speaks of
+3D coordinates, the published parameter counts need 9); post-norm Add & Norm,
+LayerNorm(x + dropout(sublayer(x))); feed-forward Linear(d, d), activation,
+dropout, Linear(d, d); 8 heads, q/k/v projections without bias, no output
+projection; head hidden size 128 at both widths (the code's README; its
+args.py says 64, which gives 320,190 parameters at d = 64 instead of the
+published 0.42M); the input batch norm normalises over all rows of a batch in
+training, so a clip's training-mode output depends on its batch mates, while in
+eval mode (running statistics) no clip sees another. STAR-64 and STAR-128 have
+426,494 and 1,262,462 parameters (60 classes) in both forms, the code's counts.
 The training settings (the paper's Adam and warm-up schedule, the code's label
 smoothing and fixed rate) are `STAR_RECIPES` below, for the trainer.
 """
@@ -41,28 +49,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from star.model.dropout import Dropout
-from star.model.encoding import sinusoidal_encoding
-from star.model.features import FEATURES, bone_vectors, parent_index, track_motion, track_starts
+from star.model.encoding import ENCODINGS, POSITIONS, positional_encoding, row_positions
+from star.model.features import (
+    FEATURES,
+    bone_vectors,
+    parent_index,
+    segment_motion,
+    segment_starts,
+    shifted_bone_vectors,
+)
 from star.model.linear_attention import TemporalAttention
 from star.model.pooling import ContextPooling
 from star.model.scatter import DEFAULT_BACKEND, get_backend
 from star.model.sparse_attention import SpatialAttention
 from star.recipe import TrainingRecipe
-from star.skeleton import NUM_JOINTS, neighbourhood_mask
+from star.skeleton import NUM_JOINTS, bones, neighbourhood_mask, power_edge_counts
 
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 SPATIAL = ("sparse", "full")
+FEATURE_RULES = ("track", "code")
 
 STAR_RECIPES = {
-    # the paper's "Training setting": Adam (0.9, 0.98, 1e-9) and lr = d^-0.5 min(t^-0.5, t w^-1.5);
-    # it names no warm-up or batch size: the code's distributed script warms up for 5 epochs, batch 64
+    # the paper's "Training setting": Adam (0.9, 0.98, 1e-9) and lr = d^-0.5 min(t^-0.5, t w^-1.5); it names
+    # no warm-up or batch size: 5 warm-up epochs as the distributed branch's args.py (whose NoamOpt also takes
+    # a factor of 4 and d = 150), batch 64 as main's args.py
     "paper": TrainingRecipe(optimizer="adam", lr=1.0, betas=(0.9, 0.98), eps=1e-9, schedule="noam",
                             warmup_epochs=5, epochs=100, batch_size=64),
-    # the authors' best-performing training script: Adam at a fixed 1e-3, label smoothing 0.1
+    # main's train_dist.py (and the best_performing branch's train.py): Adam at a fixed 1e-3, label smoothing 0.1
     "code": TrainingRecipe(optimizer="adam", lr=1e-3, schedule="constant", epochs=100, batch_size=64,
                            label_smoothing=0.1),
 }
@@ -77,17 +95,22 @@ class STARConfig:
     spatial: str = "sparse"  # "sparse" (A + A^2 + A^3) or "full" (dense softmax over all 25 joints)
     max_hop: int = 3  # neighbourhood of the sparse attention
     hand_layout: str = "anatomical"  # see star.skeleton.HAND_LAYOUTS
+    duplicate_edges: bool = False  # True: A, A^2, A^3 edge lists concatenated unmerged (the code)
     features: tuple[str, ...] = FEATURES  # input channels per joint: 3 per feature kind
-    activation: str = "gelu"  # feed-forward non-linearity (the paper's text says "silu")
+    feature_rules: str = "track"  # "track" or "code", see star.model.features
+    positional_encoding: str = "vaswani"  # "vaswani" or "code", see star.model.encoding
+    positions: str = "clock"  # "clock" or "rows", see star.model.encoding
+    activation: str = "silu"  # feed-forward non-linearity (the code uses "gelu")
     dropout: float = 0.5  # after each sublayer and inside the feed-forward
     attention_dropout: float = 0.5  # on the spatial attention weights
+    feed_forward_dropout_twice: bool = False  # True: the feed-forward's output dropped, then again by Add & Norm
     head_hidden: int = 128
     head_dropout: float = 0.5
     pooling_weights: str = "joint"  # see star.model.pooling
     pooling_reduce: str = "mean"
     sparse_kernel: str = "rows"  # "rows" (fast) or "edges" (reference), see star.model.sparse_attention
     scatter_backend: str = DEFAULT_BACKEND  # "torch" or "pyg", see star.model.scatter
-    linear_eps: float = 1e-6
+    linear_eps: float = 1e-6  # added to the linear attention's denominator
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -95,18 +118,35 @@ class STARConfig:
             raise ValueError(f"unknown input features {unknown or '()'}; choose from {FEATURES}")
         if self.spatial not in SPATIAL:
             raise ValueError(f"unknown spatial attention {self.spatial!r}; choose one of {SPATIAL}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        for option, value, allowed in (("activation", self.activation, tuple(ACTIVATIONS)),
+                                       ("feature_rules", self.feature_rules, FEATURE_RULES),
+                                       ("positional_encoding", self.positional_encoding, ENCODINGS),
+                                       ("positions", self.positions, POSITIONS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {option} {value!r}; choose one of {allowed}")
 
     @property
     def in_channels(self) -> int:
         return 3 * len(self.features)
 
+    def neighbourhood(self) -> np.ndarray:
+        """(25, 25) edge counts of the sparse attention: 0 or 1, or 2 for the code's repeated one-hop pairs."""
+        if self.duplicate_edges:
+            return power_edge_counts(self.max_hop, self.hand_layout)
+        return neighbourhood_mask(self.max_hop, hand_layout=self.hand_layout).astype(np.int64)
+
+
+# The network the authors' code runs (imj2185/STAR main, models/net2streams.py DualGraphEncoder with the
+# settings of its README): every "as run" choice of the table above.
+STAR_AS_RUN = dict(hand_layout="stgcn", duplicate_edges=True, feature_rules="code", positional_encoding="code",
+                   positions="rows", activation="gelu", dropout=0.4, attention_dropout=0.4, head_dropout=0.3,
+                   feed_forward_dropout_twice=True, linear_eps=0.0)
+
 
 class FeedForward(nn.Sequential):
-    def __init__(self, width: int, activation: str, dropout: float):
+    def __init__(self, width: int, activation: str, dropout: float, dropout_output: bool = False):
         super().__init__(nn.Linear(width, width), ACTIVATIONS[activation](), Dropout(dropout),
-                         nn.Linear(width, width))
+                         nn.Linear(width, width), *([Dropout(dropout)] if dropout_output else []))
 
 
 class EncoderLayer(nn.Module):
@@ -116,7 +156,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attention = attention
         self.attention_norm = nn.LayerNorm(config.width)
-        self.feed_forward = FeedForward(config.width, config.activation, config.dropout)
+        self.feed_forward = FeedForward(config.width, config.activation, config.dropout,
+                                        config.feed_forward_dropout_twice)
         self.feed_forward_norm = nn.LayerNorm(config.width)
         self.dropout = Dropout(config.dropout)
 
@@ -130,8 +171,7 @@ class STBlock(nn.Module):
 
     def __init__(self, config: STARConfig):
         super().__init__()
-        sparse = config.spatial == "sparse"
-        mask = neighbourhood_mask(config.max_hop, hand_layout=config.hand_layout) if sparse else None
+        mask = config.neighbourhood() if config.spatial == "sparse" else None
         spatial = SpatialAttention(config.width, config.heads, mask, config.sparse_kernel,
                                    get_backend(config.scatter_backend), config.attention_dropout)
         self.spatial = EncoderLayer(spatial, config)
@@ -149,6 +189,7 @@ class STAR(nn.Module):
         self.config = config
         self.ops = get_backend(config.scatter_backend)
         self.register_buffer("parents", torch.as_tensor(parent_index(config.hand_layout)), persistent=False)
+        self.register_buffer("bone_list", torch.as_tensor(bones(config.hand_layout)), persistent=False)
         self.input_norm = nn.BatchNorm1d(NUM_JOINTS * config.in_channels)
         self.embedding = nn.Linear(config.in_channels, config.width)
         self.blocks = nn.ModuleList(STBlock(config) for _ in range(config.layers))
@@ -160,18 +201,17 @@ class STAR(nn.Module):
             nn.Linear(config.head_hidden, config.num_classes),
         )
 
-    def input_features(self, x: torch.Tensor, clip_offsets: torch.Tensor, person_ids: torch.Tensor) -> torch.Tensor:
+    def input_features(self, x: torch.Tensor, clip_ids: torch.Tensor, person_ids: torch.Tensor) -> torch.Tensor:
         """(N, 25, 3) joints -> (N, 25, 3 x len(features)) in the order of config.features."""
+        code = self.config.feature_rules == "code"
         parts = []
         for kind in self.config.features:
             if kind == "coords":
                 parts.append(x)
             elif kind == "bones":
-                parts.append(bone_vectors(x, self.parents))
+                parts.append(shifted_bone_vectors(x, self.bone_list) if code else bone_vectors(x, self.parents))
             else:
-                clip_ids = torch.repeat_interleave(torch.arange(len(clip_offsets) - 1, device=x.device),
-                                                   clip_offsets.diff(), output_size=len(x))
-                parts.append(track_motion(x, track_starts(clip_ids, person_ids)))
+                parts.append(segment_motion(x, segment_starts(clip_ids, None if code else person_ids)))
         return torch.cat(parts, dim=-1)
 
     def forward(self, x: torch.Tensor, clip_offsets: torch.Tensor, person_ids: torch.Tensor,
@@ -179,9 +219,14 @@ class STAR(nn.Module):
         n = x.shape[0]
         if clip_offsets.numel() < 2 or int(clip_offsets[-1]) != n:
             raise ValueError(f"clip_offsets must run from 0 to the {n} rows of x, got {clip_offsets.tolist()}")
-        features = self.input_features(x, clip_offsets, person_ids)  # (N, V, C_in)
+        clip_ids = torch.repeat_interleave(torch.arange(len(clip_offsets) - 1, device=x.device),
+                                           clip_offsets.diff(), output_size=n)  # (N,)
+        if self.config.positions == "rows":
+            positions = row_positions(clip_ids, clip_offsets)
+        features = self.input_features(x, clip_ids, person_ids)  # (N, V, C_in)
         features = self.input_norm(features.reshape(n, -1)).view_as(features)  # normalised over (V x C_in)
-        h = self.embedding(features) + sinusoidal_encoding(positions, self.config.width)[:, None, :]  # (N, V, d)
+        encoding = positional_encoding(self.config.positional_encoding, positions, self.config.width)  # (N, d)
+        h = self.embedding(features) + encoding[:, None, :]  # (N, V, d)
         bounds = clip_offsets.tolist()
         for block in self.blocks:
             h = block(h, bounds)
@@ -201,8 +246,7 @@ class STAR(nn.Module):
         c = self.config
         tokens = rows * NUM_JOINTS
         d, depth = c.width, c.width // c.heads
-        pairs = NUM_JOINTS * NUM_JOINTS if c.spatial == "full" else int(
-            neighbourhood_mask(c.max_hop, hand_layout=c.hand_layout).sum())
+        pairs = NUM_JOINTS * NUM_JOINTS if c.spatial == "full" else int(c.neighbourhood().sum())
         return {
             "embedding": tokens * c.in_channels * d,
             "qkv": 2 * c.layers * tokens * d * 3 * d,

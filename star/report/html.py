@@ -21,7 +21,7 @@ import jinja2
 import pandas as pd
 
 from star.io import read_json, write_atomic, write_together
-from star.paper import published
+from star.paper import FIDELITY_FORMAT, paper_row, published
 from star.report.figures import FIGURES
 from star.report.tables import RECORD_COLUMNS, Table
 
@@ -89,6 +89,8 @@ def _table_cells(csv_paths: list[Path]) -> dict[tuple[int, str, str], dict]:
         for record in frame.to_dict("records"):
             record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
             cells[int(record["table"]), str(record["row"]), str(record["column"])] = record
+    for (table, row, column), record in list(cells.items()):  # an "as run" row stands for the paper's row
+        cells.setdefault((table, paper_row(row), column), record)
     return cells
 
 
@@ -129,8 +131,28 @@ def _run_row(path: Path) -> dict:
     return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
 
 
+def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict | None:
+    """`star fidelity`'s points, and each (as described, as run) pair's size, cost, speed and top-1 where measured."""
+    if path is None:
+        return None
+    data = read_json(Path(path))
+    if data.get("format") != FIDELITY_FORMAT:
+        raise ReportError(f"{path}: not a `star fidelity` result (format {data.get('format')!r})")
+    profile_of = {p["model"]: p["summary"] for p in profiles}
+    top1 = {(r["model"], r["benchmark"]): r["best_top1_pct"] for r in runs}
+    benchmarks = sorted({r["benchmark"] for r in runs})
+    variants = []
+    for described, as_run in dict.fromkeys((p["described"], p["as_run"]) for p in data["points"]):
+        for model, form in ((described, "as described"), (as_run, "as run")):
+            summary = profile_of.get(model, {})
+            variants.append({"model": model, "form": form, "params_m": summary.get("params_m"),
+                             "gmacs": summary.get("gmacs"), "latency_ms": summary.get("latency_ms"),
+                             "top1": [top1.get((model, b)) for b in benchmarks]})
+    return {"points": data["points"], "variants": variants, "benchmarks": benchmarks}
+
+
 def render_report(tables: list[Path], figures: list[Path], runs: list[Path], profiles: list[Path],
-                  manifest: Path | None = None, config: Path | None = None,
+                  manifest: Path | None = None, config: Path | None = None, fidelity: Path | None = None,
                   template: Path = REPORT_TEMPLATE) -> str:
     tables, figures = [Path(p) for p in tables], [Path(p) for p in figures]
     fragments = []
@@ -151,6 +173,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
             tables=fragments,
             figures=[_figure(p) for p in figures],
             inconsistencies=_inconsistencies(cells),
+            fidelity=_fidelity(fidelity, run_rows, profile_rows),
             runs=run_rows,
             total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
             profiles=profile_rows,

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from star.data.splits import BENCHMARKS
-from star.paper import published
+from star.paper import paper_row, published
 from star.profiling.profile import FORMAT as PROFILE_FORMAT
 from star.train import RUN_FORMAT
 
@@ -120,7 +120,7 @@ def _row_of(number: int, model: str) -> str:
         return model
     if not model.startswith("star-"):
         raise TableError(f"table {number} compares STAR's sparse and full attention, not {model!r}")
-    return "star-full" if model.endswith("-full") else "star-sparse"
+    return "star-full" if paper_row(model).endswith("-full") else "star-sparse"
 
 
 RUN_KEYS = ("model", "benchmark", "seed", "epochs", *ACCURACY_KEYS.values())
@@ -172,7 +172,7 @@ def accuracy_table(number: int, runs: list[dict], accuracy: str = "best", smoke:
     cells = {}
     for (row, benchmark), group in groups.items():
         values = [float(r[key]) for r in group]
-        published_row = paper["rows"].get(row)
+        published_row = paper["rows"].get(paper_row(row))
         column = paper["columns"].index(benchmark) if benchmark in paper["columns"] else None
         cells[row, benchmark] = Cell(
             reproduced=statistics.fmean(values),
@@ -205,7 +205,7 @@ def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> 
     columns = [c for c in EFFICIENCY_COLUMNS if EFFICIENCY_COLUMNS[c] in paper["columns"]]
     cells = {}
     for row, profile in by_row.items():
-        published_row = paper["rows"].get(row)
+        published_row = paper["rows"].get(paper_row(row))
         for column in columns:
             position = paper["columns"].index(EFFICIENCY_COLUMNS[column])
             cells[row, column] = Cell(reproduced=float(profile["summary"][column]),
@@ -224,7 +224,7 @@ def breakdown_table(profiles: list[dict], smoke: bool = False) -> Table:
     for model, profile in by_model.items():
         for key, (quantity, scale) in BREAKDOWN_QUANTITIES.items():
             ours = profile["top3"][key]
-            theirs = paper.get(model, {}).get(key, [])
+            theirs = paper.get(paper_row(model), {}).get(key, [])
             for rank in range(RANKS):
                 category, value = ours[rank] if rank < len(ours) else (None, None)
                 published_category, published_value = theirs[rank] if rank < len(theirs) else (None, None)

@@ -25,12 +25,13 @@ FIGURES = list(FIGURE_TITLES)
 def check_names():
     models = registered_models()
     named = [("models", m) for m in config["models"]] + [("figures.curves_models", m) for m in config["figures"]["curves_models"]]
+    named += [("described", m) for m in config["described"]]
     named += [(f"ablation.{key}", config["ablation"][key]) for key in ("sparse", "full")]
     named += [(f"training.overrides.{m}", m) for m in config["training"]["overrides"]]
     for key, model in named:
         if model not in models:
             raise WorkflowError(f"config key {key}: unknown model {model!r}; registered models: {', '.join(models)}")
-    if not config["ablation"]["full"].endswith("-full") or config["ablation"]["sparse"].endswith("-full"):
+    if "-full" not in config["ablation"]["full"] or "-full" in config["ablation"]["sparse"]:
         raise WorkflowError(f"config key ablation: sparse must be a sparse model and full a -full model, "
                             f"not {config['ablation']['sparse']!r} and {config['ablation']['full']!r}")
 
@@ -68,7 +69,8 @@ def profiles_of(models):
 
 ABLATION = [config["ablation"]["sparse"], config["ablation"]["full"]]
 CURVE_RUNS = runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]])
-RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + CURVE_RUNS))
+RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + runs_of(config["described"]) + CURVE_RUNS))
+PROFILES = profiles_of(config["models"] + ABLATION + config["described"])
 TABLE_INPUTS = {
     1: runs_of(config["models"]),
     2: profiles_of(config["models"]),

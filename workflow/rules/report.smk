@@ -4,6 +4,7 @@
 # quick jobs that read and write a few files: on a cluster they run where Snakemake runs, not as sbatch jobs
 localrules:
     all,
+    fidelity,
     resolved_config,
     table,
     figure,
@@ -50,6 +51,15 @@ rule figure:
         "star figure {wildcards.figure} {params.files} --out {output.png} > {log} 2>&1"
 
 
+rule fidelity:
+    output:
+        "results/fidelity.json",
+    log:
+        "logs/fidelity.log",
+    shell:
+        "star fidelity --out {output} > {log} 2>&1"
+
+
 rule resolved_config:
     output:
         "results/config.json",
@@ -68,7 +78,8 @@ rule report:
         fragments=expand("results/tables/table{number}.html", number=TABLE_INPUTS),
         figures=expand("results/figures/{figure}.png", figure=FIGURES),
         runs=RUNS,
-        profiles=profiles_of(config["models"] + ABLATION),
+        profiles=PROFILES,
+        fidelity="results/fidelity.json",
         manifest=MANIFEST,
         config="results/config.json",
         published=PUBLISHED_FILE,
@@ -79,7 +90,7 @@ rule report:
         "logs/report.log",
     shell:
         "star report --out {output} --tables {input.tables} --figures {input.figures} --runs {input.runs}"
-        " --profiles {input.profiles} --manifest {input.manifest} --config {input.config}"
+        " --profiles {input.profiles} --fidelity {input.fidelity} --manifest {input.manifest} --config {input.config}"
         " --template {input.template} > {log} 2>&1"
 
 
