@@ -14,10 +14,10 @@ from html_page import Page
 
 from star.cli import main
 from star.io import write_together
-from star.paper import published
+from star.paper import FIDELITY_FORMAT, published
 from star.profiling.profile import FORMAT as PROFILE_FORMAT
 from star.report import figures
-from star.report.html import number, render_report, signed, write_table
+from star.report.html import ReportError, number, render_report, signed, write_table
 from star.report.tables import RECORD_COLUMNS, TableError, build
 from star.train import RUN_FORMAT
 
@@ -262,3 +262,31 @@ def test_files_written_together_are_all_removed_when_one_fails(tmp_path):
         write_together({tmp_path / "table1.csv": lambda tmp: tmp.write_text("whole"),
                         tmp_path / "table1.html": half_then_fail})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_as_run_rows_stand_for_the_papers_rows_and_the_report_sets_both_forms_side_by_side(tmp_path):
+    paper = published()["table1_accuracy_top1"]
+    table = build(1, [run("star-64-code", "ntu60/xsub", 0, 70.0)])
+    assert table.cells["star-64-code", "ntu60/xsub"].published == paper["rows"]["star-64"][0]
+    assert build(4, [run("star-64-full-code", "ntu60/xsub", 0, 50.0)]).rows == ["star-full"]
+    csv = write_table(table, tmp_path / "table1.csv")[0]
+    runs = []
+    for model in ("star-64-code", "star-64"):
+        runs.append(tmp_path / model / "metrics.json")
+        runs[-1].parent.mkdir()
+        runs[-1].write_text(json.dumps(run(model, "ntu60/xsub", 0, 70.0 if model == "star-64" else 71.5)))
+    profile_path = tmp_path / "star-64-code.json"
+    profile_path.write_text(json.dumps(profile("star-64-code", 350.0, 12.3, 426_494)))
+    point = {"described": "star-64", "as_run": "star-64-code", "code": "imj2185/STAR main", "point": "positions",
+             "options": ["positions"], "paper": "each clip from 0", "as_run_does": "row numbers", "where": "x.py:1",
+             "training_only": False, "max_logit_change": 0.0598, "largest_logit": 1.0}
+    fidelity = tmp_path / "fidelity.json"
+    fidelity.write_text(json.dumps({"format": FIDELITY_FORMAT, "clips": 4, "points": [point]}))
+    html = render_report(tables=[csv], figures=[], runs=runs, profiles=[profile_path], fidelity=fidelity)
+    page = Page(html)
+    assert "fidelity" in page.ids
+    assert {"positions", "each clip from 0", "row numbers", "imj2185/STAR main x.py:1", "0.0598", "as described",
+            "as run", "71.5", "70", "not measured"} <= {t.strip() for t in page.text}
+    fidelity.write_text(json.dumps({"format": "star-profile-1"}))
+    with pytest.raises(ReportError, match="fidelity.json: not a `star fidelity` result"):
+        render_report(tables=[csv], figures=[], runs=runs, profiles=[profile_path], fidelity=fidelity)

@@ -44,8 +44,9 @@ def ntu_folders(tmp_path) -> Path:
 
 def test_paper_config_plans_every_training_job(ntu_folders):
     jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "all"))
-    models = set(PAPER["models"]) | set(PAPER["ablation"].values()) | set(PAPER["described"])
+    models = set(PAPER["models"]) | set(PAPER["ablation"].values()) | set(PAPER["described"]["models"])
     assert all(m.endswith("-code") for m in PAPER["ablation"].values()) and "star-64-code" in PAPER["models"]
+    assert PAPER["described"]["benchmarks"] == PAPER["benchmarks"]
     runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
                     "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}

@@ -25,7 +25,7 @@ FIGURES = list(FIGURE_TITLES)
 def check_names():
     models = registered_models()
     named = [("models", m) for m in config["models"]] + [("figures.curves_models", m) for m in config["figures"]["curves_models"]]
-    named += [("described", m) for m in config["described"]]
+    named += [("described.models", m) for m in config["described"]["models"]]
     named += [(f"ablation.{key}", config["ablation"][key]) for key in ("sparse", "full")]
     named += [(f"training.overrides.{m}", m) for m in config["training"]["overrides"]]
     for key, model in named:
@@ -69,8 +69,9 @@ def profiles_of(models):
 
 ABLATION = [config["ablation"]["sparse"], config["ablation"]["full"]]
 CURVE_RUNS = runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]])
-RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + runs_of(config["described"]) + CURVE_RUNS))
-PROFILES = profiles_of(config["models"] + ABLATION + config["described"])
+DESCRIBED_RUNS = runs_of(config["described"]["models"], config["described"]["benchmarks"])
+RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + DESCRIBED_RUNS + CURVE_RUNS))
+PROFILES = profiles_of(config["models"] + ABLATION + config["described"]["models"])
 TABLE_INPUTS = {
     1: runs_of(config["models"]),
     2: profiles_of(config["models"]),
