@@ -31,11 +31,12 @@ def _synth(args: argparse.Namespace) -> None:
 def _models(args: argparse.Namespace) -> None:
     import star.models as registry
 
-    print(f"{'name':16s} {'layout':8s} {'params':>10s}  description")
+    width = max(len(name) for name in registry.names())
+    print(f"{'name':{width}s} {'layout':8s} {'params':>10s}  description")
     for name in registry.names():
         spec = registry.spec(name)
         params = sum(p.numel() for p in registry.build(name, args.classes).parameters())
-        print(f"{name:16s} {spec.layout:8s} {params:10,d}  {spec.description}")
+        print(f"{name:{width}s} {spec.layout:8s} {params:10,d}  {spec.description}")
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
