@@ -51,6 +51,7 @@ from star import skeleton
 from star.model.dropout import Dropout
 from star.recipe import TrainingRecipe
 
+PARTITIONS = ("paper", "reference")
 # (output channels, temporal stride) of the ten units.
 UNITS = ((64, 1), (64, 1), (64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1), (256, 1))
 
@@ -64,13 +65,15 @@ class STGCNConfig:
     dropout: float = 0.5
     partition: str = "paper"  # "paper" or "reference" (the reference code's hop-capped partitions)
 
+    def __post_init__(self):
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"unknown partition {self.partition!r}; choose one of {PARTITIONS}")
+
     def partitions(self) -> torch.Tensor:
         """(3, 25, 25) spatial partitions, rows = output joints."""
         if self.partition == "reference":
             return torch.from_numpy(skeleton.capped_spatial_partitions(self.hand_layout))
-        if self.partition == "paper":
-            return torch.from_numpy(skeleton.spatial_partitions(self.hand_layout, "neighbourhood"))
-        raise ValueError(f"unknown partition {self.partition!r}; choose one of ('paper', 'reference')")
+        return torch.from_numpy(skeleton.spatial_partitions(self.hand_layout, "neighbourhood"))
 
 
 class InputNorm(nn.Module):

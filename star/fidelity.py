@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+import star.models as registry
 from star.convert.golden import golden_inputs, seeded_model
 from star.paper import FIDELITY_FORMAT
 
@@ -36,9 +37,10 @@ STAR_POINTS = (
     Point("positions", ("positions",), "each clip from 0 (Figure 7); persons not said (one shared clock taken)",
           "row number in the clip, persons one after another; clips after the first start at 1",
           "models/encoding.py:71-75, data/dataset3.py:382"),
-    Point("input channels", ("feature_rules",), "3D coordinates (9 channels needed for the published size)",
+    Point("input channels", ("feature_rules",),
+          "names only 3D coordinates (both forms feed 9: bones per joint, motion per person track taken)",
           "bones from a list shifted by one joint (joint 0 zero); motion differenced across the persons",
-          "data/dataset3.py:35, 44"),
+          "data/dataset3.py:35, 43, 382"),
     Point("repeated edges", ("duplicate_edges",), "topology of A + A^2 + A^3",
           "edge lists of A, A^2, A^3 concatenated: each one-hop pair twice (235 edges, 187 pairs)",
           "data/dataset3.py:228"),
@@ -56,7 +58,7 @@ STAR_POINTS = (
 STGCN_POINTS = (
     Point("spatial partitions", ("partition",), "parent centripetal, children centrifugal",
           "distance to the centre capped at one hop: 16 of 24 parents filed with the children; order root, "
-          "centrifugal, centripetal", "net/utils/graph.py:104-116, 135"),
+          "centrifugal, centripetal", "net/utils/graph.py:28, 34, 104-116"),
 )
 # (as described, as run, the code's repository, its points)
 PAIRS = (
@@ -83,8 +85,9 @@ def measure() -> dict:
         model = seeded_model(as_run)
         inputs = golden_inputs(as_run)
         logits = model(*inputs)
-        paper_config = seeded_model(described).config
-        for point in (*points, Point("all points", tuple(o for p in points for o in p.options), "", "", "")):
+        paper_config = registry.build(described).config
+        every_point = Point("all points", tuple(option for p in points for option in p.options), "", "", "")
+        for point in (*points, every_point):
             effect = (_with_options(model, paper_config, point.options)(*inputs) - logits).abs().max().item()
             rows.append({"described": described, "as_run": as_run, "code": code, "point": point.name,
                          "options": list(point.options), "paper": point.paper, "as_run_does": point.code,

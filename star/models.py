@@ -77,13 +77,15 @@ def _star(width: int, spatial: str, as_run: bool) -> Callable[[int], nn.Module]:
 
 
 # "as described" by the paper, and "as run" by the authors' code (star.model.star says where they differ)
-_STAR_RECIPES = {"default": STAR_RECIPES["paper"], **STAR_RECIPES}
+# each form trains by default as its source says: the paper's schedule, or what the code's main trains with
 for _width in (64, 128):
-    for _suffix, _as_run, _form in (("", False, "as the paper describes it"),
-                                    ("-code", True, "as the authors' code runs it")):
-        register(ModelSpec(f"star-{_width}{_suffix}", "compact", _star(_width, "sparse", _as_run), _STAR_RECIPES,
+    for _suffix, _as_run, _form, _recipe in (("", False, "as the paper describes it", "paper"),
+                                             ("-code", True, "as the authors' code runs it", "code")):
+        _recipes = {"default": STAR_RECIPES[_recipe], **STAR_RECIPES}
+        register(ModelSpec(f"star-{_width}{_suffix}", "compact", _star(_width, "sparse", _as_run), _recipes,
                            f"STAR, width {_width}, sparse spatial attention on A + A^2 + A^3, {_form}"))
-        register(ModelSpec(f"star-{_width}-full{_suffix}", "compact", _star(_width, "full", _as_run), _STAR_RECIPES,
+        _form = "with the as-run settings (the code has no full-attention model)" if _as_run else _form
+        register(ModelSpec(f"star-{_width}-full{_suffix}", "compact", _star(_width, "full", _as_run), _recipes,
                            f"STAR, width {_width}, dense spatial attention over all 25 joints (ablation), {_form}"))
 
 

@@ -101,8 +101,9 @@ def power_edge_counts(max_hop: int, hand_layout: str = "anatomical") -> np.ndarr
     without merging them. On the bone tree (no odd cycles) A^p reaches the
     joints at hop distance p, p - 2, ...: the joint itself once (A^2), each
     two- and three-hop joint once, each one-hop neighbour twice (A and A^3).
-    The support equals `neighbourhood_mask(max_hop)`; the counts are what an
-    attention over the unmerged list weights each key by.
+    From max_hop 2 on the support equals `neighbourhood_mask(max_hop)` (A alone
+    has no self loop); the counts are what an attention over the unmerged list
+    weights each key by.
     """
     a = adjacency(hand_layout)
     power = np.eye(NUM_JOINTS, dtype=np.int64)

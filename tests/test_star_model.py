@@ -41,6 +41,7 @@ def inputs(batch):
 @pytest.mark.parametrize(("name", "classes", "expected"), [
     ("star-64", 60, 426_494), ("star-128", 60, 1_262_462),
     ("star-64-full", 60, 426_494), ("star-128-full", 60, 1_262_462),
+    ("star-64-code", 60, 426_494), ("star-128-code", 60, 1_262_462),
     ("star-64", 120, 426_494 + 60 * 129), ("star-128", 120, 1_262_462 + 60 * 129),
 ])
 def test_parameter_counts_match_the_authors_code(name, classes, expected):

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from star.convert import layout, to_reference
-from star.convert.golden import golden_inputs, reference_checkout, save_fixture, seeded_model
+from star.convert.golden import TOLERANCE, golden_inputs, outputs_of, reference_checkout, save_fixture, seeded_model
 
 NAME = "st-gcn-code"
-TOLERANCE = 1e-5
 
 
 def main() -> None:
@@ -34,14 +31,10 @@ def main() -> None:
     state = reference.state_dict()
     reference.load_state_dict(to_reference(layout(NAME), ours), strict=True)
     reference.eval()
-    outputs = {}
-    for index in (0, 9):
-        reference.st_gcn_networks[index].register_forward_hook(
-            lambda _m, _i, out, index=index: outputs.__setitem__(f"units.{index}", out[0]))
     (x,) = golden_inputs(NAME)
-    with torch.no_grad():
-        logits = reference(x)
-        difference = (logits - ours(x)).abs().max().item()
+    logits, outputs = outputs_of(reference, {f"units.{i}": f"st_gcn_networks.{i}" for i in (0, 9)}, x)
+    outputs = {key: out[0] for key, out in outputs.items()}  # the code's units return (x, A)
+    difference = (logits - outputs_of(ours, {}, x)[0]).abs().max().item()
     save_fixture(args.out / f"{NAME}.npz", f"yysijie/st-gcn@{args.commit} net/st_gcn.py Model", logits, outputs, state)
     print(f"{NAME}: max |logit difference| {difference:.2e} (largest logit {logits.abs().max():.2f})")
     if difference > TOLERANCE:

@@ -32,9 +32,8 @@ import torch
 from torch import nn
 
 from star.convert import layout, to_reference
-from star.convert.golden import golden_inputs, reference_checkout, save_fixture, seeded_model
+from star.convert.golden import TOLERANCE, golden_inputs, outputs_of, reference_checkout, save_fixture, seeded_model
 
-TOLERANCE = 1e-5
 # code/config/st_gcn/nturgbd/train.yaml (the shipped S-TR on joints and bones at doubled widths) set to
 # 3-channel joints at standard widths, graph convolutions of `unit_gcn` (`agcn: False`)
 CODE_ARGS = dict(
@@ -74,18 +73,6 @@ def code_shims() -> Iterator[None]:
         yield
 
 
-@torch.no_grad()
-def run(model: nn.Module, modules: dict[str, str], *inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The logits, and the outputs of the `modules` (values: module names), under their keys."""
-    outputs = {}
-    hooks = [model.get_submodule(module).register_forward_hook(
-        lambda _m, _i, out, key=key: outputs.__setitem__(key, out)) for key, module in modules.items()]
-    logits = model(*inputs)
-    for hook in hooks:
-        hook.remove()
-    return logits, outputs
-
-
 def main() -> None:
     args = reference_checkout(__doc__.split("\n\n")[0])
     code_model = code_model_class(args.reference)
@@ -97,8 +84,8 @@ def main() -> None:
             state = reference.state_dict()
             reference.load_state_dict(to_reference(layout(name), ours), strict=True)
             inputs = golden_inputs(name)
-            logits, outputs = run(reference.eval(), modules, *inputs, None, None)  # then (label, name)
-        our_logits, our_outputs = run(ours, {key: key for key in modules}, *inputs)
+            logits, outputs = outputs_of(reference.eval(), modules, *inputs, None, None)  # then (label, name)
+        our_logits, our_outputs = outputs_of(ours, {key: key for key in modules}, *inputs)
         differences = {"logits": (logits - our_logits).abs().max().item()}
         differences |= {key: (outputs[key] - our_outputs[key]).abs().max().item() for key in modules}
         save_fixture(args.out / f"{name}.npz", f"Chiaraplizz/ST-TR@{args.commit} code/st_gcn/net/st_gcn.py Model",

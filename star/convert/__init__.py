@@ -13,6 +13,7 @@ that do not fit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,18 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 def same(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def transpose(t: torch.Tensor) -> torch.Tensor:
+    """A graph operator between the (K, in, out) convention of the reference codes and (K, out, in) here."""
+    return t.transpose(-1, -2).contiguous()
+
+
+def renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """`key` with every (pattern, replacement) of `renames` applied in order (re.sub)."""
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 class ConversionError(ValueError):
@@ -108,9 +121,13 @@ def from_reference(layout: ReferenceLayout, model: nn.Module, reference: dict) -
     state = {}
     for m in maps:
         found = tuple(reference[name] for name in m.names)
-        value = m.to_ours(found if isinstance(m.reference, tuple) else found[0])
+        shapes = ", ".join(str(tuple(t.shape)) for t in found)
+        try:
+            value = m.to_ours(found if isinstance(m.reference, tuple) else found[0])
+        except RuntimeError as error:  # tensors that cannot be joined or reshaped as the layout says
+            raise ConversionError(f"checkpoint tensor {m.reference!r} has shape {shapes}, which does not fit "
+                                  f"{m.ours!r} {tuple(own[m.ours].shape)} of {layout.model} ({error})") from error
         if value.shape != own[m.ours].shape:
-            shapes = ", ".join(str(tuple(t.shape)) for t in found)
             raise ConversionError(f"checkpoint tensor {m.reference!r} has shape {shapes}, "
                                   f"which does not fit {m.ours!r} {tuple(own[m.ours].shape)} of {layout.model}")
         if m.fixed and not torch.allclose(value.to(own[m.ours].dtype), own[m.ours], atol=1e-6):

@@ -9,6 +9,8 @@ code and the model.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 from pathlib import Path
 
 import torch
@@ -16,43 +18,45 @@ import torch
 import star.models as registry
 from star.convert import ConversionError, from_reference, layout
 from star.data.splits import get_benchmark
-from star.io import write_atomic, write_json
+from star.io import write_together
 from star.train import CHECKPOINT_FORMAT, run_config
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # dict keys some scripts save the weights under
 
 
-def read_reference(path: Path) -> dict:
-    """The state dict in a reference checkpoint file (a bare state dict, or one under a usual wrapper key)."""
+def read_reference(data: bytes) -> dict:
+    """The state dict in a reference checkpoint's bytes (a bare state dict, or one under a usual wrapper key)."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+        raise ConversionError(f"not a readable PyTorch checkpoint ({error})") from error
     for key in WRAPPERS:
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
             break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ConversionError(f"{path} holds no state dict (a mapping of names to tensors)")
-    return data
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ConversionError("it holds no state dict (a mapping of names to tensors)")
+    return loaded
 
 
 def convert(model: str, checkpoint: str | Path, store: str | Path, benchmark: str, out: str | Path) -> dict:
-    """Write the run folder `out`; returns converted.json's contents. ConversionError naming the misfit."""
+    """Write the run folder `out` (new or empty) and return converted.json; ConversionError naming a misfit."""
     checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConversionError(f"{out} is not empty: a converted run gets a folder of its own")
     reference_layout = layout(model)
     network = registry.build(model, get_benchmark(benchmark).num_classes)
+    data = checkpoint.read_bytes()  # read once: the hash is of what was converted
     try:
-        state = from_reference(reference_layout, network, read_reference(checkpoint))
+        state = from_reference(reference_layout, network, read_reference(data))
     except ConversionError as error:
         raise ConversionError(f"{checkpoint}: {error}") from error
     config = run_config(store, benchmark, model, out)
-    out.mkdir(parents=True, exist_ok=True)
     saved = {"format": CHECKPOINT_FORMAT, "config": config.as_dict(), "epoch": 0, "step": 0, "model": state,
              "metrics": {}}
-    write_atomic(out / "best.pt", lambda tmp: torch.save(saved, tmp))
     summary = {"format": "star-converted-1", "model": model, "code": reference_layout.code,
-               "source": str(checkpoint), "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-               "tensors": len(state)}
-    write_json(out / "converted.json", summary)
+               "source": str(checkpoint), "sha256": hashlib.sha256(data).hexdigest(), "tensors": len(state)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_together({out / "best.pt": lambda tmp: torch.save(saved, tmp),
+                    out / "converted.json": lambda tmp: tmp.write_text(json.dumps(summary, indent=2))})
     return summary

@@ -26,6 +26,7 @@ GOLDEN_SEED = 20260
 # second person enters late, so positions on the clip's clock and row numbers differ
 GOLDEN_CLIPS = ((13, 1, 0), (9, 2, 3), (7, 1, 0), (11, 2, 0))
 GOLDEN_PADDED_FRAMES = 16
+TOLERANCE = 1e-5  # largest |difference| to the reference in float32, logits and probes alike
 
 
 def golden_samples(seed: int = GOLDEN_SEED) -> list[ClipSample]:
@@ -81,15 +82,16 @@ def seeded_model(name: str, num_classes: int = 60, seed: int = GOLDEN_SEED) -> n
     """
     torch.manual_seed(seed)
     model = registry.build(name, num_classes).eval()
-    batch_norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    batch_norms = {m: m.momentum for m in model.modules() if isinstance(m, BATCH_NORMS)}
     for module in batch_norms:
         module.reset_running_stats()
         module.momentum = None  # a cumulative average: after one pass, that pass's statistics
         module.train()
-    model(*golden_inputs(name, seed))
-    for module in batch_norms:
+    if batch_norms:
+        model(*golden_inputs(name, seed))
+    for module, momentum in batch_norms.items():
         module.running_var += 1
-        module.momentum = 0.1
+        module.momentum = momentum
         module.eval()
     generator = torch.Generator().manual_seed(seed + 1)
     uniform = lambda t, low, high: t.copy_(torch.rand(t.shape, generator=generator) * (high - low) + low)  # noqa: E731
@@ -101,6 +103,20 @@ def seeded_model(name: str, num_classes: int = 60, seed: int = GOLDEN_SEED) -> n
         if parameter_name.endswith("edge_importance"):
             uniform(parameter, 0.5, 1.5)
     return model
+
+
+@torch.no_grad()
+def outputs_of(model: nn.Module, modules: dict[str, str], *inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits of `model(*inputs)` and the outputs of `modules` (key -> module name), under their keys."""
+    outputs = {}
+    hooks = [model.get_submodule(module).register_forward_hook(
+        lambda _m, _i, out, key=key: outputs.__setitem__(key, out)) for key, module in modules.items()]
+    try:
+        logits = model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, outputs
 
 
 PROBE_VALUES = 2048

@@ -6,17 +6,16 @@ layouts: nn.Linear weights as (out, in) with the q, k, v projections stacked
 `(h c)`), which `star.model.projection.PlaneProjection` keeps under its own
 name `qkv`; the context-attention matrix applied as `mean @ W` on both sides.
 The code's full-attention layer (`SpatialFullEncoderLayer`, commented out in
-models/layers.py) names its tensors as the sparse one does, so the same map
-serves the "as run" full-attention models.
+models/attentions.py, and not runnable as written) names its tensors as the
+sparse one does, so the same map reads a checkpoint into the "as run"
+full-attention models; no reference network checks that map.
 """
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
-from star.convert import KeyMap, ReferenceLayout
+from star.convert import KeyMap, ReferenceLayout, renamed
 
 CODE = "imj2185/STAR main, models/net2streams.py DualGraphEncoder"
 
@@ -33,14 +32,8 @@ RENAMES = (
 )
 
 
-def code_name(ours: str) -> str:
-    for pattern, replacement in RENAMES:
-        ours = re.sub(pattern, replacement, ours)
-    return ours
-
-
 def maps(model: nn.Module) -> list[KeyMap]:
-    return [KeyMap(code_name(key), key) for key in model.state_dict()]
+    return [KeyMap(renamed(key, RENAMES), key) for key in model.state_dict()]
 
 
 def layouts() -> list[ReferenceLayout]:

@@ -15,11 +15,7 @@ import re
 
 from torch import nn
 
-from star.convert import KeyMap, ReferenceLayout
-
-
-def transpose(t):
-    return t.transpose(-1, -2).contiguous()
+from star.convert import KeyMap, ReferenceLayout, transpose
 
 
 def maps(model: nn.Module) -> list[KeyMap]:

@@ -28,7 +28,7 @@ import re
 import torch
 from torch import nn
 
-from star.convert import Built, Dropped, KeyMap, ReferenceLayout
+from star.convert import Built, Dropped, KeyMap, ReferenceLayout, renamed, transpose
 
 CODE = "Chiaraplizz/ST-TR, code/st_gcn/net/st_gcn.py Model"
 PARTITIONS = 3  # root, centripetal, centrifugal: the code's `labeling_mode: spatial`
@@ -50,21 +50,11 @@ RENAMES = (
 )
 
 
-def code_name(ours: str) -> str:
-    for pattern, replacement in RENAMES:
-        ours = re.sub(pattern, replacement, ours)
-    return ours
-
-
-def transpose(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(-1, -2).contiguous()
-
-
 def stream_maps(model: nn.Module, stream: str) -> list[KeyMap | Dropped | Built]:
     prefix = f"streams.{stream}."
     result: list[KeyMap | Dropped | Built] = []
     for ours in model.state_dict():
-        name = code_name(ours.removeprefix(prefix))
+        name = renamed(ours.removeprefix(prefix), RENAMES)
         graph = re.match(r"^(.+)\.gcn\.(.+)$", name)  # a graph convolution's own tensors
         if graph is None:
             if name.endswith("tcn1.qkv_conv.weight"):

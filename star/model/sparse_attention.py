@@ -64,7 +64,6 @@ KERNELS = ("rows", "edges")
 class NeighbourhoodGraph:
     """Index lists of a joint neighbourhood, as tensors (edge list, CSR pointer) and as Python lists."""
 
-    mask: torch.Tensor  # (V, V) int64, row i counts each key of N(i) (1, or more for a repeated edge)
     query: torch.Tensor  # (E,) attending joint of each edge, sorted
     key: torch.Tensor  # (E,) attended joint of each edge
     rowptr: torch.Tensor  # (V + 1,) edges of query i are rowptr[i]:rowptr[i+1]
@@ -80,7 +79,6 @@ class NeighbourhoodGraph:
         rowptr = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])
         as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
         return cls(
-            mask=torch.as_tensor(counts),
             query=as_long(query),
             key=as_long(key),
             rowptr=as_long(rowptr),
@@ -94,7 +92,7 @@ class NeighbourhoodGraph:
 
     def to(self, device: torch.device) -> NeighbourhoodGraph:
         move = lambda t: t.to(device)  # noqa: E731
-        return NeighbourhoodGraph(move(self.mask), move(self.query), move(self.key), move(self.rowptr),
+        return NeighbourhoodGraph(move(self.query), move(self.key), move(self.rowptr),
                                   self.neighbours, self.starts)
 
 

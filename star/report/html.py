@@ -14,6 +14,7 @@ import base64
 import datetime
 import json
 import math
+import statistics
 from importlib import metadata
 from pathlib import Path
 
@@ -131,6 +132,10 @@ def _run_row(path: Path) -> dict:
     return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
 
 
+FIDELITY_POINT_KEYS = ("described", "as_run", "code", "point", "paper", "as_run_does", "where", "training_only",
+                       "max_logit_change")
+
+
 def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict | None:
     """`star fidelity`'s points, and each (as described, as run) pair's size, cost, speed and top-1 where measured."""
     if path is None:
@@ -138,8 +143,15 @@ def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict
     data = read_json(Path(path))
     if data.get("format") != FIDELITY_FORMAT:
         raise ReportError(f"{path}: not a `star fidelity` result (format {data.get('format')!r})")
+    for point in data.get("points") or [None]:
+        missing = [key for key in FIDELITY_POINT_KEYS if key not in (point or {})]
+        if missing:
+            raise ReportError(f"{path}: a point without {', '.join(missing)} (is it complete?)")
     profile_of = {p["model"]: p["summary"] for p in profiles}
-    top1 = {(r["model"], r["benchmark"]): r["best_top1_pct"] for r in runs}
+    seeds: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        seeds.setdefault((r["model"], r["benchmark"]), []).append(r["best_top1_pct"])
+    top1 = {place: statistics.fmean(values) for place, values in seeds.items()}  # mean over seeds, as Table 1
     benchmarks = sorted({r["benchmark"] for r in runs})
     variants = []
     for described, as_run in dict.fromkeys((p["described"], p["as_run"]) for p in data["points"]):
