@@ -141,12 +141,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop_connect: floa
     leaves every row renormalised over the keys that remain (a row that loses
     them all gives zeros, as in the code).
     """
-    weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (..., L, L)
+    leading = v.shape[:-2]
+    # (B, H, L, d), the rank torch.compile's attention patterns are written for (at rank 5 inductor fails on them);
+    # matmul folds the leading dimensions of these permuted views into one batch anyway, with the same copy
+    q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, H, L, L)
     if training and drop_connect > 0:
-        keep = torch.rand(*k.shape[:-2], 1, k.shape[-2], device=k.device) >= drop_connect  # (..., 1, L)
+        keep = torch.rand(*k.shape[:-2], 1, k.shape[-2], device=k.device) >= drop_connect  # (B, H, 1, L)
         weights = weights * keep
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-8)
-    return weights @ v  # (..., L, d_v)
+    return (weights @ v).view(*leading, *v.shape[-2:])  # (..., L, d_v)
 
 
 class _SelfAttentionBlock(nn.Module):

@@ -1,7 +1,8 @@
 """Model speed on one batch of 16 NTU-like clips: STAR compact, the baselines on the same clips padded.
 
     python benchmarks/bench_model.py [--clips 16] [--repeats 10] [--threads N] [--seed 0] [--device auto]
-                                     [--models NAME ...] [--skip models|attention|backends ...]
+                                     [--models NAME ...] [--compile]
+                                     [--skip models|attention|backends|dispatch ...]
 
 Prints, from one run on one machine:
 1. the practical ceiling: GFLOP/s of a large float32 matrix product;
@@ -9,11 +10,17 @@ Prints, from one run on one machine:
    mode, median and spread over --repeats after warm-up) on the batch in its
    own layout, with GMACs (STAR's analytic count; for the baselines torch's
    FlopCounterMode: convolutions and matrix products) and achieved GFLOP/s,
-   then each STAR model's speed-up over each padded baseline;
-3. one spatial attention call in each form (sparse rows, sparse edges on each
-   scatter back-end, masked dense, full dense): the sparse-over-full ratio and
-   the reason behind it (products computed against bytes gathered);
-4. STAR-64 forward and forward+backward with each scatter back-end.
+   then each STAR model's speed-up over each padded baseline; with --compile
+   also the latency of the model compiled by torch.compile and compiled/eager;
+3. one spatial attention call in each form (sparse rows, gather and edges on
+   each scatter back-end, full dense): the sparse-over-full ratio and the
+   reason behind it (products computed against bytes gathered);
+4. STAR-64 forward and forward+backward with each kernel form and scatter
+   back-end;
+5. the operators STAR-64's forward and forward+backward dispatch in each
+   kernel form for 4, 16 and 64 clips, all of them and those that launch a
+   kernel (views launch none), ST-GCN's beside them: on a GPU each launch
+   costs several microseconds whatever it computes.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import star.models as registry
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
+from star.device import DEVICES, compiled, resolve_device
 from star.model.scatter import BACKENDS, get_backend
 from star.model.sparse_attention import SpatialAttention
-from star.model.star import STAR, STARConfig
+from star.model.star import KERNEL_FORMS, STAR, STARConfig
+from star.profiling.dispatch import count_dispatches
 from star.profiling.timing import forward_latency
 from star.runtime import keep_freed_memory
 from star.skeleton import neighbourhood_mask
@@ -72,14 +81,15 @@ def padded_macs(model, padded) -> float:
     return counter.get_total_flops() / 2 * len(padded.x)
 
 
-def model_table(samples, names: list[str], device, repeats: int, ceiling: float) -> None:
+def model_table(samples, names: list[str], device, repeats: int, ceiling: float, compile: bool) -> None:
     compact = collate_compact(samples).to(device)
     padded = PaddedCollate()(samples).to(device)
     rows = len(compact.x)
     print(f"\nbatch: {len(samples)} clips, {rows} compact rows; padded {tuple(padded.x.shape)}")
     print("gmacs: STAR's analytic count; the padded baselines' convolutions and matrix products (FlopCounterMode)")
     print(f"{'model':16s} {'layout':8s} {'params_m':>8s} {'latency_ms':>10s} {'min..max':>15s} {'gmacs':>7s} "
-          f"{'gflop/s':>8s} {'of ceiling':>10s}")
+          f"{'gflop/s':>8s} {'of ceiling':>10s}" + (f" {'compiled_ms':>11s} {'compiled/eager':>14s}" if compile
+                                                    else ""))
     results = {}
     for name in names:
         spec = registry.spec(name)
@@ -95,8 +105,13 @@ def model_table(samples, names: list[str], device, repeats: int, ceiling: float)
             macs = padded_macs(model, padded)
         results[name] = (spec.layout, median)
         rate = 2 * macs / median / 1e6
-        print(f"{name:16s} {spec.layout:8s} {params:8.3f} {median:10.1f} {f'{low:.1f}..{high:.1f}':>15s} "
-              f"{macs / 1e9:7.2f} {rate:8.1f} {rate / ceiling:9.1%}")
+        line = (f"{name:16s} {spec.layout:8s} {params:8.3f} {median:10.1f} {f'{low:.1f}..{high:.1f}':>15s} "
+                f"{macs / 1e9:7.2f} {rate:8.1f} {rate / ceiling:9.1%}")
+        if compile:  # the first call compiles: it is part of the warm-up
+            fast = compiled(model, True)
+            timed, _, _ = latency_ms(lambda m=fast, i=inputs: forward(m, i), device, repeats)
+            line += f" {timed:11.1f} {timed / median:14.2f}"
+        print(line, flush=True)
     baselines = {n: t for n, (layout, t) in results.items() if layout == "padded"}
     for name, (layout, median) in results.items():
         if layout == "compact" and baselines:
@@ -111,6 +126,7 @@ def attention_table(rows: int, device, repeats: int) -> None:
     edges = int(mask.sum())
     forms = {
         "sparse rows": (SpatialAttention(64, 8, mask, "rows"), edges),
+        "sparse gather": (SpatialAttention(64, 8, mask, "gather"), edges),
         **{f"sparse edges/{b}": (SpatialAttention(64, 8, mask, "edges", get_backend(b)), edges) for b in BACKENDS},
         "full (dense)": (SpatialAttention(64, 8, None), 625),
     }
@@ -122,8 +138,10 @@ def attention_table(rows: int, device, repeats: int) -> None:
         median, _, _ = latency_ms(lambda m=module: forward(m, (x,)), device, repeats)
         timings[name] = median
         macs = 2 * rows * pairs * 64 + rows * 25 * 64 * 192  # scores + aggregation, and the q/k/v projection
-        # the edges form copies each attended key and value plane once per edge; rows and dense gather nothing
-        gathered = 2 * rows * pairs * 64 * 4 / 1e6 if name.startswith("sparse edges") else 0.0
+        # the edges form copies each attended key and value plane once per edge, the gather form once per slot
+        # of the padded neighbour table; rows and dense gather nothing
+        slots = module.graph.table.numel() if name == "sparse gather" else pairs
+        gathered = 2 * rows * slots * 64 * 4 / 1e6 if name.startswith(("sparse edges", "sparse gather")) else 0.0
         print(f"{name:20s} {pairs:5d} {median:10.2f} {macs / 1e9:10.3f} {2 * macs / median / 1e6:8.1f} "
               f"{gathered:11.1f}")
     ratio = timings["full (dense)"] / timings["sparse rows"]
@@ -132,15 +150,18 @@ def attention_table(rows: int, device, repeats: int) -> None:
           "the dense form computes all 625 as batched matrix products of 25 x 25 at BLAS speed)")
 
 
+FORMS = {f"{sparse}+{temporal}": dict(sparse_kernel=sparse, temporal_kernel=temporal)
+         for sparse, temporal in KERNEL_FORMS.values()}
+
+
 def backend_table(samples, device, repeats: int) -> None:
-    batch = collate_compact(samples).to(device)
-    inputs = (batch.x, batch.clip_offsets, batch.person_ids, batch.positions)
-    print("\nSTAR-64 with each scatter back-end (pooling segment means; the edges kernel for the sparse attention)")
-    print(f"{'back-end':10s} {'kernel':7s} {'forward_ms':>10s} {'fwd+bwd_ms':>10s}")
-    for kernel in ("rows", "edges"):
+    inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(samples).to(device))
+    print("\nSTAR-64 in each kernel form and scatter back-end (pooling sums; the edges kernel's segment reductions)")
+    print(f"{'back-end':10s} {'form':14s} {'forward_ms':>10s} {'fwd+bwd_ms':>10s}")
+    for form, kernels in FORMS.items():
         for backend in BACKENDS:
             torch.manual_seed(0)
-            model = STAR(STARConfig(scatter_backend=backend, sparse_kernel=kernel)).to(device)
+            model = STAR(STARConfig(scatter_backend=backend, **kernels)).to(device)
             model.eval()
             fwd, _, _ = latency_ms(lambda m=model: forward(m, inputs), device, repeats)
             model.train()
@@ -150,7 +171,29 @@ def backend_table(samples, device, repeats: int) -> None:
                 m(*inputs).sum().backward()
 
             both, _, _ = latency_ms(step, device, max(3, repeats // 3), warmup=1)
-            print(f"{backend:10s} {kernel:7s} {fwd:10.1f} {both:10.1f}")
+            print(f"{backend:10s} {form:14s} {fwd:10.1f} {both:10.1f}")
+
+
+def dispatch_table(seed: int) -> None:
+    """Operators dispatched by STAR-64 in each form and by ST-GCN, counted on the CPU (the same on any device)."""
+    print("\noperators dispatched per call (all / launching a kernel, i.e. without views)")
+    print(f"{'model':8s} {'form':14s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
+    for form, kernels in FORMS.items():
+        for clips in (4, 16, 64):
+            frames, persons = ntu_like_clips(clips, seed)
+            inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(random_samples(frames, persons)))
+            torch.manual_seed(0)
+            model = STAR(STARConfig(**kernels)).eval()
+            with torch.no_grad():
+                ahead = count_dispatches(lambda m=model, i=inputs: m(*i))
+            model.train()
+            both = count_dispatches(lambda m=model, i=inputs: m(*i).sum().backward())
+            print(f"{'star-64':8s} {form:14s} {clips:5d} {f'{ahead.total} / {ahead.launches}':>13s} "
+                  f"{f'{both.total} / {both.launches}':>13s}", flush=True)
+    model = registry.build("st-gcn").eval()
+    with torch.no_grad():
+        ahead = count_dispatches(lambda: model(torch.zeros(2, 3, 300, 25, 2)))
+    print(f"{'st-gcn':8s} {'padded':14s} {2:5d} {f'{ahead.total} / {ahead.launches}':>13s}")
 
 
 def main() -> None:
@@ -159,30 +202,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--models", nargs="*", default=None, help="registered models to time (default: all)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["models", "attention", "backends"])
+    parser.add_argument("--compile", action="store_true", help="also time each model compiled by torch.compile")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["models", "attention", "backends", "dispatch"])
     args = parser.parse_args()
     keep_freed_memory()  # as the star command does (star.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     frames, persons = ntu_like_clips(args.clips, args.seed)
     samples = random_samples(frames, persons, seed=args.seed)
     ceiling = matmul_ceiling(device, args.repeats)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"device {device} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; "
           f"matrix-product ceiling {ceiling:.1f} GFLOP/s")
     print(f"clip frames {frames}, persons {persons}")
     if "models" not in args.skip:
         names = args.models or registry.names()
         for name in names:
             registry.spec(name)  # an unknown name fails here, before anything is timed
-        model_table(samples, names, device, args.repeats, ceiling)
+        model_table(samples, names, device, args.repeats, ceiling, args.compile)
     if "attention" not in args.skip:
         attention_table(sum(f * p for f, p in zip(frames, persons, strict=True)), device, args.repeats)
     if "backends" not in args.skip:
         backend_table(samples, device, args.repeats)
+    if "dispatch" not in args.skip:
+        dispatch_table(args.seed)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 import star.models as registry
 from star.data.store import CompactStore
 from star.data.synthetic import random_samples
+from star.device import DEVICES, resolve_device
 from star.profiling.batch import ProfilingBatch, draw_batch
 from star.profiling.profile import profile_model, set_threads
 from star.runtime import keep_freed_memory
@@ -39,15 +40,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--allocator", default="keep", choices=["keep", "default"])
     args = parser.parse_args()
     for name in args.models:
         registry.spec(name)  # an unknown name fails before anything is timed
     allocator = keep_freed_memory()["allocator"] if args.allocator == "keep" else "glibc defaults"
     threads = set_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     if args.store:
         batch = draw_batch(CompactStore(args.store), args.benchmark, args.clips, args.seed)
     else:

@@ -26,6 +26,7 @@ import torch
 import star.models as registry
 from star.data.preprocess import preprocess
 from star.data.synthetic import TINY, generate
+from star.device import DEVICES
 from star.runtime import keep_freed_memory
 from star.train import Trainer, predict, run_config
 
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per pass")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--workers", type=int, default=0, help="data loader processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--amp", action="store_true", help="mixed precision")

@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> None:
                         overrides=_recipe_overrides(args), fill=args.fill, seed=args.seed, device=args.device,
                         workers=args.workers, group_by_length=args.group_by_length, accumulate=args.accumulate,
                         amp=args.amp, padded_frames=args.padded_frames, deterministic=args.deterministic,
-                        max_clips=args.max_clips)
+                        max_clips=args.max_clips, compile=args.compile)
     metrics = train(config, progress=not args.quiet, log_every_s=args.log_every)
     print(f"{args.out}: {metrics['epochs']} epochs, test top-1 {metrics['top1_pct']:.2f}% "
           f"(best {metrics['best_top1_pct']:.2f}% at epoch {metrics['best_epoch']}), {metrics['wall_s']:.0f} s")
@@ -114,13 +114,14 @@ def _fidelity(args: argparse.Namespace) -> None:
 
 
 def _profile(args: argparse.Namespace) -> None:
+    from star.device import resolve_device
     from star.io import write_json
     from star.profiling.profile import profile, set_threads
-    from star.train import resolve_device
 
     device = resolve_device(args.device)
     threads = set_threads(args.threads)
     result = profile(args.store, args.benchmark, args.model, clips=args.clips, seed=args.seed, device=device,
+                     compile=args.compile,
                      repeats=args.repeats, warmup=args.warmup, profiler_runs=args.profiler_runs,
                      sweep_frames=args.sweep_frames, sweep_clips=args.sweep_clips, sweep_repeats=args.sweep_repeats)
     write_json(args.out, result)
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from star.data.batching import FILLS
     from star.data.splits import BENCHMARKS
     from star.data.store import PADDED_FRAMES
-    from star.train import DEVICES
+    from star.device import DEVICES
 
     workers = min(4, max(1, default_workers() - 1))
     train = commands.add_parser("train", help="train one model on one benchmark (resumes an interrupted run)",
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which of the model's recipes to start from (STAR: paper or code)")
     train.add_argument("--device", choices=DEVICES, default="auto")
     train.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+    train.add_argument("--compile", action="store_true", help="train the model compiled by torch.compile")
     train.add_argument("--workers", type=int, default=workers, metavar="N",
                        help=f"data loader processes (default {workers})")
     train.add_argument("--group-by-length", action="store_true", help="batch clips of similar length together")
@@ -273,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--clips", type=int, default=16, metavar="N", help="clips in the profiling batch")
     prof.add_argument("--seed", type=int, default=0, help="seed of the clip draw")
     prof.add_argument("--device", choices=DEVICES, default="auto")
+    prof.add_argument("--compile", action="store_true",
+                      help="time the model compiled by torch.compile (the MAC counters, the per-category "
+                           "breakdown and the sweep run the eager model)")
     prof.add_argument("--threads", type=int, default=None, metavar="N",
                       help="torch CPU threads (default: every core this process may use)")
     prof.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forward passes")

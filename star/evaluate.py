@@ -18,6 +18,7 @@ import star.models as registry
 from star.data.batching import clip_loader
 from star.data.splits import class_names, get_benchmark
 from star.data.store import CompactStore
+from star.device import resolve_device
 from star.io import write_csv, write_json
 from star.provenance import environment
 from star.train import (
@@ -26,7 +27,6 @@ from star.train import (
     load_checkpoint,
     load_model_state,
     predict,
-    resolve_device,
     subset,
 )
 

@@ -17,6 +17,7 @@ from torch import nn
 from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
 from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 from star.data.batching import FILLS, CompactBatch, PaddedBatch
+from star.model.segments import ClipSegments
 from star.model.star import STAR, STAR_AS_RUN, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
 
@@ -65,7 +66,8 @@ def model_inputs(model_spec: ModelSpec, batch: CompactBatch | PaddedBatch) -> tu
     if model_spec.layout == "compact":
         if not isinstance(batch, CompactBatch):
             raise TypeError(f"model {model_spec.name!r} eats compact batches, got {type(batch).__name__}")
-        return batch.x, batch.clip_offsets, batch.person_ids, batch.positions
+        segments = ClipSegments.of(batch.clip_offsets, batch.clip_ids, batch.steps, batch.bounds)
+        return batch.x, batch.clip_offsets, batch.person_ids, batch.positions, segments
     if not isinstance(batch, PaddedBatch):
         raise TypeError(f"model {model_spec.name!r} eats padded batches, got {type(batch).__name__}")
     return (batch.x,)

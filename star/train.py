@@ -53,6 +53,7 @@ import star.models as registry
 from star.data.batching import clip_loader
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, CompactStore, StoreError
+from star.device import autocast, compiled, resolve_device
 from star.io import write_atomic, write_csv, write_json
 from star.provenance import environment
 from star.recipe import TrainingRecipe
@@ -62,7 +63,6 @@ RUN_FORMAT = "star-run-1"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1_pct", "test_loss", "test_top1_pct", "test_top5_pct", "lr",
                    "epoch_s", "train_samples_per_s", "test_samples_per_s")
 TIMING_COLUMNS = ("epoch_s", "train_samples_per_s", "test_samples_per_s")  # all that differs between equal runs
-DEVICES = ("auto", "cpu", "cuda")
 TOP_K = 5
 
 
@@ -89,6 +89,7 @@ class RunConfig:
     device: str = "auto"
     workers: int = 0  # loader processes
     deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is deterministic anyway)
+    compile: bool = False  # torch.compile the network (star.device.compiled)
     max_clips: int | None = None  # use at most this many clips of each side, evenly spread (quick checks)
 
     def as_dict(self) -> dict:
@@ -99,7 +100,7 @@ class RunConfig:
         return cls(**{**data, "recipe": TrainingRecipe(**data["recipe"])})
 
 
-EXECUTION_FIELDS = ("store", "out", "device", "workers", "deterministic")
+EXECUTION_FIELDS = ("store", "out", "device", "workers", "deterministic", "compile")
 
 
 def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, recipe: str = "default",
@@ -149,26 +150,6 @@ class Processes:
     def all(self, flag: bool, device: torch.device) -> bool:
         """True when `flag` holds in every process."""
         return self.sum([float(not flag)], device)[0] == 0
-
-
-def resolve_device(name: str, processes: Processes = Processes()) -> torch.device:
-    """`auto` is CUDA when torch sees a GPU, else the CPU; each process on a machine takes its own GPU."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for, but torch sees no CUDA device (is the CUDA build installed?)")
-    device = torch.device("cuda", processes.local_rank)
-    torch.cuda.set_device(device)
-    return device
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                          enabled=enabled)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -313,7 +294,7 @@ class Trainer:
         self.processes = Processes.from_environment()
         if self.processes.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if config.device != "cpu" and torch.cuda.is_available() else "gloo")
-        self.device = resolve_device(config.device, self.processes)
+        self.device = resolve_device(config.device, self.processes.local_rank)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -329,8 +310,8 @@ class Trainer:
         self.model = registry.build(config.model, self.benchmark.num_classes).to(self.device)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.width = getattr(getattr(self.model, "config", None), "width", None)
-        self.network = self.model if self.processes.world == 1 else DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.network = compiled(self.model if self.processes.world == 1 else DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None), config.compile)
         self.optimizer = build_optimizer(config.recipe, self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.train_loader = self._loader(self.train_clips, train=True)

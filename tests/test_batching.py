@@ -12,6 +12,7 @@ from star.data.batching import (
     collate_compact,
     pad_clip,
 )
+from star.model.segments import ClipSegments
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +136,18 @@ def test_worker_processes_load_the_same_batches(tiny_store, layout):
 
 def test_batches_move_as_a_whole(tiny_store, dataset):
     for batch in (collate_compact([dataset[0], dataset[1]]), PaddedCollate()([dataset[0], dataset[1]])):
-        moved = batch.to("cpu")
+        moved = batch.to("meta")
         assert type(moved) is type(batch) and moved.num_clips == 2
-        assert all(torch.equal(getattr(moved, name), getattr(batch, name)) for name in vars(batch))
+        for name, value in vars(batch).items():
+            if isinstance(value, torch.Tensor):
+                assert getattr(moved, name).device.type == "meta" and getattr(moved, name).shape == value.shape
+            else:  # host facts stay on the host
+                assert getattr(moved, name) == value
+    compact = collate_compact([dataset[0], dataset[1]])
+    assert compact.bounds == tuple(compact.clip_offsets.tolist())
+    derived = ClipSegments.from_offsets(compact.clip_offsets, len(compact.x))  # the device-side derivation
+    assert torch.equal(compact.steps, derived.steps) and torch.equal(compact.clip_ids, derived.clip_ids)
+    assert compact.steps[compact.bounds[1]] == 0 and compact.steps[compact.bounds[1] - 1] == compact.bounds[1] - 1
 
 
 @pytest.mark.parametrize("world,accumulate", [(1, 1), (1, 3), (2, 1), (3, 2)])

@@ -6,6 +6,7 @@ import torch
 import star.models as registry
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
+from star.device import compiled
 
 CLASSES = 7
 
@@ -61,3 +62,34 @@ def test_every_model_has_a_default_training_recipe():
     for name in registry.names():
         recipes = registry.spec(name).recipes
         assert recipes["default"].epochs > 0 and recipes["default"].batch_size > 0
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_model_runs_forward_and_backward_on_the_meta_device(name):
+    """Device-clean without a GPU: a tensor made on a fixed device inside the model, or a host
+    synchronisation (.item(), .tolist(), .cpu(), a boolean mask's data-dependent size), fails on meta."""
+    spec = registry.spec(name)
+    model = registry.build(name, num_classes=CLASSES).train().to("meta")
+    batch = example_batch(spec.layout).to("meta")
+    logits = model(*registry.model_inputs(spec, batch))
+    assert logits.device.type == "meta" and logits.shape == (batch.num_clips, CLASSES)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", registry.names())
+def test_compiled_model_gives_the_eager_outputs(name):
+    """torch.compile (inductor) on the CPU; STAR compiles its launch-light kernel forms (star.device.compiled)."""
+    torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    spec = registry.spec(name)
+    model = registry.build(name, num_classes=CLASSES).eval()
+    inputs = registry.model_inputs(spec, example_batch(spec.layout))
+    with torch.no_grad():
+        eager = model(*inputs)
+        fast = compiled(model, True)(*inputs)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
+    scale = max(1.0, float(eager.abs().max()))  # untrained logits run into the thousands
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4 * scale)

@@ -185,7 +185,7 @@ def test_profiling_batch_is_a_recorded_seeded_draw(tiny_store):
     assert described["total_frames"] == sum(c["frames"] for c in described["clip_list"])
     assert described["rows"] == len(batch.compact().x) == sum(c["rows"] for c in described["clip_list"])
     assert described["padded"]["bytes"] == batch.padded().x.numel() * 4 == 5 * 3 * 300 * 25 * 2 * 4
-    assert described["compact"]["bytes"] == described["rows"] * 25 * 3 * 4 + (5 + 1) * 8 + 2 * described["rows"] * 8
+    assert described["compact"]["bytes"] == described["rows"] * 25 * 3 * 4 + (5 + 1) * 8 + 4 * described["rows"] * 8
 
 
 @pytest.mark.parametrize("name", registry.names())
@@ -197,6 +197,7 @@ def test_star_profile_writes_every_models_json(tiny_store, tmp_path, name):
     model = registry.build(name, get_benchmark("ntu60/xsub").num_classes)
     summary, macs = result["summary"], result["macs"]
     assert result["model"] == name and result["threads"] == 2 and result["device"] == "cpu"
+    assert result["compiled"] is False
     assert result["allocator"] == allocator()
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     assert summary["gmacs"] == macs["fvcore"]["total"] / 1e9 > 0
@@ -207,6 +208,17 @@ def test_star_profile_writes_every_models_json(tiny_store, tmp_path, name):
     assert latency["profiled_total_ms"] == pytest.approx(sum(latency["by_category_ms"].values()))
     assert result["batch"]["clips"] == 2 and len(result["batch"]["clip_list"]) == 2
     assert result["memory"]["peak_bytes"] > result["memory"]["input_bytes"] > 0
+
+
+def test_star_profile_compile_times_the_compiled_model_and_says_so(tiny_store, tmp_path, monkeypatch):
+    """The plumbing only (torch.compile recorded, not run: tests/test_models.py compiles every model)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    out = tmp_path / "star-64.json"
+    assert main(["profile", "--store", str(tiny_store.path), "--model", "star-64", "--out", str(out), "--clips", "2",
+                 "--repeats", "1", "--warmup", "0", "--profiler-runs", "1", "--compile"]) == 0
+    assert json.loads(out.read_text())["compiled"] is True
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
 
 
 def test_sweep_pads_the_baselines_and_not_star():

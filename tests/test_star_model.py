@@ -16,26 +16,34 @@ from star.model.features import bone_vectors, parent_index, segment_motion, segm
 from star.model.linear_attention import (
     TemporalAttention,
     elu_feature_map,
+    padded_linear_attention,
     quadratic_linear_attention,
     segmented_linear_attention,
 )
 from star.model.pooling import ContextPooling
 from star.model.projection import PlaneProjection
 from star.model.scatter import BACKENDS, get_backend
+from star.model.segments import ClipSegments
 from star.model.sparse_attention import (
     NeighbourhoodGraph,
     SpatialAttention,
     dense_attention,
     edge_attention,
+    gathered_attention,
     row_attention,
 )
-from star.skeleton import neighbourhood_mask
+from star.model.star import KERNEL_FORMS, kernel_forms
+from star.skeleton import neighbourhood_mask, power_edge_counts
 
 MASK = neighbourhood_mask(3)
 
 
 def inputs(batch):
-    return batch.x, batch.clip_offsets, batch.person_ids, batch.positions
+    return registry.model_inputs(registry.spec("star-64"), batch)
+
+
+def segments_of(bounds):
+    return ClipSegments.from_offsets(torch.tensor(bounds), bounds[-1])
 
 
 @pytest.mark.parametrize(("name", "classes", "expected"), [
@@ -91,6 +99,32 @@ def test_sparse_kernels_equal_dense_softmax_with_the_neighbourhood_mask():
     assert not torch.allclose(unmasked, reference)  # the mask matters for these inputs
 
 
+@pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
+def test_gather_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts):
+    """float32 to 1e-5: against the masked dense softmax, and with a dropout mask against the rows kernel."""
+    graph = NeighbourhoodGraph.from_mask(counts)
+    generator = torch.Generator().manual_seed(0)
+    n, h, d = 3, 2, 4
+    q, k, v = (torch.randn(n, 25, h, d, generator=generator).requires_grad_() for _ in range(3))  # (N, V, H, d)
+    weights = torch.randn(n, 25, h, d, generator=generator)
+    gathered = gathered_attention(q, torch.stack([k, v], dim=2), graph)
+    heads_first = [t.transpose(1, 2) for t in (q, k, v)]  # (N, H, V, d)
+    dense = dense_attention(*heads_first, mask=torch.as_tensor(counts)).transpose(1, 2)
+    torch.testing.assert_close(gathered, dense, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad((gathered * weights).sum(), (q, k, v)),
+                         torch.autograd.grad((dense * weights).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    keep = (torch.rand(graph.num_edges, h * n, generator=generator) > 0.4) / 0.6  # (E, M), M = (H, N)
+    keep_slots = keep[graph.slot_edges()].view(25, -1, h, n).permute(3, 0, 1, 2)  # (N, V, D, H)
+    dropped = gathered_attention(q, torch.stack([k, v], dim=2), graph, keep_slots)
+    planes = [t.permute(1, 3, 2, 0).reshape(25, d, h * n) for t in (q, k, v)]  # (V, d, M)
+    rows = row_attention(*planes, graph, keep).view(25, d, h, n).permute(3, 0, 2, 1)  # (N, V, H, d)
+    torch.testing.assert_close(dropped, rows, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad((dropped * weights).sum(), (q, k, v)),
+                         torch.autograd.grad((rows * weights).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_dense_attention_is_softmax_of_scaled_scores():
     q, k, v = (t.permute(2, 0, 1) for t in _planes())
     scores = torch.einsum("mid,mjd->mij", q, k) / math.sqrt(q.shape[-1])
@@ -134,8 +168,9 @@ def test_segment_ops_equal_python_loops(backend):
     segments = [src[a:b] for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
     torch.testing.assert_close(ops.sum(src, ptr), torch.stack([s.sum(0) for s in segments]))
     torch.testing.assert_close(ops.max(src, ptr), torch.stack([s.max(0).values for s in segments]))
-    torch.testing.assert_close(ops.mean(src, ptr), torch.stack([s.mean(0) for s in segments]))
-    torch.testing.assert_close(ops.expand(ops.sum(src, ptr), ptr),
+    ids = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2, 2, 2])
+    torch.testing.assert_close(ops.sum(src, ptr, ids), torch.stack([s.sum(0) for s in segments]))
+    torch.testing.assert_close(ops.expand(ops.sum(src, ptr), ptr, 10),
                                torch.cat([s.sum(0).expand_as(s) for s in segments]))
 
 
@@ -196,10 +231,11 @@ def test_elu_feature_map_is_positive_where_float32_can_say_so():
     torch.testing.assert_close(elu_feature_map(torch.tensor([2.0, 0.0])), torch.tensor([3.0, 1.0]))
 
 
-def test_temporal_module_equals_eq6_on_linear_projections():
+@pytest.mark.parametrize("kernel", ["split", "padded"])
+def test_temporal_module_equals_eq6_on_linear_projections(kernel):
     torch.manual_seed(0)
-    module = TemporalAttention(16, 4).eval()
-    x, bounds = torch.randn(12, 25, 16), [0, 5, 12]
+    module = TemporalAttention(16, 4, kernel=kernel).eval()
+    x, bounds = torch.randn(12, 25, 16), segments_of([0, 5, 12])
     qkv = (x @ module.qkv.weight.T).view(12, 25, 3, 4, 4).permute(2, 1, 3, 0, 4).reshape(3, 100, 12, 4)  # (3, G, N, d)
     q, k = elu_feature_map(qkv[0] * 4 ** -0.25), elu_feature_map(qkv[1] * 4 ** -0.25)
     reference = quadratic_linear_attention(q, k, qkv[2], torch.tensor([0] * 5 + [1] * 7), module.eps)  # (G, N, d)
@@ -220,16 +256,37 @@ def test_plane_projection_holds_linear_weights_in_any_row_order():
         PlaneProjection(16, 4, ("qkv", "qkv", "depth"))
 
 
-def test_temporal_module_never_mixes_segments():
+@pytest.mark.parametrize("kernel", ["split", "padded"])
+def test_temporal_module_never_mixes_segments(kernel):
     torch.manual_seed(0)
-    module = TemporalAttention(16, 4).eval()
+    module = TemporalAttention(16, 4, kernel=kernel).eval()
     x = torch.randn(12, 25, 16)
-    bounds = [0, 5, 12]
+    bounds, one = segments_of([0, 5, 12]), segments_of([0, 12])
     changed = x.clone()
     changed[5:] = torch.randn(7, 25, 16)
     with torch.no_grad():
         torch.testing.assert_close(module(x, bounds)[:5], module(changed, bounds)[:5])
-        assert not torch.allclose(module(x, [0, 12])[:5], module(changed, [0, 12])[:5])
+        assert not torch.allclose(module(x, one)[:5], module(changed, one)[:5])
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.0])
+def test_padded_linear_attention_equals_the_quadratic_form_with_its_gradients(eps):
+    """float32 to 1e-5, forward and backward, clips of 1 to 9 rows (a one-row clip pads most)."""
+    generator = torch.Generator().manual_seed(0)
+    bounds = [0, 3, 4, 13, 20]
+    qkv = torch.randn(20, 5, 3, 2, 3, generator=generator, requires_grad=True)  # (N, V, 3, H, d)
+    weights = torch.randn(20, 5, 2, 3, generator=generator)
+    padded = padded_linear_attention(qkv, segments_of(bounds), 0.7, eps)  # (N, V, H, d)
+    (grad,) = torch.autograd.grad((padded * weights).sum(), qkv)
+    groups = qkv.permute(2, 1, 3, 0, 4).reshape(3, 10, 20, 3)  # (3, G, N, d), G = (V, H)
+    segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
+    reference = quadratic_linear_attention(elu_feature_map(groups[0] * 0.7), elu_feature_map(groups[1] * 0.7),
+                                           groups[2], segment_ids, eps)
+    reference = reference.view(5, 2, 20, 3).permute(2, 0, 1, 3)  # (N, V, H, d)
+    (expected,) = torch.autograd.grad((reference * weights).sum(), qkv)
+    torch.testing.assert_close(padded, reference, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-5)
 
 
 # --- positional encoding, pooling, features -------------------------------------------------
@@ -251,8 +308,7 @@ def test_context_pooling_follows_equation_7(weights, reduce):
     torch.manual_seed(0)
     pooling = ContextPooling(4, get_backend("torch"), weights, reduce)
     x = torch.randn(7, 25, 4)
-    ptr = torch.tensor([0, 3, 7])
-    out = pooling(x, ptr)
+    out = pooling(x, segments_of([0, 3, 7]))
     for clip, (a, b) in enumerate([(0, 3), (3, 7)]):
         rows = x[a:b]  # (F, V, D)
         context = torch.tanh(rows.mean(0) @ pooling.weight)  # (V, D)
@@ -323,9 +379,11 @@ def test_sparse_kernels_and_backends_give_the_same_model_output():
     samples = random_samples(frames=[12, 5], persons=[2, 1], seed=1)
     batch = collate_compact(samples)
     outputs = []
-    for kernel, backend in [("rows", "torch"), ("edges", "torch"), ("edges", "pyg"), ("rows", "pyg")]:
+    for kernel, backend, temporal in [("rows", "torch", "split"), ("edges", "torch", "split"),
+                                      ("edges", "pyg", "split"), ("rows", "pyg", "split"),
+                                      ("gather", "torch", "padded")]:
         torch.manual_seed(0)
-        model = STAR(STARConfig(sparse_kernel=kernel, scatter_backend=backend)).eval()
+        model = STAR(STARConfig(sparse_kernel=kernel, scatter_backend=backend, temporal_kernel=temporal)).eval()
         with torch.no_grad():
             outputs.append(model(*inputs(batch)))
     for other in outputs[1:]:
@@ -337,6 +395,12 @@ def test_bad_clip_offsets_are_refused():
     batch = collate_compact(random_samples(frames=[4], persons=[1]))
     with pytest.raises(ValueError, match="clip_offsets must run from 0 to the 4 rows"):
         model(batch.x, torch.tensor([0, 3]), batch.person_ids, batch.positions)
+    with pytest.raises(ValueError, match="clip_offsets must run from 0 to the 4 rows"):
+        ClipSegments.of(batch.clip_offsets, batch.clip_ids, batch.steps, (0, 3))
+    with pytest.raises(ValueError, match="clip_offsets must run from 0 to the 4 rows"):
+        ClipSegments.of(torch.tensor([0, 0, 4]), batch.clip_ids, batch.steps, (0, 0, 4))  # an empty clip
+    with pytest.raises(ValueError, match="segments cover 4 rows, x has 3"):
+        model(batch.x[:3], *inputs(batch)[1:])
 
 
 @pytest.mark.parametrize("name", ["star-64-full", "star-128-full"])
@@ -358,3 +422,16 @@ def test_sparse_needs_under_a_third_of_the_full_attention_products():
     rows, clips = 1000, 16
     sparse_macs = sparse.analytic_macs(rows, clips)["spatial_attention"]
     assert sparse_macs / full.analytic_macs(rows, clips)["spatial_attention"] == pytest.approx(191 / 625)
+
+
+def test_auto_kernels_follow_the_device_and_kernel_forms_switch_them_for_a_block():
+    model = _model("star-64")
+    spatial, temporal = model.blocks[0].spatial.attention, model.blocks[0].temporal.attention
+    on_cpu, on_meta = torch.empty(1, 25, 64), torch.empty(1, 25, 64, device="meta")
+    assert (spatial.kernel_for(on_cpu), temporal.kernel_for(on_cpu)) == KERNEL_FORMS["cpu"]
+    assert (spatial.kernel_for(on_meta), temporal.kernel_for(on_meta)) == KERNEL_FORMS["device"]
+    with kernel_forms(model, "edge list"):
+        assert (spatial.kernel_for(on_meta), temporal.kernel_for(on_meta)) == KERNEL_FORMS["edge list"]
+    assert (spatial.kernel, temporal.kernel) == ("auto", "auto")
+    with pytest.raises(ValueError, match="unknown temporal_kernel 'loop'"):
+        STARConfig(temporal_kernel="loop")

@@ -15,6 +15,7 @@ import torch
 import star.models as registry
 from star.cli import build_parser, main
 from star.data.store import CompactStore, StoreError
+from star.device import DeviceError, autocast, resolve_device
 from star.recipe import TrainingRecipe
 from star.train import (
     HISTORY_COLUMNS,
@@ -127,11 +128,14 @@ def test_every_recipe_field_has_a_flag():
     assert replace(registry.spec("star-64").recipes["default"], **overrides) == TrainingRecipe(**overrides)
 
 
-def test_star_train_writes_every_result_file(short_store, tmp_path, capsys):
+def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles every model)
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     assert main(["train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub", "--model", "star-64",
                  "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8", "--max-clips", "24",
-                 "--workers", "1", "--quiet"]) == 0
+                 "--workers", "1", "--quiet", "--compile"]) == 0
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
     assert f"{out}: 2 epochs, test top-1" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt", "history.csv", "metrics.json"]
     history = read_history(out)
@@ -148,9 +152,24 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys):
     assert metrics["git_commit"] == (commit.stdout.strip() if commit.returncode == 0 else None)
     assert metrics["config"]["recipe"]["lr"] == 1e-3 and metrics["config"]["recipe"]["label_smoothing"] == 0.1
     assert metrics["config"]["max_clips"] == 24 and metrics["config"]["workers"] == 1
+    assert metrics["config"]["compile"] is True
     assert 0 < float(history[0]["train_samples_per_s"]) and 0 < float(history[0]["test_samples_per_s"])
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     assert load_checkpoint(out / "best.pt")["epoch"] == metrics["best_epoch"]
+
+
+def test_devices_are_resolved_in_one_place():
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; choose one of auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cuda was asked for, but torch sees no CUDA device"):
+            resolve_device("cuda")
+    with autocast(torch.device("cpu"), True):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast(torch.device("cpu"), True, torch.float16):
+        assert torch.get_autocast_dtype("cpu") == torch.float16
 
 
 def test_the_same_seed_gives_the_same_history_and_another_seed_does_not(short_store, reference_run, tmp_path):

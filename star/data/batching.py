@@ -5,7 +5,10 @@ r is one person in one frame, `clip_ids[r]` says which clip of the batch it
 belongs to, `positions[r]` its time step on its clip's timeline (both persons
 of a clip share one clock; a track restarts at its `first_frame`, which is 0
 unless the person entered late). The rows of a clip are contiguous, person 0
-first, so `clip_offsets` (B + 1,) delimits each clip as one segment.
+first, so `clip_offsets` (B + 1,) delimits each clip as one segment, and
+`steps[r]` is the row's number within its clip. `bounds` is clip_offsets on
+the host: moving a batch to a device leaves it there, so a model can size and
+cut its work without reading the device back.
 
 A padded batch is the (B, 3, 300, 25, 2) tensor ST-GCN-style code expects:
 channel (x, y, z), frame, joint, person. It is built at load time, never
@@ -44,10 +47,15 @@ class _Tensors:
     """Moving a dataclass of tensors as a whole (device transfer, pinned memory for the loader)."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False):
-        return type(self)(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self):
-        return type(self)(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, function):
+        """A copy with `function` applied to every tensor field; host fields (plain values) stay as they are."""
+        return type(self)(**{f.name: function(value) if isinstance(value := getattr(self, f.name), torch.Tensor)
+                             else value for f in fields(self)})
 
     @property
     def num_clips(self) -> int:
@@ -60,10 +68,12 @@ class CompactBatch(_Tensors):
 
     x: torch.Tensor  # (N, 25, 3) float32
     clip_ids: torch.Tensor  # (N,) int64, 0..B-1
+    steps: torch.Tensor  # (N,) int64, the row's number within its clip, from 0
     person_ids: torch.Tensor  # (N,) int64, 0 or 1
     positions: torch.Tensor  # (N,) int64
     clip_offsets: torch.Tensor  # (B + 1,) int64, rows of clip b are clip_offsets[b]:clip_offsets[b+1]
     labels: torch.Tensor  # (B,) int64
+    bounds: tuple[int, ...]  # clip_offsets on the host, where it stays when the batch moves to a device
 
 
 @dataclass
@@ -101,13 +111,16 @@ class ClipDataset(Dataset):
 def collate_compact(samples: list[ClipSample]) -> CompactBatch:
     """Concatenate clips along rows."""
     rows = np.array([len(s.xyz) for s in samples])
+    offsets = np.concatenate([[0], np.cumsum(rows)])
     return CompactBatch(
         x=torch.from_numpy(np.concatenate([s.xyz for s in samples])),
         clip_ids=torch.from_numpy(np.repeat(np.arange(len(samples)), rows)),
+        steps=torch.from_numpy(np.arange(offsets[-1]) - np.repeat(offsets[:-1], rows)),
         person_ids=torch.from_numpy(np.concatenate([s.person_ids for s in samples])),
         positions=torch.from_numpy(np.concatenate([s.positions for s in samples])),
-        clip_offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(rows)])),
+        clip_offsets=torch.from_numpy(offsets),
         labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
+        bounds=tuple(offsets.tolist()),
     )
 
 

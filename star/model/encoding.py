@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from star.model.segments import ClipSegments
+
 ENCODINGS = ("vaswani", "code")
 POSITIONS = ("clock", "rows")
 
@@ -45,10 +47,9 @@ def code_encoding(positions: torch.Tensor, width: int) -> torch.Tensor:
     return torch.where(channels.long() % 2 == 0, phase.sin(), phase.cos())
 
 
-def row_positions(clip_ids: torch.Tensor, clip_offsets: torch.Tensor) -> torch.Tensor:
+def row_positions(segments: ClipSegments) -> torch.Tensor:
     """(N,) the code's time steps: row number within the clip, from 1 for every clip after the first."""
-    rows = torch.arange(len(clip_ids), device=clip_ids.device)
-    return rows - clip_offsets[clip_ids] + (clip_ids > 0).long()
+    return segments.steps + (segments.clip_ids > 0).long()
 
 
 def positional_encoding(kind: str, positions: torch.Tensor, width: int) -> torch.Tensor:

@@ -53,17 +53,17 @@ def shifted_bone_vectors(x: torch.Tensor, bone_list: torch.Tensor) -> torch.Tens
 
 
 def segment_motion(x: torch.Tensor, segment_starts: torch.Tensor) -> torch.Tensor:
-    """(N, 25, 3) rows and a (N,) bool marking each segment's first row -> (N, 25, 3) displacements."""
-    step = torch.zeros_like(x)
-    step[:-1] = x[1:] - x[:-1]  # (N-1, 25, 3), row r to row r+1
-    last = torch.ones_like(segment_starts)
-    last[:-1] = segment_starts[1:]  # row r ends its segment when row r+1 starts one
-    has_previous = ~segment_starts
-    # a segment's last row repeats the step before it, if its segment has one
-    repeat = last & has_previous
-    step[repeat] = step[repeat.nonzero().squeeze(1) - 1]
-    step[last & ~has_previous] = 0
-    return step
+    """(N, 25, 3) rows and a (N,) bool marking each segment's first row -> (N, 25, 3) displacements.
+
+    Written with `where`, not boolean indexing, so the number of rows selected is never read back to the host.
+    """
+    zero = x.new_zeros(1, *x.shape[1:])
+    step = torch.cat([x[1:] - x[:-1], zero])  # (N, 25, 3), row r to row r+1
+    previous = torch.cat([zero, step[:-1]])  # (N, 25, 3), row r-1 to row r
+    last = torch.cat([segment_starts[1:], segment_starts.new_ones(1)])  # row r ends its segment
+    # a segment's last row repeats the step before it if its segment has one, else has none
+    at_end = torch.where(segment_starts[:, None, None], 0.0, previous)
+    return torch.where(last[:, None, None], at_end, step)
 
 
 def segment_starts(clip_ids: torch.Tensor, person_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,11 +13,23 @@ well as to its own; the attention is order-free and the two persons' rows are
 related in time only through the positional encoding of their shared clock
 (`star.model.encoding`).
 
-Fast form: one (d x L) @ (L x d) product per clip and head and joint, a batched
-matrix product over a (G, d, L) slice of the joint-and-head-major layout with
-time innermost (G = joints x heads, as `star.model.projection` writes it),
-then one (d x d) @ (d x L) product for the outputs. This
-is what Eq. 6 asks for, done by the BLAS. Forming phi(K_j) V_j^T per row and
+Two forms, picked by `kernel` ("auto": `split` on the CPU, `padded` on any
+other device and under `torch.compile`):
+
+- `split`: one (d x L) @ (L x d) product per clip and head and joint, a batched
+  matrix product over a (G, d, L) slice of the joint-and-head-major layout with
+  time innermost (G = joints x heads, as `star.model.projection` writes it),
+  then one (d x d) @ (d x L) product for the outputs: a Python loop over the
+  clips, each slice cut by the host bounds.
+- `padded`: the rows of every clip laid into one padded (B, L_max) timeline
+  by one indexed write, the same two products batched over all clips at once,
+  and the rows read back by one indexed read: about twenty operators a call
+  whatever the number of clips, at the price of computing on the padding
+  (phi of a padded key is 0, so it adds nothing to U or Z) and of memory
+  that grows with the longest clip of the batch (batches of similar lengths,
+  `--group-by-length`, keep the padding small).
+
+Either is what Eq. 6 asks for, done by the BLAS. Forming phi(K_j) V_j^T per row and
 summing per segment with a scatter, the literal reading of Eq. 6, would write
 d x d numbers per row and joint and head to memory before reducing them; the
 product reduces them inside the BLAS kernel. The explicit quadratic form
@@ -40,6 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from star.model.projection import PlaneProjection
+from star.model.segments import ClipSegments
+from star.model.sparse_attention import device_form
+
+KERNELS = ("auto", "split", "padded")
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +77,38 @@ def segmented_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return torch.cat(outs, dim=2)
 
 
+# what a padded slot holds before phi: phi(PAD * d^-1/4) = exp(PAD * d^-1/4) is exactly 0 in float32, float16 and
+# bfloat16 for any head depth up to 10^4, and PAD is finite in all three, so a padded value times it is 0 too
+PAD = -1e4
+
+
+def padded_linear_attention(qkv: torch.Tensor, segments: ClipSegments, scale: float,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """Eq. 6 on a padded timeline: projections qkv (N, V, 3, H, d) -> (N, V, H, d); phi(scale x) on q and k.
+
+    The rows go into a (B, L_max) timeline filled with PAD, so a padded key and
+    query have phi = 0 exactly and add nothing to U or Z; the quotient is taken
+    after reading the rows back, so the padding's 0 / 0 is never formed.
+    """
+    n, joints, _, h, d = qkv.shape
+    if PAD * scale > -100:  # exp(-100) is below float32's smallest number; closer to 0 padding would leak in
+        raise ValueError(f"padded_linear_attention needs PAD * scale <= -100 for exact padding, got scale {scale}")
+    b, length = segments.num_clips, segments.max_rows
+    ids, steps = segments.clip_ids, segments.steps
+    padded = qkv.new_full((3, joints, h, b, d, length), PAD)  # (3, V, H, B, d, L): q, k, v, time innermost
+    padded[:, :, :, ids, :, steps] = qkv.transpose(1, 2)  # indexed view (N, 3, V, H, d)
+    q, k = elu_feature_map(padded[:2] * scale).view(2, joints * h * b, d, length)  # (G, d, L) each, G = (V, H, B)
+    val = padded[2].view(joints * h * b, d, length)  # (G, d, L)
+    u = torch.bmm(k, val.transpose(1, 2))  # (G, d, d): U = sum_j phi(K_j) V_j^T
+    z = k.sum(2, keepdim=True)  # (G, d, 1): Z = sum_j phi(K_j)
+    # the normaliser as a sum, as the split form takes it: under autocast a sum runs in float32, a product not
+    normaliser = (q * z).sum(1, keepdim=True)  # (G, 1, L): phi(Q)^T Z
+    numerator = torch.bmm(u.transpose(1, 2), q)  # (G, d, L): phi(Q)^T U
+    numerator = numerator.view(joints, h, b, d, length)[:, :, ids, :, steps]  # (N, V, H, d)
+    normaliser = normaliser.view(joints, h, b, 1, length)[:, :, ids, :, steps]  # (N, V, H, 1)
+    return numerator / (normaliser + eps)
+
+
 def quadratic_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
                                eps: float = 1e-6) -> torch.Tensor:
     """Reference: (phi(Q) phi(K)^T masked to same-segment pairs) V, row-normalised; q, k, v (G, N, d)."""
@@ -72,19 +120,30 @@ def quadratic_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 class TemporalAttention(nn.Module):
     """Segmented linear multi-head attention of every joint over the rows of its clip: x (N, V, C) -> (N, V, C)."""
 
-    def __init__(self, width: int, heads: int, eps: float = 1e-6):
+    def __init__(self, width: int, heads: int, eps: float = 1e-6, kernel: str = "auto"):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads, self.eps = heads, eps
-        # one (d, N) matrix per joint and head: output rows in (H, 3, d) order
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown temporal kernel {kernel!r}; choose one of {KERNELS}")
+        self.heads, self.eps, self.kernel = heads, eps, kernel
+        # one (d, N) matrix per joint and head: output rows in (H, 3, d) order (the padded form applies the
+        # same weight as nn.Linear, (N, V, 3, H, d))
         self.qkv = PlaneProjection(width, heads, ("head", "qkv", "depth"))
 
-    def forward(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    def kernel_for(self, x: torch.Tensor) -> str:
+        if self.kernel != "auto":
+            return self.kernel
+        return "padded" if device_form(x) else "split"
+
+    def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
-        q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
         scale = d ** -0.25
+        if self.kernel_for(x) == "padded":
+            qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+            return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)
+        q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
         q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
-        out = segmented_linear_attention(q, k, val, bounds, self.eps)  # (G, d, N)
+        out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
         return out.view(v, h, d, n).permute(3, 0, 1, 2).reshape(n, v, c)  # (N, V, H*d)

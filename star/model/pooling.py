@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from star.model.scatter import SegmentOps
+from star.model.segments import ClipSegments
 
 WEIGHTS = ("joint", "frame")
 REDUCES = ("mean", "sum")
 
 
 class ContextPooling(nn.Module):
-    """Rows (N, V, D) and clip pointer (B + 1,) -> one embedding per clip (B, V, D)."""
+    """Rows (N, V, D) and their clips -> one embedding per clip (B, V, D)."""
 
     def __init__(self, width: int, ops: SegmentOps, weights: str = "joint", reduce: str = "mean"):
         super().__init__()
@@ -38,10 +39,12 @@ class ContextPooling(nn.Module):
         self.weight = nn.Parameter(torch.empty(width, width))
         nn.init.xavier_normal_(self.weight)
 
-    def forward(self, x: torch.Tensor, clip_ptr: torch.Tensor) -> torch.Tensor:
-        context = torch.tanh(self.ops.mean(x, clip_ptr) @ self.weight)  # (B, V, D)
-        agreement = x * self.ops.expand(context, clip_ptr)  # (N, V, D)
+    def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
+        ptr, ids = segments.offsets, segments.clip_ids
+        rows = segments.offsets.diff().to(x.dtype)[:, None, None]  # (B, 1, 1)
+        context = torch.tanh(self.ops.sum(x, ptr, ids) / rows @ self.weight)  # (B, V, D)
+        agreement = x * context[ids]  # (N, V, D)
         dims = (-1,) if self.weights == "joint" else (-2, -1)
         attention = torch.sigmoid(agreement.sum(dims, keepdim=True))  # (N, V, 1) or (N, 1, 1)
-        weighted = attention * x
-        return self.ops.mean(weighted, clip_ptr) if self.reduce == "mean" else self.ops.sum(weighted, clip_ptr)
+        pooled = self.ops.sum(attention * x, ptr, ids)  # (B, V, D)
+        return pooled / rows if self.reduce == "mean" else pooled

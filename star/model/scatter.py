@@ -3,11 +3,12 @@
 A segment is a run of consecutive entries along dim 0, delimited by a CSR
 pointer `ptr` (S + 1,): segment s is `src[ptr[s]:ptr[s+1]]`. The model uses
 them for the edge-list form of the sparse attention (the edges of one query
-joint form a segment) and for the per-clip means of the context pooling (the
+joint form a segment) and for the per-clip sums of the context pooling (the
 rows of one clip form a segment).
 
 - `torch`: plain PyTorch (`segment_reduce` for the maximum, `index_add_` for
-  sums, `repeat_interleave` to broadcast a segment's value back to its entries).
+  sums, `repeat_interleave` to broadcast a segment's value back to its entries;
+  the sizes come from the host, so no call reads the device back).
 - `pyg`: the paper's own stack, torch-scatter's `segment_csr` and `gather_csr`.
 
 Both give the same numbers to float32 rounding (tests compare them on random
@@ -25,16 +26,13 @@ import torch
 
 @dataclass(frozen=True)
 class SegmentOps:
-    """The four segment operations one back-end provides, each over dim 0."""
+    """The three segment operations one back-end provides, each over dim 0."""
 
     name: str
-    sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (E, ...) -> (S, ...)
+    # (E, ...) -> (S, ...); `ids` (E,), each entry's segment, saves the torch back-end from deriving it
+    sum: Callable[..., torch.Tensor]
     max: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (E, ...) -> (S, ...)
-    expand: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (S, ...) -> (E, ...)
-
-    def mean(self, src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
-        counts = (ptr[1:] - ptr[:-1]).clamp(min=1).to(src.dtype)
-        return self.sum(src, ptr) / counts.view(-1, *([1] * (src.dim() - 1)))
+    expand: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (S, ...), ptr, E -> (E, ...)
 
 
 def _segment_ids(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
@@ -42,18 +40,18 @@ def _segment_ids(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
                                    output_size=src.shape[0])
 
 
-def _torch_sum(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+def _torch_sum(src: torch.Tensor, ptr: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
     out = src.new_zeros((len(ptr) - 1, *src.shape[1:]))
-    return out.index_add_(0, _segment_ids(src, ptr), src)
+    return out.index_add_(0, _segment_ids(src, ptr) if ids is None else ids, src)
 
 
 def _torch_max(src: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
     return torch.segment_reduce(src, "max", offsets=ptr, axis=0)
 
 
-def _torch_expand(values: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+def _torch_expand(values: torch.Tensor, ptr: torch.Tensor, size: int) -> torch.Tensor:
     lengths = ptr[1:] - ptr[:-1]
-    return torch.repeat_interleave(values, lengths, dim=0, output_size=int(ptr[-1]))
+    return torch.repeat_interleave(values, lengths, dim=0, output_size=size)
 
 
 TORCH = SegmentOps("torch", _torch_sum, _torch_max, _torch_expand)
@@ -67,9 +65,9 @@ def _pyg_ops() -> SegmentOps:
     # segment_csr reduces the axis of ptr's last dimension, so a 1-D ptr reduces dim 0
     return SegmentOps(
         "pyg",
-        sum=lambda src, ptr: torch_scatter.segment_csr(src, ptr, reduce="sum"),
+        sum=lambda src, ptr, ids=None: torch_scatter.segment_csr(src, ptr, reduce="sum"),
         max=lambda src, ptr: torch_scatter.segment_csr(src, ptr, reduce="max"),
-        expand=lambda values, ptr: torch_scatter.gather_csr(values, ptr),
+        expand=lambda values, ptr, size: torch_scatter.gather_csr(values, ptr),
     )
 
 

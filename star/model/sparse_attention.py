@@ -15,9 +15,11 @@ code lists each one-hop pair twice, `star.skeleton.power_edge_counts`): every
 kernel then treats each listing as an edge of its own, so the pair weighs
 double in the softmax and, in training, each listing draws its own dropout.
 
-Three kernels compute the same numbers:
+Four forms compute the same numbers; `auto` (the default) takes `rows` on the
+CPU and `gather` on any other device (CUDA, and the meta device) and under
+`torch.compile`:
 
-- `rows` (the default): the neighbourhood as CSR rows, one query joint at a
+- `rows` (`auto` on the CPU): the neighbourhood as CSR rows, one query joint at a
   time, in a joint-major layout (V, d, M) where M = frames x heads is the
   innermost, contiguous axis, so each joint's key and value is one contiguous
   (d, M) plane. Each edge is a dot product over d of two planes (its scores)
@@ -28,6 +30,13 @@ Three kernels compute the same numbers:
   form gathered each row's deg(i) <= 13 key and value planes into a copy; the
   gathers moved 8x the activations' bytes and made STAR-64's forward pass
   1.17x slower on a 2-core CPU.)
+- `gather` (`auto` elsewhere): the neighbourhood as a table of each query's keys, padded to the
+  largest degree D (13 with the anatomical hands; a padded slot has score
+  -inf). One gather of the keys and values of every slot, one product and sum
+  for the scores, one softmax and one weighted sum: about fifteen operators a
+  call whatever the batch, because on a GPU every operator is a kernel launch.
+  Its gathered (N, V, D, 2, H, d) keys and values are 2D times the
+  activations (the authors' PyTorch Geometric code gathers per edge too).
 - `edges`: the literal edge-list form, gathering (E, M, d) tensors and
   normalising with segment maximum and sum over each query's edges
   (`star.model.scatter`). It is a test reference and the measured example of
@@ -57,7 +66,12 @@ from star.model.dropout import keep_mask
 from star.model.projection import PlaneProjection
 from star.model.scatter import SegmentOps
 
-KERNELS = ("rows", "edges")
+KERNELS = ("auto", "rows", "gather", "edges")
+
+
+def device_form(x: torch.Tensor) -> bool:
+    """True where the `auto` kernels take their launch-light forms: off the CPU, or while compiling."""
+    return x.device.type != "cpu" or torch.compiler.is_compiling()
 
 
 @dataclass
@@ -67,6 +81,8 @@ class NeighbourhoodGraph:
     query: torch.Tensor  # (E,) attending joint of each edge, sorted
     key: torch.Tensor  # (E,) attended joint of each edge
     rowptr: torch.Tensor  # (V + 1,) edges of query i are rowptr[i]:rowptr[i+1]
+    table: torch.Tensor  # (V, D) keys of each query joint in edge order, padded with the joint itself
+    bias: torch.Tensor  # (V, D, 1) float32: 0 on an edge, -inf on a padded slot
     neighbours: list[list[int]]  # per query joint: its keys, in edge order
     starts: list[int]  # per query joint: its first edge
 
@@ -78,10 +94,16 @@ class NeighbourhoodGraph:
         query, key = np.repeat(query, counts[query, key]), np.repeat(key, counts[query, key])  # repeated edges
         rowptr = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])
         as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+        degrees = np.diff(rowptr)
+        slot = np.arange(degrees.max())  # (D,)
+        filled = slot[None, :] < degrees[:, None]  # (V, D)
+        slot_edges = np.where(filled, rowptr[:-1, None] + slot[None, :], 0)  # (V, D): each slot's edge
         return cls(
             query=as_long(query),
             key=as_long(key),
             rowptr=as_long(rowptr),
+            table=as_long(np.where(filled, key[slot_edges], np.arange(len(mask))[:, None])),
+            bias=torch.as_tensor(np.where(filled, 0.0, -np.inf)[:, :, None], dtype=torch.float32),
             neighbours=[key[rowptr[i]:rowptr[i + 1]].tolist() for i in range(len(mask))],
             starts=rowptr[:-1].tolist(),
         )
@@ -92,8 +114,14 @@ class NeighbourhoodGraph:
 
     def to(self, device: torch.device) -> NeighbourhoodGraph:
         move = lambda t: t.to(device)  # noqa: E731
-        return NeighbourhoodGraph(move(self.query), move(self.key), move(self.rowptr),
-                                  self.neighbours, self.starts)
+        return NeighbourhoodGraph(move(self.query), move(self.key), move(self.rowptr), move(self.table),
+                                  move(self.bias), self.neighbours, self.starts)
+
+    def slot_edges(self) -> torch.Tensor:
+        """(V, D) the edge of each slot of `table` (padded slots: edge 0), to lay an (E, ...) tensor out by slot."""
+        slot = torch.arange(self.table.shape[1], device=self.rowptr.device)
+        filled = slot[None, :] < self.rowptr.diff()[:, None]
+        return torch.where(filled, self.rowptr[:-1, None] + slot[None, :], 0)
 
 
 def _row_attention_forward(q, k, v, keep, graph: NeighbourhoodGraph, scale: float):
@@ -179,12 +207,27 @@ def edge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: Nei
                    ops: SegmentOps, keep: torch.Tensor | None = None) -> torch.Tensor:
     """The `edges` kernel: q, k, v (V, M, d) -> (V, M, d), gather and segment reductions over all edges."""
     scores = (q[graph.query] * k[graph.key]).sum(-1) * q.shape[-1] ** -0.5  # (E, M)
-    shifted = scores - ops.expand(ops.max(scores, graph.rowptr), graph.rowptr)
+    edges = graph.num_edges
+    shifted = scores - ops.expand(ops.max(scores, graph.rowptr), graph.rowptr, edges)
     weights = shifted.exp()
-    alpha = weights / ops.expand(ops.sum(weights, graph.rowptr), graph.rowptr)
+    alpha = weights / ops.expand(ops.sum(weights, graph.rowptr), graph.rowptr, edges)
     if keep is not None:
         alpha = alpha * keep
     return ops.sum(alpha.unsqueeze(-1) * v[graph.key], graph.rowptr)  # (V, M, d)
+
+
+def gathered_attention(q: torch.Tensor, kv: torch.Tensor, graph: NeighbourhoodGraph,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The `gather` kernel: q (N, V, H, d) and kv (N, V, 2, H, d) -> (N, V, H, d).
+
+    `keep` is the scaled dropout mask per slot (N, V, D, H); padded slots have weight 0 whatever it holds.
+    """
+    neighbours = kv[:, graph.table]  # (N, V, D, 2, H, d): every slot's key and value
+    scores = (q.unsqueeze(2) * neighbours[:, :, :, 0]).sum(-1)  # (N, V, D, H)
+    alpha = torch.softmax(torch.add(graph.bias.to(q.dtype), scores, alpha=q.shape[-1] ** -0.5), dim=2)
+    if keep is not None:
+        alpha = alpha * keep
+    return (alpha.unsqueeze(-1) * neighbours[:, :, :, 1]).sum(2)  # (N, V, H, d)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -206,11 +249,11 @@ class SpatialAttention(nn.Module):
     """Multi-head self-attention over the 25 joints of every row, sparse (Eq. 1-3) or full.
 
     x (N, V, C) -> (N, V, C). `mask` None gives the dense attention of the full
-    ablation; otherwise the attention is sparse on `mask` with `kernel` ("rows"
-    or "edges", see the module docstring), `ops` serving the edges kernel.
+    ablation; otherwise the attention is sparse on `mask` with `kernel` (one of
+    KERNELS, see the module docstring), `ops` serving the edges kernel.
     """
 
-    def __init__(self, width: int, heads: int, mask: np.ndarray | None, kernel: str = "rows",
+    def __init__(self, width: int, heads: int, mask: np.ndarray | None, kernel: str = "auto",
                  ops: SegmentOps | None = None, attention_dropout: float = 0.0):
         super().__init__()
         if width % heads:
@@ -220,10 +263,10 @@ class SpatialAttention(nn.Module):
         if kernel == "edges" and mask is not None and ops is None:
             raise ValueError("the edges kernel needs segment ops (star.model.scatter.get_backend)")
         self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
-        rows = kernel == "rows" and mask is not None
-        # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order
-        self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if rows else \
-            nn.Linear(width, 3 * width, bias=False)
+        # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order; the other
+        # forms apply the same weight as nn.Linear, (N, V, 3, H, d)
+        self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if kernel in ("rows", "auto") and \
+            mask is not None else nn.Linear(width, 3 * width, bias=False)
         self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
         self._graph_on: dict[torch.device, NeighbourhoodGraph] = {}
 
@@ -231,6 +274,12 @@ class SpatialAttention(nn.Module):
         if device not in self._graph_on:
             self._graph_on[device] = self.graph.to(device)
         return self._graph_on[device]
+
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """The kernel that runs on `x`: the configured one, or for `auto` the form for x's device."""
+        if self.kernel != "auto":
+            return self.kernel
+        return "gather" if device_form(x) else "rows"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, v, c = x.shape
@@ -240,14 +289,17 @@ class SpatialAttention(nn.Module):
             out = dense_attention(q, k, val, None, self.attention_dropout, self.training)
             return out.transpose(1, 2).reshape(n, v, c)  # (N, V, H*d)
         graph = self.graph_on(x.device)
-        keep = None
-        if self.training and self.attention_dropout > 0:
-            keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x)  # (E, M)
-        if self.kernel == "rows":
+        kernel, dropping = self.kernel_for(x), self.training and self.attention_dropout > 0
+        if kernel == "gather":
+            qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+            keep = keep_mask((n, v, graph.table.shape[1], h), self.attention_dropout, x) if dropping else None
+            return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, keep).view(n, v, c)  # (N, V, H*d)
+        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
+        if kernel == "rows":
             q, k, val = self.qkv(x).view(v, 3, d, h * n).unbind(1)  # (V, d, M) each, M = (H, N)
             out = row_attention(q, k, val, graph, keep)  # (V, d, M)
             return out.view(v, d, h, n).permute(3, 0, 2, 1).reshape(n, v, c)  # (N, V, H*d)
-        qkv = self.qkv(x).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+        qkv = F.linear(x, self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
         q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)
         out = edge_attention(q, k, val, graph, self.ops, keep)  # (V, M, d)
         return out.view(v, n, c).transpose(0, 1).reshape(n, v, c)  # (N, V, H*d)

@@ -47,6 +47,7 @@ smoothing and fixed rate) are `STAR_RECIPES` below, for the trainer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,9 +64,12 @@ from star.model.features import (
     segment_starts,
     shifted_bone_vectors,
 )
+from star.model.linear_attention import KERNELS as TEMPORAL_KERNELS
 from star.model.linear_attention import TemporalAttention
 from star.model.pooling import ContextPooling
 from star.model.scatter import DEFAULT_BACKEND, get_backend
+from star.model.segments import ClipSegments
+from star.model.sparse_attention import KERNELS as SPARSE_KERNELS
 from star.model.sparse_attention import SpatialAttention
 from star.recipe import TrainingRecipe
 from star.skeleton import NUM_JOINTS, bones, neighbourhood_mask, power_edge_counts
@@ -108,7 +112,8 @@ class STARConfig:
     head_dropout: float = 0.5
     pooling_weights: str = "joint"  # see star.model.pooling
     pooling_reduce: str = "mean"
-    sparse_kernel: str = "rows"  # "rows" (fast) or "edges" (reference), see star.model.sparse_attention
+    sparse_kernel: str = "auto"  # "rows" (CPU), "gather" (GPU), "edges" (literal), see star.model.sparse_attention
+    temporal_kernel: str = "auto"  # "split" (CPU) or "padded" (GPU), see star.model.linear_attention
     scatter_backend: str = DEFAULT_BACKEND  # "torch" or "pyg", see star.model.scatter
     linear_eps: float = 1e-6  # added to the linear attention's denominator
 
@@ -121,7 +126,9 @@ class STARConfig:
         for option, value, allowed in (("activation", self.activation, tuple(ACTIVATIONS)),
                                        ("feature_rules", self.feature_rules, FEATURE_RULES),
                                        ("positional_encoding", self.positional_encoding, ENCODINGS),
-                                       ("positions", self.positions, POSITIONS)):
+                                       ("positions", self.positions, POSITIONS),
+                                       ("sparse_kernel", self.sparse_kernel, SPARSE_KERNELS),
+                                       ("temporal_kernel", self.temporal_kernel, TEMPORAL_KERNELS)):
             if value not in allowed:
                 raise ValueError(f"unknown {option} {value!r}; choose one of {allowed}")
 
@@ -134,6 +141,31 @@ class STARConfig:
         if self.duplicate_edges:
             return power_edge_counts(self.max_hop, self.hand_layout)
         return neighbourhood_mask(self.max_hop, hand_layout=self.hand_layout).astype(np.int64)
+
+
+# STAR's kernel forms (sparse_kernel, temporal_kernel) by what they are for; `auto` takes "cpu" on the CPU and
+# "device" elsewhere (star.model.sparse_attention); the edge list is the literal reading, for comparison
+KERNEL_FORMS = {"cpu": ("rows", "split"), "device": ("gather", "padded"), "edge list": ("edges", "split")}
+
+
+@contextmanager
+def kernel_forms(model: nn.Module, form: str):
+    """Run `model`'s STAR attentions in the kernel form `form` (a key of KERNEL_FORMS) inside the block.
+
+    The MAC counters use the CPU form on every device: the GPU form computes on
+    padding (neighbour slots, a padded timeline) that is not part of the model.
+    """
+    sparse, temporal = KERNEL_FORMS[form]
+    attentions = [m for m in model.modules() if isinstance(m, (SpatialAttention, TemporalAttention))
+                  and not (isinstance(m, SpatialAttention) and m.graph is None)]
+    before = [m.kernel for m in attentions]
+    for module in attentions:
+        module.kernel = sparse if isinstance(module, SpatialAttention) else temporal
+    try:
+        yield model
+    finally:
+        for module, kernel in zip(attentions, before, strict=True):
+            module.kernel = kernel
 
 
 # The network the authors' code runs (imj2185/STAR main, models/net2streams.py DualGraphEncoder with the
@@ -162,8 +194,10 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, *context) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, *context)))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+        n, v, c = x.shape
+        x = self.attention_norm(x + self.dropout(self.attention(x, *context))).view(n * v, c)  # (N*V, C)
+        # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x))).view(n, v, c)
 
 
 class STBlock(nn.Module):
@@ -175,14 +209,22 @@ class STBlock(nn.Module):
         spatial = SpatialAttention(config.width, config.heads, mask, config.sparse_kernel,
                                    get_backend(config.scatter_backend), config.attention_dropout)
         self.spatial = EncoderLayer(spatial, config)
-        self.temporal = EncoderLayer(TemporalAttention(config.width, config.heads, config.linear_eps), config)
+        temporal = TemporalAttention(config.width, config.heads, config.linear_eps, config.temporal_kernel)
+        self.temporal = EncoderLayer(temporal, config)
 
-    def forward(self, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        return self.spatial(x) + self.temporal(x, bounds)
+    def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
+        return self.spatial(x) + self.temporal(x, segments)
 
 
 class STAR(nn.Module):
-    """Compact batch in (x, clip_offsets, person_ids, positions), logits (B, num_classes) out."""
+    """Compact batch in (x, clip_offsets, person_ids, positions, segments), logits (B, num_classes) out.
+
+    `segments` (star.model.segments.ClipSegments) are the clips' index tensors
+    and host bounds, which a batch brings (`star.models.model_inputs`); given,
+    they are used and clip_offsets is not read. Without them the forward
+    computes them from clip_offsets, reading it back from the device (a
+    synchronisation on a GPU).
+    """
 
     def __init__(self, config: STARConfig):
         super().__init__()
@@ -215,22 +257,21 @@ class STAR(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def forward(self, x: torch.Tensor, clip_offsets: torch.Tensor, person_ids: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, segments: ClipSegments | None = None) -> torch.Tensor:
         n = x.shape[0]
-        if clip_offsets.numel() < 2 or int(clip_offsets[-1]) != n:
-            raise ValueError(f"clip_offsets must run from 0 to the {n} rows of x, got {clip_offsets.tolist()}")
-        clip_ids = torch.repeat_interleave(torch.arange(len(clip_offsets) - 1, device=x.device),
-                                           clip_offsets.diff(), output_size=n)  # (N,)
+        if segments is None:
+            segments = ClipSegments.from_offsets(clip_offsets, n)
+        if segments.clip_ids.shape[0] != n:
+            raise ValueError(f"the batch's segments cover {segments.clip_ids.shape[0]} rows, x has {n}")
         if self.config.positions == "rows":
-            positions = row_positions(clip_ids, clip_offsets)
-        features = self.input_features(x, clip_ids, person_ids)  # (N, V, C_in)
+            positions = row_positions(segments)
+        features = self.input_features(x, segments.clip_ids, person_ids)  # (N, V, C_in)
         features = self.input_norm(features.reshape(n, -1)).view_as(features)  # normalised over (V x C_in)
         encoding = positional_encoding(self.config.positional_encoding, positions, self.config.width)  # (N, d)
         h = self.embedding(features) + encoding[:, None, :]  # (N, V, d)
-        bounds = clip_offsets.tolist()
         for block in self.blocks:
-            h = block(h, bounds)
-        pooled = self.pooling(h, clip_offsets)  # (B, V, d)
+            h = block(h, segments)
+        pooled = self.pooling(h, segments)  # (B, V, d)
         return self.head(pooled.flatten(1))  # (B, V*d) -> (B, classes)
 
     def analytic_macs(self, rows: int, clips: int) -> dict[str, int]:

@@ -43,9 +43,10 @@ class ProfilingBatch:
         """Everything a reader needs to know which clips were profiled and how big each layout is."""
         persons = [int(s.person_ids.max()) + 1 for s in self.samples]
         compact = self.compact()
-        # what STAR's forward takes; clip_ids and labels are bookkeeping of the loader
-        compact_bytes = sum(t.numel() * t.element_size()
-                            for t in (compact.x, compact.clip_offsets, compact.person_ids, compact.positions))
+        # what STAR's forward takes (the labels are the loader's); the host bounds are not device memory
+        compact_bytes = sum(t.numel() * t.element_size() for t in (compact.x, compact.clip_offsets, compact.clip_ids,
+                                                                   compact.steps, compact.person_ids,
+                                                                   compact.positions))
         padded_shape = [len(self.samples), 3, PADDED_FRAMES, 25, PADDED_PERSONS]
         return {
             **self.source,

@@ -173,10 +173,32 @@ def _multiply_add_macs(inputs, outputs) -> int:
     return _products(inputs[1], inputs[2])
 
 
+class _HostArguments(nn.Module):
+    """`model` with its non-tensor arguments bound, so a JIT trace sees tensors alone (fvcore traces).
+
+    Its one child is `model`, so every module name the trace reports starts with "model"; `own_name` strips it.
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple):
+        super().__init__()
+        self.model, self.inputs = model, inputs
+        self.tensors = tuple(i for i in inputs if isinstance(i, torch.Tensor))
+
+    def forward(self, *tensors):
+        given = iter(tensors)
+        return self.model(*(next(given) if isinstance(i, torch.Tensor) else i for i in self.inputs))
+
+    @staticmethod
+    def own_name(name: str) -> str | None:
+        """The model's name for a module of the wrapper (None for the wrapper itself)."""
+        return None if name == "" else "" if name == "model" else name.removeprefix("model.")
+
+
 def fvcore_count(model: nn.Module, inputs: tuple) -> MacCount:
     from fvcore.nn import FlopCountAnalysis
 
-    analysis = FlopCountAnalysis(model, inputs)
+    bound = _HostArguments(model, inputs)
+    analysis = FlopCountAnalysis(bound, bound.tensors)
     analysis.set_op_handle("aten::mul", _tensor_product_macs, "aten::linalg_vecdot", _dot_product_macs,
                            "aten::addcmul", _multiply_add_macs, "aten::addcmul_", _multiply_add_macs)
     # additions only: the multiply of each MAC they finish is counted at aten::mul
@@ -185,8 +207,9 @@ def fvcore_count(model: nn.Module, inputs: tuple) -> MacCount:
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with torch.no_grad():
         by_operator = dict(analysis.by_operator())
-        by_module_operator = {name: dict(ops) for name, ops in analysis.by_module_and_operator().items()}
-        by_module = {name: count for name, count in analysis.by_module().items() if count}
+        by_module_operator = {bound.own_name(name): dict(ops)
+                              for name, ops in analysis.by_module_and_operator().items() if name}
+        by_module = {bound.own_name(name): count for name, count in analysis.by_module().items() if count and name}
         skipped = dict(analysis.unsupported_ops())
     by_category = _categorise(builtin_leaves(model), by_operator, by_module_operator)
     return MacCount("fvcore", sum(by_operator.values()), by_category, by_module, by_operator, skipped=skipped)
