@@ -132,8 +132,9 @@ def check_equality(names: list[str], device: torch.device) -> list[dict]:
                     on_device = model(*registry.model_inputs(spec, batch))
             else:
                 inputs = registry.model_inputs(spec, batch.to(device))
+                model.to(device)
                 with no_host_sync(device):
-                    on_device = model.to(device)(*inputs)
+                    on_device = model(*inputs)
         error = scale_error(on_device, on_cpu)
         what = "device forms vs CPU forms" if device.type == "cpu" else f"{device.type} vs cpu"
         rows.append(row("equality", name, error <= 1e-4, f"{what}: max error {error:.1e} of the logit scale",

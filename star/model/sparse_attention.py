@@ -67,6 +67,7 @@ from star.model.projection import PlaneProjection
 from star.model.scatter import SegmentOps
 
 KERNELS = ("auto", "rows", "gather", "edges")
+GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias")  # NeighbourhoodGraph's tensor fields, in order
 
 
 def device_form(x: torch.Tensor) -> bool:
@@ -268,12 +269,14 @@ class SpatialAttention(nn.Module):
         self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if kernel in ("rows", "auto") and \
             mask is not None else nn.Linear(width, 3 * width, bias=False)
         self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
-        self._graph_on: dict[torch.device, NeighbourhoodGraph] = {}
+        if self.graph is not None:  # buffers, so that model.to(device) moves them: no copy inside a forward
+            for name in GRAPH_TENSORS:
+                self.register_buffer(f"graph_{name}", getattr(self.graph, name), persistent=False)
 
-    def graph_on(self, device: torch.device) -> NeighbourhoodGraph:
-        if device not in self._graph_on:
-            self._graph_on[device] = self.graph.to(device)
-        return self._graph_on[device]
+    def graph_here(self) -> NeighbourhoodGraph:
+        """The neighbourhood with its tensors on the module's device."""
+        return NeighbourhoodGraph(*(getattr(self, f"graph_{name}") for name in GRAPH_TENSORS),
+                                  self.graph.neighbours, self.graph.starts)
 
     def kernel_for(self, x: torch.Tensor) -> str:
         """The kernel that runs on `x`: the configured one, or for `auto` the form for x's device."""
@@ -288,7 +291,7 @@ class SpatialAttention(nn.Module):
             q, k, val = self.qkv(x).view(n, v, 3, h, d).permute(2, 0, 3, 1, 4)  # (N, H, V, d) each
             out = dense_attention(q, k, val, None, self.attention_dropout, self.training)
             return out.transpose(1, 2).reshape(n, v, c)  # (N, V, H*d)
-        graph = self.graph_on(x.device)
+        graph = self.graph_here()
         kernel, dropping = self.kernel_for(x), self.training and self.attention_dropout > 0
         if kernel == "gather":
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
