@@ -43,7 +43,7 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
 
     STAR's `auto` kernels take their loop-free forms while compiling (see
     star.model.sparse_attention), so the graph does not unroll the CPU forms'
-    per-edge and per-clip loops. Batches of other lengths are new shapes:
-    the first few recompile, then dynamic shapes take over.
+    per-edge and per-clip loops. A batch of another shape is a new graph to
+    dynamo, so expect recompilations while batch shapes vary.
     """
     return torch.compile(model) if enabled else model

@@ -36,7 +36,8 @@ CPU and `gather` on any other device (CUDA, and the meta device) and under
   for the scores, one softmax and one weighted sum: about fifteen operators a
   call whatever the batch, because on a GPU every operator is a kernel launch.
   Its gathered (N, V, D, 2, H, d) keys and values are 2D times the
-  activations (the authors' PyTorch Geometric code gathers per edge too).
+  activations (the authors' code gathers queries and keys per edge too:
+  `index_select` by the edge list in `SparseAttention`, models/attentions.py).
 - `edges`: the literal edge-list form, gathering (E, M, d) tensors and
   normalising with segment maximum and sum over each query's edges
   (`star.model.scatter`). It is a test reference and the measured example of
