@@ -18,14 +18,45 @@ def _preprocess(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _import(args: argparse.Namespace) -> None:
+    if args.format == "pyskl":
+        from star.data.pyskl import import_pyskl
+
+        if args.benchmark:
+            raise ValueError("--benchmark is for npz files: a pyskl pickle names its benchmarks in its split lists")
+        summary = import_pyskl(args.paths, args.out, progress=not args.quiet)
+    else:
+        from star.data.padded_arrays import import_npz
+
+        summary = import_npz(args.paths, args.out, args.benchmark, progress=not args.quiet)
+    for line in summary.lines():
+        print(line)
+    print(f"wrote {args.out}")
+
+
 def _synth(args: argparse.Namespace) -> None:
+    import tempfile
     from dataclasses import replace
+    from pathlib import Path
 
     from star.data.synthetic import TINY, generate
 
     spec = replace(TINY, seed=args.seed, clips_per_action=args.clips_per_action)
-    paths = generate(args.out, spec)
-    print(f"wrote {len(paths)} synthetic .skeleton files to {args.out} (seed {args.seed})")
+    if args.format == "raw":
+        paths = generate(args.out, spec)
+        print(f"wrote {len(paths)} synthetic .skeleton files to {args.out} (seed {args.seed})")
+        return
+    from star.data.padded_arrays import write_npz_files
+    from star.data.preprocess import preprocess
+    from star.data.pyskl import write_pyskl_files
+    from star.data.store import CompactStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp) / "raw", spec)
+        preprocess([Path(tmp) / "raw"], Path(tmp) / "store", progress=False)
+        write = write_pyskl_files if args.format == "pyskl" else write_npz_files
+        paths = write(CompactStore(Path(tmp) / "store"), args.out)
+    print(f"wrote the synthetic set (seed {args.seed}) as {', '.join(map(str, paths))}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -180,10 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(handler=_preprocess)
 
+    imp = commands.add_parser("import", help="pyskl annotation pickles or CTR-GCN .npz arrays -> compact store",
+                              description="Import NTU RGB+D in a preprocessed form the field's toolkits ship "
+                                          "(already denoised: no body selection is run) into a compact store, "
+                                          "keeping the source's own split lists.")
+    imp.add_argument("--format", required=True, choices=("pyskl", "npz"),
+                     help="pyskl: ntu60_3danno.pkl / ntu120_3danno.pkl; npz: NTU60_CS.npz-style padded arrays")
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="the files to import into one store")
+    imp.add_argument("--out", required=True, metavar="STORE", help="store folder to write (replaced atomically)")
+    imp.add_argument("--benchmark", default=None, metavar="NAME",
+                     help="npz: the benchmark of a single file whose name is not CTR-GCN's (e.g. ntu60/xsub)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(handler=_import)
+
     synth = commands.add_parser("synth", help="write the tiny synthetic NTU-format data set",
                                 description="Write synthetic NTU-format .skeleton files (the tiny set used "
                                             "by the tests and the smoke workflow).")
     synth.add_argument("--out", required=True, metavar="DIR")
+    synth.add_argument("--format", choices=("raw", "pyskl", "npz"), default="raw",
+                       help="raw .skeleton files, or preprocessed as pyskl's two pickles or CTR-GCN's four .npz")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--clips-per-action", type=int, default=24, metavar="N")
     synth.set_defaults(handler=_synth)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 from star.cli import main
+from star.data.store import CompactStore
 
 
 def test_help_lists_the_subcommands():
@@ -39,3 +40,20 @@ def test_models_lists_every_registered_model_with_its_parameter_count(capsys):
     rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:]}
     assert rows["star-64"] == ["compact", "426,494"] and rows["star-128-full-code"] == ["compact", "1,262,462"]
     assert len({line.index("compact") for line in out.splitlines()[1:] if " compact " in line}) == 1  # one column
+
+
+def test_synth_as_npz_then_import_prints_what_padding_was_removed(tmp_path, capsys):
+    assert main(["synth", "--format", "npz", "--out", str(tmp_path / "npz"), "--clips-per-action", "4"]) == 0
+    files = sorted(str(p) for p in (tmp_path / "npz").iterdir())
+    assert [p.rsplit("/", 1)[1] for p in files] == ["NTU120_CSet.npz", "NTU120_CSub.npz", "NTU60_CS.npz",
+                                                   "NTU60_CV.npz"]
+    assert main(["import", "--format", "npz", files[2], "--out", str(tmp_path / "store"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    # NTU 60's 6 actions x 4 clips, the 2 mutual actions' with two persons, the others an all-zero second slot
+    assert "read 1 files: 24 clips (8 with two persons)" in out and "dropped 16 all-zero person slots" in out
+    manifest = json.loads((tmp_path / "store/manifest.json").read_text())
+    assert manifest["benchmarks"] == {"ntu60/xsub": {"train": 18, "test": 6}}
+    assert f"cut {24 * 300 - CompactStore(tmp_path / 'store').clips['frames'].sum()} padding frames" in out
+    assert main(["import", "--format", "pyskl", files[2], "--benchmark", "ntu60/xsub", "--out",
+                 str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.startswith("star import: error: --benchmark is for npz files")

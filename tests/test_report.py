@@ -4,8 +4,10 @@ in test_workflow.py makes them for real)."""
 from __future__ import annotations
 
 import base64
+import html as html_text
 import json
 import math
+import re
 import statistics
 
 import pandas as pd
@@ -290,3 +292,22 @@ def test_as_run_rows_stand_for_the_papers_rows_and_the_report_sets_both_forms_si
     fidelity.write_text(json.dumps({"format": "star-profile-1"}))
     with pytest.raises(ReportError, match="fidelity.json: not a `star fidelity` result"):
         render_report(tables=[csv], figures=[], runs=runs, profiles=[profile_path], fidelity=fidelity)
+
+
+def test_the_report_names_the_data_source_under_table1(tiny_store, tmp_path):
+    from star.data.pyskl import import_pyskl, write_pyskl_files
+
+    paths = write_pyskl_files(tiny_store, tmp_path / "pyskl")
+    import_pyskl(paths, tmp_path / "store", progress=False)
+    runs = [run("star-64", benchmark, 0, 60.0) for benchmark in BENCHMARKS]
+    tables = [write_table(build(1, runs, smoke=True), tmp_path / "table1.csv")[0]]
+    sources = {}
+    for name, store in (("raw", tiny_store.path), ("pyskl", tmp_path / "store")):
+        html = render_report(tables=tables, figures=[], runs=[], profiles=[], manifest=store / "manifest.json")
+        after_table1 = html.split('id="table1"')[1]
+        paragraph = after_table1[after_table1.index("Data source:"):].split("</p>")[0]
+        sources[name] = " ".join(html_text.unescape(re.sub("<[^>]+>", "", paragraph)).split())
+    raw_folder = tiny_store.manifest["source"][0]
+    assert sources["raw"].startswith(f"Data source: raw NTU RGB+D .skeleton files in {raw_folder}")
+    sha = json.loads((tmp_path / "store/manifest.json").read_text())["source_files"][0]["sha256"]
+    assert sources["pyskl"].startswith(f"Data source: pyskl's annotation pickles {paths[0]} (SHA-256 {sha[:12]}")

@@ -86,6 +86,31 @@ def test_missing_raw_folder_stops_at_once_with_how_to_get_the_data(tmp_path):
     assert "rose1.ntu.edu.sg" in output and "smoke.yaml" in output
 
 
+def test_missing_or_unnamed_source_files_stop_at_once_naming_the_key(tmp_path):
+    output = _refused(tmp_path, "data={source: pyskl, files: [mine/ntu60_3danno.pkl]}")
+    assert "pyskl file(s) not found: mine/ntu60_3danno.pkl (config key data.files)" in output
+    (tmp_path / "NTU60_CS.npz").touch()
+    (tmp_path / "xsub.npz").touch()
+    output = _refused(tmp_path, "data={source: npz, files: [xsub.npz]}")
+    assert "config key data.files: xsub.npz not named as CTR-GCN names its arrays" in output
+    output = _refused(tmp_path, "data={source: npz, files: [NTU60_CS.npz]}")
+    assert "the npz files split ntu60/xsub, but the configuration asks for ntu120/xset" in output
+    output = _refused(tmp_path, "data={source: npz, files: []}")
+    assert "data" in output and "should be non-empty" in output
+
+
+@pytest.mark.slow
+def test_the_pyskl_smoke_configuration_imports_the_generated_pickles(tmp_path):
+    smoke = ("--configfile", str(SMOKE), str(SMOKE.with_name("smoke-pyskl.yaml")))
+    assert planned(snakemake(tmp_path, "-n", "--cores", "2", "table1", *smoke))["import_store"] == 1
+    result = snakemake(tmp_path, "--cores", "2", "results/store/manifest.json", *smoke)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "results/store/manifest.json").read_text())
+    assert manifest["source_format"] == "pyskl" and manifest["clips"] == 192
+    assert [Path(f["path"]).name for f in manifest["source_files"]] == ["ntu60_3danno.pkl", "ntu120_3danno.pkl"]
+    assert set(manifest["benchmarks"]) == {"ntu60/xsub", "ntu60/xview", "ntu120/xsub", "ntu120/xset"}
+
+
 @pytest.mark.slow
 def test_smoke_workflow_end_to_end(tmp_path):
     """The README's first command in a temporary folder: every table, figure and the report, Snakemake's own

@@ -63,6 +63,21 @@ class SampleName:
         return f"S{self.setup:03d}C{self.camera:03d}P{self.subject:03d}R{self.replication:03d}A{self.action:03d}"
 
 
+@dataclass(frozen=True)
+class ArraySample:
+    """A clip known only by the array and row it came from: no setup, camera, subject or replication (0)."""
+
+    name: str
+    label: int
+    setup: int = 0
+    camera: int = 0
+    subject: int = 0
+    replication: int = 0
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def parse_name(name: str | Path) -> SampleName:
     """Parse a sample name or a path to `SsssCcccPpppRrrrAaaa.skeleton`; raises SkeletonFileError."""
     stem = Path(name).name.removesuffix(".skeleton")

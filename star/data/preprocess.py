@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from star.data.ntu import RawSkeleton, SampleName, SkeletonFileError, parse_name, read_skeleton
+from star.data.ntu import ArraySample, RawSkeleton, SampleName, SkeletonFileError, parse_name, read_skeleton
 from star.data.splits import missing_samples
 from star.data.store import StoreWriter
 from star.skeleton import CENTER_JOINT
@@ -77,7 +77,7 @@ class Person:
 class Clip:
     """A preprocessed clip: its persons on a common timeline of `frames` frames."""
 
-    name: SampleName
+    name: SampleName | ArraySample
     frames: int
     persons: list[Person]
     raw_bodies: int

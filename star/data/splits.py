@@ -37,6 +37,12 @@ def class_names() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def check_side(side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"unknown split side {side!r}; choose 'train' or 'test'")
+    return side
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One evaluation protocol: a data set (ntu60 or ntu120) and a rule that sends a clip to training."""
@@ -63,10 +69,8 @@ class Benchmark:
 
     def indices(self, clips: np.ndarray, side: str) -> np.ndarray:
         """Row numbers of the clip table on `side` ('train' or 'test'), ascending."""
-        if side not in SIDES:
-            raise ValueError(f"unknown split side {side!r}; choose 'train' or 'test'")
         train = self.is_train(clips)
-        return np.flatnonzero(self.in_dataset(clips) & (train if side == "train" else ~train))
+        return np.flatnonzero(self.in_dataset(clips) & (train if check_side(side) == "train" else ~train))
 
 
 BENCHMARKS = {

@@ -7,10 +7,19 @@ A store is a folder:
 - `tracks.npy`: one row per person track (clip, person, offset into frames,
   length, first_frame on the clip's timeline), sorted by clip then person.
 - `clips.npy`: one row per clip (name, label, setup, camera, subject,
-  replication, frames, persons, raw_bodies).
+  replication, frames, persons, raw_bodies). For an imported clip raw_bodies
+  is the person slots its source gives it; a clip imported from a source
+  without sample names (padded arrays) is named after its array and row, and
+  its setup, camera, subject and replication are 0.
+- `splits.npy` (imported stores only): one row per clip, one int8 column per
+  benchmark the source defines: 1 train, 0 test, -1 not in that benchmark.
+  A store with it serves exactly those benchmarks with exactly the source's
+  membership; a store without it splits by the official rules (splits.py).
 - `manifest.json`: shapes, counts, bytes on disk and the bytes the padded
-  300-frame x 2-person layout would take for the same clips, and the
-  preprocessing summary.
+  300-frame x 2-person layout would take for the same clips, the source
+  (`source_format`: raw, pyskl or npz; `source`: its paths; `source_files`:
+  size and SHA-256 of each imported file) and the preprocessing or import
+  summary.
 
 A store is written into a temporary folder and renamed into place when whole,
 so a reader never sees a half-written one. An existing store at the same path
@@ -29,10 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from star import __version__
-from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, get_benchmark
+from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, SIDES, check_side, get_benchmark
 from star.skeleton import NUM_JOINTS
 
 FORMAT = "star-compact-1"
+SPLITS_FILE = "splits.npy"
 CLIP_DTYPE = np.dtype([
     ("name", "U20"), ("label", "i2"), ("setup", "i2"), ("camera", "i2"), ("subject", "i2"),
     ("replication", "i2"), ("frames", "i4"), ("persons", "i1"), ("raw_bodies", "i2"),
@@ -47,15 +57,22 @@ class StoreError(ValueError):
 
 
 class StoreWriter:
-    """Writes a store clip by clip into `<out>.tmp-<pid>` and renames it to `out` on a clean exit."""
+    """Writes a store clip by clip into `<out>.tmp-<pid>` and renames it to `out` on a clean exit.
 
-    def __init__(self, out: str | Path, source: list[str]):
+    `benchmarks`, for an imported store, names the benchmarks its source splits;
+    each `add` then says the clip's side of each (`membership`).
+    """
+
+    def __init__(self, out: str | Path, source: list[str], source_format: str = "raw",
+                 source_files: list[dict] | None = None, benchmarks: list[str] | None = None):
         self.out = Path(out)
         self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        self.source = source
+        self.source, self.source_format, self.source_files = source, source_format, source_files or []
+        self.benchmarks = benchmarks
         self.summary: dict = {}
         self.clips: list[tuple] = []
         self.tracks: list[tuple] = []
+        self.membership: list[tuple] = []
         self.total_frames = 0
 
     def __enter__(self) -> StoreWriter:
@@ -67,8 +84,11 @@ class StoreWriter:
         self.frames_file = open(self.tmp / "frames.f32", "wb")
         return self
 
-    def add(self, clip) -> None:
-        """Append a `preprocess.Clip`."""
+    def add(self, clip, membership: dict[str, int] | None = None) -> None:
+        """Append a `preprocess.Clip`; for an imported store, its side of each benchmark (1 train, 0 test,
+        missing: not in it)."""
+        if self.benchmarks is not None:
+            self.membership.append(tuple((membership or {}).get(name, -1) for name in self.benchmarks))
         clip_index = len(self.clips)
         name = clip.name
         self.clips.append((str(name), name.label, name.setup, name.camera, name.subject, name.replication,
@@ -94,11 +114,17 @@ class StoreWriter:
         clips = np.array(self.clips, dtype=CLIP_DTYPE)
         np.save(self.tmp / "clips.npy", clips)
         np.save(self.tmp / "tracks.npy", np.array(self.tracks, dtype=TRACK_DTYPE))
+        splits = None
+        if self.benchmarks is not None:
+            splits = np.array(self.membership, dtype=[(name, "i1") for name in self.benchmarks])
+            np.save(self.tmp / SPLITS_FILE, splits)
         manifest = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "star_version": __version__,
+            "source_format": self.source_format,
             "source": self.source,
+            "source_files": self.source_files,
             "clips": len(clips),
             "tracks": len(self.tracks),
             "two_person_clips": int((clips["persons"] == 2).sum()),
@@ -107,7 +133,7 @@ class StoreWriter:
             "frames_dtype": "<f4",
             "setups": sorted(int(s) for s in np.unique(clips["setup"])),
             "bytes": _bytes(self.tmp, len(clips)),
-            "benchmarks": _benchmark_counts(clips),
+            "benchmarks": _benchmark_counts(clips, splits),
             "summary": self.summary,
         }
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -140,11 +166,13 @@ def _bytes(folder: Path, clip_count: int) -> dict:
             "compact_over_padded": compact / padded if padded else None}
 
 
-def _benchmark_counts(clips: np.ndarray) -> dict:
-    counts = {}
-    for name, benchmark in BENCHMARKS.items():
-        counts[name] = {side: int(len(benchmark.indices(clips, side))) for side in ("train", "test")}
-    return counts
+def _benchmark_counts(clips: np.ndarray, splits: np.ndarray | None) -> dict:
+    """Clips on each side of every benchmark the store serves."""
+    if splits is not None:
+        return {name: {"train": int((splits[name] == 1).sum()), "test": int((splits[name] == 0).sum())}
+                for name in splits.dtype.names}
+    return {name: {side: int(len(benchmark.indices(clips, side))) for side in SIDES}
+            for name, benchmark in BENCHMARKS.items()}
 
 
 class CompactStore:
@@ -162,6 +190,8 @@ class CompactStore:
                              "preprocess the raw files again")
         self.clips = np.load(self.path / "clips.npy")
         self.tracks = np.load(self.path / "tracks.npy")
+        splits_path = self.path / SPLITS_FILE
+        self.splits = np.load(splits_path) if splits_path.is_file() else None
         self._track_start = np.searchsorted(self.tracks["clip"], np.arange(len(self.clips) + 1))
         # Rows (frames x persons) of each clip; every clip has at least one track.
         self.clip_rows = np.add.reduceat(self.tracks["length"].astype(np.int64), self._track_start[:-1]) \
@@ -193,12 +223,21 @@ class CompactStore:
         return self.frames[track["offset"]:track["offset"] + track["length"]]
 
     def split(self, benchmark: str, side: str) -> np.ndarray:
-        """Clip numbers of one side of a benchmark; a StoreError if the store cannot serve it."""
+        """Clip numbers of one side of a benchmark; a StoreError if the store cannot serve it.
+
+        An imported store splits as its source's lists do; any other by the official rules.
+        """
         spec = get_benchmark(benchmark)
-        if spec.dataset == "ntu120" and self.clips["setup"].max(initial=0) <= NTU60_LAST_SETUP:
+        if self.splits is not None:
+            if benchmark not in self.splits.dtype.names:
+                raise StoreError(f"{self.path} was imported from {self.manifest['source_format']} data that splits "
+                                 f"only {', '.join(self.splits.dtype.names)}, so it cannot serve {benchmark}")
+            indices = np.flatnonzero(self.splits[benchmark] == (1 if check_side(side) == "train" else 0))
+        elif spec.dataset == "ntu120" and self.clips["setup"].max(initial=0) <= NTU60_LAST_SETUP:
             raise StoreError(f"{self.path} holds only NTU 60 setups (S001-S017), so it cannot serve {benchmark}; "
                              "preprocess the NTU 120 files (S001-S032) into it")
-        indices = spec.indices(self.clips, side)
+        else:
+            indices = spec.indices(self.clips, side)
         if len(indices) == 0:
             raise StoreError(f"{self.path} has no clip on the {side} side of {benchmark}")
         return indices

@@ -172,7 +172,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
         fragment = csv_path.with_suffix(".html")
         if not fragment.exists():
             raise ReportError(f"{fragment}: missing; `star table` writes it beside {csv_path.name}")
-        fragments.append(fragment.read_text())
+        fragments.append({"table": csv_path.stem, "html": fragment.read_text()})
     cells = _table_cells(tables)
     run_rows = sorted((_run_row(Path(p)) for p in runs), key=lambda r: (r["benchmark"], r["model"], r["seed"]))
     profile_rows = [read_json(Path(p)) for p in profiles]

@@ -2,10 +2,13 @@
 # so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts.
 import os
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 import star.io
+from star.data.padded_arrays import BENCHMARK_OF_STEM as NPZ_BENCHMARKS
+from star.data.pyskl import FILE_OF_DATASET as PYSKL_FILES
 from star.data.splits import BENCHMARKS
 from star.models import names as registered_models
 from star.paper import PUBLISHED
@@ -36,9 +39,47 @@ def check_names():
                             f"not {config['ablation']['sparse']!r} and {config['ablation']['full']!r}")
 
 
-def check_raw_dirs():
-    if config["data"]["synthetic"]:
+DATA = config["data"]
+# what `star synth --format` writes for each preprocessed form: the names its toolkit gives its files
+SYNTH_FILES = {"pyskl": list(PYSKL_FILES.values()), "npz": [f"{stem}.npz" for stem in NPZ_BENCHMARKS]}
+
+
+def check_data_source():
+    """The data the configuration names exists (or is generated), in a form the benchmarks can come from."""
+    if DATA["source"] != "raw":
+        check_source_files()
+    elif not DATA["synthetic"]:
+        check_raw_dirs()
+
+
+def check_source_files():
+    files, form = DATA["files"], DATA["source"]
+    if DATA["synthetic"]:
+        folders = {os.path.dirname(f) for f in files}
+        if len(folders) != 1 or sorted(map(os.path.basename, files)) != sorted(SYNTH_FILES[form]):
+            raise WorkflowError(f"config key data.files: with data.synthetic, the {form} files are "
+                                f"{', '.join(SYNTH_FILES[form])} in one folder (what `star synth --format {form}` "
+                                f"writes), not {', '.join(files)}")
         return
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise WorkflowError(f"{form} file(s) not found: {', '.join(missing)} (config key data.files). "
+                            "README \"Data sources\" says where each form comes from.")
+    if form == "npz":
+        unnamed = [f for f in files if Path(f).stem not in NPZ_BENCHMARKS]
+        if unnamed:
+            raise WorkflowError(f"config key data.files: {', '.join(unnamed)} not named as CTR-GCN names its "
+                                f"arrays ({', '.join(f'{s}.npz' for s in NPZ_BENCHMARKS)}), so which benchmark "
+                                "each splits is unknown; rename them")
+        served = {NPZ_BENCHMARKS[Path(f).stem] for f in files}
+        wanted = set(config["benchmarks"]) | set(config["described"]["benchmarks"]) | \
+            {config["profiling"]["benchmark"], config["figures"]["curves_benchmark"]}
+        if wanted - served:
+            raise WorkflowError(f"config key data.files: the npz files split {', '.join(sorted(served))}, but the "
+                                f"configuration asks for {', '.join(sorted(wanted - served))} too")
+
+
+def check_raw_dirs():
     missing = [d for d in config["data"]["raw_dirs"] if not os.path.isdir(d)]
     if missing:
         raise WorkflowError(
@@ -52,7 +93,7 @@ def check_raw_dirs():
 
 
 check_names()
-check_raw_dirs()
+check_data_source()
 
 
 def run_metrics(benchmark, model, seed):

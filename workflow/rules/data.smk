@@ -1,25 +1,44 @@
-# Raw skeleton files -> one compact store for all four benchmarks (NTU 60 is setups S001-S017 of NTU 120).
+# The data -> one compact store for all the benchmarks it serves: raw .skeleton files preprocessed here (NTU 60
+# is setups S001-S017 of NTU 120), or pyskl pickles / CTR-GCN arrays imported as their toolkits made them.
 
-if config["data"]["synthetic"]:
+if DATA["synthetic"]:
 
     rule synth:
         output:
-            directory(config["data"]["raw_dirs"][0]),
+            directory(DATA["raw_dirs"][0]) if DATA["source"] == "raw" else DATA["files"],
         log:
             "logs/synth.log",
+        params:
+            folder=DATA["raw_dirs"][0] if DATA["source"] == "raw" else os.path.dirname(DATA["files"][0]),
         shell:
-            "star synth --out {output} > {log} 2>&1"
+            "star synth --format {DATA[source]} --out {params.folder} > {log} 2>&1"
 
 
-rule preprocess:
-    input:
-        config["data"]["raw_dirs"],
-    output:
-        MANIFEST,
-    log:
-        "logs/preprocess.log",
-    params:
-        store=lambda wildcards, output: os.path.dirname(output[0]),
-    threads: config["data"]["workers"]
-    shell:
-        "star preprocess --raw {input} --out {params.store} --workers {threads} --quiet > {log} 2>&1"
+if DATA["source"] == "raw":
+
+    rule preprocess:
+        input:
+            DATA["raw_dirs"],
+        output:
+            MANIFEST,
+        log:
+            "logs/preprocess.log",
+        params:
+            store=lambda wildcards, output: os.path.dirname(output[0]),
+        threads: DATA["workers"]
+        shell:
+            "star preprocess --raw {input} --out {params.store} --workers {threads} --quiet > {log} 2>&1"
+
+else:
+
+    rule import_store:
+        input:
+            DATA["files"],
+        output:
+            MANIFEST,
+        log:
+            "logs/import.log",
+        params:
+            store=lambda wildcards, output: os.path.dirname(output[0]),
+        shell:
+            "star import --format {DATA[source]} {input} --out {params.store} --quiet > {log} 2>&1"
