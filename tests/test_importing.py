@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from star.data.importing import SourceError
-from star.data.padded_arrays import import_npz, npz_arrays, write_npz
+from star.data.padded_arrays import import_npz, npz_arrays, write_npz, write_npz_files
 from star.data.pyskl import import_pyskl, pyskl_content, write_pyskl, write_pyskl_files
 from star.data.splits import BENCHMARKS
 from star.data.store import CompactStore, StoreError
@@ -80,6 +80,34 @@ def test_raw_to_npz_to_store_keeps_each_array_as_its_side(tiny_store, tmp_path, 
     assert store.manifest["summary"]["empty_persons"] == (tiny_store.clips["persons"][in_benchmark] == 1).sum()
 
 
+def contents(store, clips) -> list[bytes]:
+    """What each clip holds (label, persons' starts and coordinates), sorted: clips compared without names."""
+    keys = []
+    for clip in clips:
+        parts = [np.int64(store.clips["label"][clip]).tobytes()]
+        for track in store.clip_tracks(clip):
+            parts += [np.int64(track["first_frame"]).tobytes(), store.track_frames(track).tobytes()]
+        keys.append(b"".join(parts))
+    return sorted(keys)
+
+
+def test_ctr_gcns_four_files_make_one_store_with_each_clip_once(tiny_store, tmp_path):
+    paths = write_npz_files(tiny_store, tmp_path / "npz")
+    summary = import_npz(paths, tmp_path / "store", progress=False)
+    store = CompactStore(tmp_path / "store")
+    assert len(store) == summary.clips == len(tiny_store)  # every tiny clip is in one benchmark at least
+    assert summary.repeated_clips == sum(len(tiny_store.split(b, side)) for b in BENCHMARKS
+                                         for side in ("train", "test")) - len(tiny_store)
+    assert contents(store, range(len(store))) == contents(tiny_store, range(len(tiny_store)))
+    for benchmark in BENCHMARKS:
+        for side in ("train", "test"):
+            imported, original = store.split(benchmark, side), tiny_store.split(benchmark, side)
+            assert contents(store, imported) == contents(tiny_store, original)
+    assert store.manifest["benchmarks"] == tiny_store.manifest["benchmarks"]
+    with pytest.raises(SourceError, match=rf"{paths[0]}: splits ntu60/xsub, as {paths[0]} does"):
+        import_npz([paths[0], paths[0]], tmp_path / "again", progress=False)
+
+
 def test_compressed_npz_and_ctr_gcn_file_names(tiny_store, tmp_path):
     path = tmp_path / "NTU60_CS.npz"
     np.savez_compressed(path, **npz_arrays(tiny_store, "ntu60/xsub"))
@@ -109,7 +137,10 @@ PYSKL_CASES = {
                                    r"annotations\[8\]: frame_dir 'clip_8' is not an NTU sample name"),
     "total_frames against keypoint": (lambda c: c["annotations"][9].update(total_frames=1),
                                       r"annotations\[9\] .*total_frames 1"),
-    "no one ever seen": (lambda c: c["annotations"][10]["keypoint"].fill(0), "every coordinate is zero"),
+    "no one ever seen": (lambda c: c["annotations"][10]["keypoint"].fill(0),
+                         r"annotations\[10\] \(S\d+C\d+P\d+R\d+A\d+\): every coordinate is zero"),
+    "a split list of numbers": (lambda c: c["split"].update(xsub_train=[1, 2]),
+                                r"split\['xsub_train'\]: expected a list"),
     "NaN coordinates": (lambda c: c["annotations"][11]["keypoint"].fill(np.nan), r"annotations\[11\] .*NaN"),
     "a listed name without annotation": (lambda c: c["split"]["xsub_val"].append("S001C001P001R001A099"),
                                          r"split\['xsub_val'\]\[\d+\]: 'S001C001P001R001A099' has no annotation"),
@@ -127,6 +158,20 @@ def test_bad_pyskl_input_is_refused_naming_file_and_place_and_nothing_is_written
         import_pyskl([path], tmp_path / "store", progress=False)
     assert str(error.value).startswith(str(path))
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_an_ntu120_pickle_with_xsub_lists_alone_is_ntu120_and_one_benchmark_comes_from_one_pickle(tiny_store,
+                                                                                                 tmp_path):
+    content = pyskl_content(tiny_store, "ntu120")
+    del content["split"]["xset_train"], content["split"]["xset_val"]
+    path = tmp_path / "xsub.pkl"
+    path.write_bytes(pickle.dumps(content))
+    import_pyskl([path], tmp_path / "store", progress=False)
+    store = CompactStore(tmp_path / "store")
+    np.testing.assert_array_equal(store.split("ntu120/xsub", "test"), tiny_store.split("ntu120/xsub", "test"))
+    other = write_pyskl(tiny_store, tmp_path / "ntu120_3danno.pkl", "ntu120")
+    with pytest.raises(SourceError, match=rf"{other}: split\['xsub_train'\]: ntu120/xsub is split by {path} too"):
+        import_pyskl([path, other], tmp_path / "both", progress=False)
 
 
 def test_a_clip_that_differs_between_two_pickles_is_refused(tiny_store, tmp_path):

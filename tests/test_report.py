@@ -302,12 +302,16 @@ def test_the_report_names_the_data_source_under_table1(tiny_store, tmp_path):
     runs = [run("star-64", benchmark, 0, 60.0) for benchmark in BENCHMARKS]
     tables = [write_table(build(1, runs, smoke=True), tmp_path / "table1.csv")[0]]
     sources = {}
-    for name, store in (("raw", tiny_store.path), ("pyskl", tmp_path / "store")):
-        html = render_report(tables=tables, figures=[], runs=[], profiles=[], manifest=store / "manifest.json")
+    older = {k: v for k, v in tiny_store.manifest.items() if not k.startswith("source_")}  # before imports existed
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    for name, manifest in (("raw", tiny_store.path / "manifest.json"), ("older", tmp_path / "older.json"),
+                           ("pyskl", tmp_path / "store/manifest.json")):
+        html = render_report(tables=tables, figures=[], runs=[], profiles=[], manifest=manifest)
         after_table1 = html.split('id="table1"')[1]
         paragraph = after_table1[after_table1.index("Data source:"):].split("</p>")[0]
         sources[name] = " ".join(html_text.unescape(re.sub("<[^>]+>", "", paragraph)).split())
     raw_folder = tiny_store.manifest["source"][0]
     assert sources["raw"].startswith(f"Data source: raw NTU RGB+D .skeleton files in {raw_folder}")
+    assert sources["older"] == sources["raw"]
     sha = json.loads((tmp_path / "store/manifest.json").read_text())["source_files"][0]["sha256"]
     assert sources["pyskl"].startswith(f"Data source: pyskl's annotation pickles {paths[0]} (SHA-256 {sha[:12]}")

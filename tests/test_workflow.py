@@ -95,8 +95,11 @@ def test_missing_or_unnamed_source_files_stop_at_once_naming_the_key(tmp_path):
     assert "config key data.files: xsub.npz not named as CTR-GCN names its arrays" in output
     output = _refused(tmp_path, "data={source: npz, files: [NTU60_CS.npz]}")
     assert "the npz files split ntu60/xsub, but the configuration asks for ntu120/xset" in output
+    (tmp_path / "ntu60_3danno.pkl").touch()
+    output = _refused(tmp_path, "data={source: pyskl, files: [ntu60_3danno.pkl]}")
+    assert "the pyskl files split ntu60/xsub, ntu60/xview, but the configuration asks for ntu120/xset" in output
     output = _refused(tmp_path, "data={source: npz, files: []}")
-    assert "data" in output and "should be non-empty" in output
+    assert "should be non-empty" in output and "files" in output
 
 
 @pytest.mark.slow

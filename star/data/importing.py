@@ -42,11 +42,13 @@ class ImportSummary:
     two_person_clips: int = 0
     empty_persons: int = 0
     trimmed_frames: int = 0
+    repeated_clips: int = 0
     ignored_splits: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"files": self.files, "clips": self.clips, "two_person_clips": self.two_person_clips,
                 "empty_persons": self.empty_persons, "trimmed_frames": self.trimmed_frames,
+                "repeated_clips": self.repeated_clips,
                 "ignored_splits": self.ignored_splits}
 
     def lines(self) -> list[str]:
@@ -55,6 +57,8 @@ class ImportSummary:
             out.append(f"dropped {self.empty_persons} all-zero person slots (no person)")
         if self.trimmed_frames:
             out.append(f"cut {self.trimmed_frames} padding frames in which no one is seen")
+        if self.repeated_clips:
+            out.append(f"found {self.repeated_clips} clips again in another file (stored once, in both benchmarks)")
         if self.ignored_splits:
             out.append(f"ignored split lists that name no NTU benchmark: {', '.join(self.ignored_splits)}")
         return out
@@ -78,7 +82,7 @@ def clip_from_padded(keypoint: np.ndarray, name, summary: ImportSummary, path: s
     seen = keypoint.any(axis=(2, 3))  # (M, T): a person is seen where any coordinate is non-zero
     present = seen.any(axis=1)  # (M,)
     if not present.any():
-        raise SourceError(path, f"{where} ({name}): every coordinate is zero, no person is seen in any frame")
+        raise SourceError(path, f"{where}: every coordinate is zero, no person is seen in any frame")
     summary.empty_persons += int((~present).sum())
     frames = seen.shape[1]
     anyone = seen.any(axis=0)  # (T,)
@@ -113,14 +117,37 @@ def file_record(path: str | Path) -> dict:
     return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
+def clip_identity(clip: Clip) -> bytes:
+    """A digest of what a clip holds (label, persons, their starts and coordinates): the same clip met in two
+    array files, which have no names to match it by, has the same identity."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.array([clip.name.label, clip.frames], np.int64).tobytes())
+    for person in clip.persons:
+        digest.update(np.int64(person.first_frame).tobytes())
+        digest.update(np.ascontiguousarray(person.xyz).tobytes())
+    return digest.digest()
+
+
 def write_store(out: str | Path, source_format: str, paths: list[str | Path], benchmarks: list[str],
-                clips: Iterable[tuple[Clip, dict[str, int]]], summary: ImportSummary, total: int,
+                clips: Iterable[tuple[Clip, dict[str, int], bytes | None]], summary: ImportSummary, total: int,
                 progress: bool = True) -> ImportSummary:
-    """Write imported (clip, membership) pairs as a store at `out`, atomically: a SourceError raised while
-    the clips are produced leaves nothing behind."""
+    """Write imported (clip, membership, identity) triples as a store at `out`, atomically: a SourceError raised
+    while the clips are produced leaves nothing behind. A clip whose identity (None: always new) was written
+    before is not written again; its membership joins the earlier one's."""
     records = [file_record(path) for path in paths]
+    written: dict[bytes, tuple[int, str]] = {}
     with StoreWriter(out, [str(p) for p in paths], source_format, records, benchmarks) as writer:
-        for clip, membership in tqdm(clips, total=total, desc="import", unit="clip", disable=not progress):
+        for clip, membership, identity in tqdm(clips, total=total, desc="import", unit="clip", disable=not progress):
+            if identity in written:
+                index, first = written[identity]
+                for benchmark, side in membership.items():
+                    if writer.membership[index].setdefault(benchmark, side) != side:
+                        raise SourceError(", ".join(map(str, paths)), f"{clip.name} holds the same clip as {first}, "
+                                                                      f"on the other side of {benchmark}")
+                summary.repeated_clips += 1
+                continue
+            if identity is not None:
+                written[identity] = (len(writer.clips), str(clip.name))
             writer.add(clip, membership)
             summary.clips += 1
             summary.two_person_clips += len(clip.persons) == 2

@@ -6,10 +6,17 @@ a clip's end; and `y_train`, `y_test`, one-hot (clips, classes) or class
 numbers (clips,). CTR-GCN's data/ntu*/seq_transformation.py writes them
 centred on the first frame's spine middle and names them NTU60_CS, NTU60_CV,
 NTU120_CSub and NTU120_CSet, which say the benchmark; any other name needs it
-given. The arrays carry no sample names, so a clip is named after its array and
-row (`0:x_train[17]`, 0 the file's place in the import) and the benchmark's
-sides are the arrays themselves. The same arrays laid out (clips, 3, frames, 25,
-persons), as the 2s-AGCN / MS-G3D family stores its joints, are read too.
+given. The arrays carry no sample names, so a clip is named after the array and
+row it is first found in (`0:x_train[17]`, 0 the file's place in the import),
+and the benchmark's sides are the arrays themselves. The four files hold the
+same clips again and again (CTR-GCN cuts them from one array), so a clip met
+again, identical in label and every coordinate, is stored once and joins the
+later file's benchmark. An .npz whose x arrays are laid out (clips, 3, frames,
+25, persons), as 2s-AGCN and MS-G3D lay out their joints, is read too; those
+projects' own `.npy` + label-pickle files are not.
+
+Uncompressed members (np.savez, as CTR-GCN writes them) are memory-mapped;
+compressed ones are read whole into memory.
 """
 
 from __future__ import annotations
@@ -26,19 +33,20 @@ from star.data.importing import (
     SourceError,
     check_keypoints,
     clip_from_padded,
+    clip_identity,
     padded_clip,
     write_store,
 )
 from star.data.ntu import ArraySample
 from star.data.splits import BENCHMARKS
-from star.data.store import CompactStore
+from star.data.store import PADDED_FRAMES, CompactStore
+from star.data.store import PADDED_PERSONS as PERSONS
 from star.io import write_atomic
 from star.skeleton import NUM_JOINTS
 
 ARRAYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 BENCHMARK_OF_STEM = {"NTU60_CS": "ntu60/xsub", "NTU60_CV": "ntu60/xview",
                      "NTU120_CSub": "ntu120/xsub", "NTU120_CSet": "ntu120/xset"}
-PADDED_FRAMES, PERSONS = 300, 2
 
 
 def benchmark_of(path: str | Path, given: str | None = None) -> str:
@@ -64,14 +72,14 @@ def _persons_first(path: Path, key: str, x: np.ndarray) -> np.ndarray:
 
 def _labels(path: Path, key: str, y: np.ndarray, clips: int, num_classes: int) -> np.ndarray:
     """Class numbers from one-hot rows or from numbers; each checked against the class count."""
-    if y.ndim == 2:
+    if y.ndim == 2 and y.shape[1] > 1:
         hot = y > 0
         rows = np.flatnonzero(hot.sum(axis=1) != 1)
         if len(rows):
             raise SourceError(path, f"{key}[{rows[0]}]: a one-hot row with {hot[rows[0]].sum()} positive entries")
         labels = hot.argmax(axis=1)
-    elif y.ndim == 1 and y.dtype.kind in "iu":
-        labels = y.astype(np.int64)
+    elif y.dtype.kind in "iu" and (y.ndim == 1 or y.ndim == 2 and y.shape[1] == 1):
+        labels = y.reshape(-1).astype(np.int64)
     else:
         raise SourceError(path, f"{key}: shape {y.shape} dtype {y.dtype}, expected one-hot (clips, classes) or "
                                 "class numbers (clips,)")
@@ -86,18 +94,18 @@ def _labels(path: Path, key: str, y: np.ndarray, clips: int, num_classes: int) -
 def _member(path: Path, archive: zipfile.ZipFile, key: str) -> np.ndarray:
     """One array of an .npz, memory-mapped when stored uncompressed (np.savez), as the arrays run to gigabytes."""
     info = archive.getinfo(f"{key}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        with archive.open(info) as member:
-            return np.lib.format.read_array(member, allow_pickle=False)
     with open(path, "rb") as handle:
         handle.seek(info.header_offset + 26)  # the local file header's name and extra-field lengths
         name_length, extra_length = struct.unpack("<HH", handle.read(4))
         handle.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        offset = handle.tell()
+        version = np.lib.format.read_magic(handle) if info.compress_type == zipfile.ZIP_STORED else None
+        if version in ((1, 0), (2, 0)):
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, fortran_order, dtype = read_header(handle)
+            offset = handle.tell()
+    if version not in ((1, 0), (2, 0)):  # compressed, or a header version without a public reader: read whole
+        with archive.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
     if dtype.hasobject:
         raise SourceError(path, f"{key}: an array of Python objects, expected numbers")
     if 0 in shape:
@@ -128,17 +136,19 @@ def import_npz(paths: list[str | Path], out: str | Path, benchmark: str | None =
     if benchmark is not None and len(paths) != 1:
         raise ValueError(f"a given benchmark names the benchmark of one file, not of {len(paths)}")
     summary = ImportSummary(files=len(paths))
-    sources = []
+    sources, split_by = [], {}
     for number, path in enumerate(paths):
         name = benchmark_of(path, benchmark)
         if name not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        if name in split_by:
+            raise SourceError(path, f"splits {name}, as {split_by[name]} does; import one file per benchmark")
+        split_by[name] = path
         arrays = _read(path)
         for side, (x_key, y_key) in ARRAYS.items():
             x = _persons_first(path, x_key, arrays[x_key])
             labels = _labels(path, y_key, arrays[y_key], len(x), BENCHMARKS[name].num_classes)
             sources.append((number, path, name, side, x_key, x, labels))
-    benchmarks = list(dict.fromkeys(source[2] for source in sources))
 
     def clips() -> Iterator:
         for number, path, name, side, x_key, x, labels in sources:
@@ -146,9 +156,10 @@ def import_npz(paths: list[str | Path], out: str | Path, benchmark: str | None =
                 where = f"{x_key}[{row}]"
                 keypoint = check_keypoints(path, where, x[row])
                 sample = ArraySample(f"{number}:{where}", int(labels[row]))
-                yield clip_from_padded(keypoint, sample, summary, path, where), {name: int(side == "train")}
+                clip = clip_from_padded(keypoint, sample, summary, path, where)
+                yield clip, {name: int(side == "train")}, clip_identity(clip)
 
-    return write_store(out, "npz", paths, benchmarks, clips(), summary, sum(len(s[5]) for s in sources), progress)
+    return write_store(out, "npz", paths, list(split_by), clips(), summary, sum(len(s[5]) for s in sources), progress)
 
 
 def npz_arrays(store: CompactStore, benchmark: str) -> dict[str, np.ndarray]:

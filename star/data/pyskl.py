@@ -26,7 +26,7 @@ import numpy as np
 
 from star.data.importing import ImportSummary, SourceError, check_keypoints, clip_from_padded, padded_clip, write_store
 from star.data.ntu import SampleName, SkeletonFileError, parse_name
-from star.data.splits import BENCHMARKS
+from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP
 from star.data.store import CompactStore
 from star.io import write_atomic
 
@@ -47,16 +47,29 @@ def load_pyskl(path: str | Path) -> dict:
 
 
 def _dataset(path: str | Path, data) -> str:
-    """Check the top level (`split` and `annotations`) and say which data set the pickle splits."""
+    """Check the top level (`split` and `annotations`) and say which data set the pickle splits: NTU 120 if
+    it has xset lists, NTU 60 if xview lists, otherwise (xsub alone) NTU 120 if a clip is not in NTU 60."""
     if not isinstance(data, dict) or not {"split", "annotations"} <= data.keys():
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise SourceError(path, f"expected a dict with keys 'split' and 'annotations' (pyskl's format), got {keys}")
     if not isinstance(data["split"], dict) or not isinstance(data["annotations"], list):
         raise SourceError(path, "'split' must be a dict of name lists and 'annotations' a list of dicts")
-    lists = data["split"]
-    if any(key.startswith("xset_") for key in lists) and any(key.startswith("xview_") for key in lists):
+    for key, listed in data["split"].items():
+        if not isinstance(listed, list) or not all(isinstance(text, str) for text in listed):
+            raise SourceError(path, f"split[{key!r}]: expected a list of sample names")
+    criteria = {str(key).partition("_")[0] for key in data["split"]}
+    if {"xset", "xview"} <= criteria:
         raise SourceError(path, "'split' has both xview lists (NTU 60) and xset lists (NTU 120); which data set?")
-    return "ntu120" if any(key.startswith("xset_") for key in lists) else "ntu60"
+    if criteria & {"xset", "xview"}:
+        return "ntu120" if "xset" in criteria else "ntu60"
+    for annotation in data["annotations"]:
+        try:
+            name = parse_name(str(annotation["frame_dir"]))
+        except (SkeletonFileError, KeyError, TypeError):
+            continue  # _check_annotation names the annotation
+        if name.setup > NTU60_LAST_SETUP or name.action > BENCHMARKS["ntu60/xsub"].num_classes:
+            return "ntu120"
+    return "ntu60"
 
 
 def _check_annotation(path: Path, index: int, annotation, num_classes: int) -> SampleName:
@@ -75,6 +88,8 @@ def _check_annotation(path: Path, index: int, annotation, num_classes: int) -> S
         raise SourceError(path, f"{where} ({name}): label {label} but the name says action {name.action} "
                                 f"(label {name.label})")
     keypoint = check_keypoints(path, f"{where} ({name}) keypoint", annotation["keypoint"])
+    if not keypoint.any():
+        raise SourceError(path, f"{where} ({name}): every coordinate is zero, no person is seen in any frame")
     total = annotation.get("total_frames", keypoint.shape[1])
     if total != keypoint.shape[1]:
         raise SourceError(path, f"{where} ({name}): total_frames {total} but keypoint has {keypoint.shape[1]} frames")
@@ -91,8 +106,8 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
     summary = ImportSummary(files=len(paths))
     found: dict[SampleName, tuple[Path, np.ndarray]] = {}
     membership: dict[SampleName, dict[str, int]] = {}
-    benchmarks: list[str] = []
-    for path, data in zip(paths, loaded or map(load_pyskl, paths), strict=True):
+    benchmarks: dict[str, int] = {}  # each benchmark and the number of the pickle whose lists define it
+    for number, (path, data) in enumerate(zip(paths, loaded or map(load_pyskl, paths), strict=True)):
         dataset = _dataset(path, data)
         names = {}
         for index, annotation in enumerate(data["annotations"]):
@@ -110,7 +125,9 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
                 summary.ignored_splits.append(f"{path.name}: {key}")
                 continue
             benchmark = f"{dataset}/{criterion}"
-            benchmarks += [benchmark] if benchmark not in benchmarks else []
+            if benchmarks.setdefault(benchmark, number) != number:
+                raise SourceError(path, f"split[{key!r}]: {benchmark} is split by {paths[benchmarks[benchmark]]} "
+                                        "too; import one pickle per data set")
             for position, text in enumerate(listed):
                 if text not in names:
                     raise SourceError(path, f"split[{key!r}][{position}]: {text!r} has no annotation in this file")
@@ -123,9 +140,9 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
     def clips() -> Iterator:
         for name in sorted(found, key=str):
             path, keypoint = found[name]
-            yield clip_from_padded(keypoint, name, summary, path, str(name)), membership.get(name, {})
+            yield clip_from_padded(keypoint, name, summary, path, str(name)), membership.get(name, {}), None
 
-    return write_store(out, "pyskl", paths, benchmarks, clips(), summary, len(found), progress)
+    return write_store(out, "pyskl", paths, list(benchmarks), clips(), summary, len(found), progress)
 
 
 def pyskl_content(store: CompactStore, dataset: str, dtype=np.float32) -> dict:

@@ -60,7 +60,8 @@ class StoreWriter:
     """Writes a store clip by clip into `<out>.tmp-<pid>` and renames it to `out` on a clean exit.
 
     `benchmarks`, for an imported store, names the benchmarks its source splits;
-    each `add` then says the clip's side of each (`membership`).
+    each `add` then says the clip's side of each (`membership`, which the
+    importer may extend until the store is finished).
     """
 
     def __init__(self, out: str | Path, source: list[str], source_format: str = "raw",
@@ -72,7 +73,7 @@ class StoreWriter:
         self.summary: dict = {}
         self.clips: list[tuple] = []
         self.tracks: list[tuple] = []
-        self.membership: list[tuple] = []
+        self.membership: list[dict[str, int]] = []
         self.total_frames = 0
 
     def __enter__(self) -> StoreWriter:
@@ -88,7 +89,7 @@ class StoreWriter:
         """Append a `preprocess.Clip`; for an imported store, its side of each benchmark (1 train, 0 test,
         missing: not in it)."""
         if self.benchmarks is not None:
-            self.membership.append(tuple((membership or {}).get(name, -1) for name in self.benchmarks))
+            self.membership.append(dict(membership or {}))
         clip_index = len(self.clips)
         name = clip.name
         self.clips.append((str(name), name.label, name.setup, name.camera, name.subject, name.replication,
@@ -116,7 +117,8 @@ class StoreWriter:
         np.save(self.tmp / "tracks.npy", np.array(self.tracks, dtype=TRACK_DTYPE))
         splits = None
         if self.benchmarks is not None:
-            splits = np.array(self.membership, dtype=[(name, "i1") for name in self.benchmarks])
+            rows = [tuple(sides.get(name, -1) for name in self.benchmarks) for sides in self.membership]
+            splits = np.array(rows, dtype=[(name, "i1") for name in self.benchmarks])
             np.save(self.tmp / SPLITS_FILE, splits)
         manifest = {
             "format": FORMAT,

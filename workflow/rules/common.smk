@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 import star.io
 from star.data.padded_arrays import BENCHMARK_OF_STEM as NPZ_BENCHMARKS
+from star.data.pyskl import CRITERIA as PYSKL_CRITERIA
 from star.data.pyskl import FILE_OF_DATASET as PYSKL_FILES
 from star.data.splits import BENCHMARKS
 from star.models import names as registered_models
@@ -42,6 +43,7 @@ def check_names():
 DATA = config["data"]
 # what `star synth --format` writes for each preprocessed form: the names its toolkit gives its files
 SYNTH_FILES = {"pyskl": list(PYSKL_FILES.values()), "npz": [f"{stem}.npz" for stem in NPZ_BENCHMARKS]}
+PYSKL_DATASETS = {file: dataset for dataset, file in PYSKL_FILES.items()}
 
 
 def check_data_source():
@@ -72,11 +74,16 @@ def check_source_files():
                                 f"arrays ({', '.join(f'{s}.npz' for s in NPZ_BENCHMARKS)}), so which benchmark "
                                 "each splits is unknown; rename them")
         served = {NPZ_BENCHMARKS[Path(f).stem] for f in files}
-        wanted = set(config["benchmarks"]) | set(config["described"]["benchmarks"]) | \
-            {config["profiling"]["benchmark"], config["figures"]["curves_benchmark"]}
-        if wanted - served:
-            raise WorkflowError(f"config key data.files: the npz files split {', '.join(sorted(served))}, but the "
-                                f"configuration asks for {', '.join(sorted(wanted - served))} too")
+    elif all(os.path.basename(f) in PYSKL_DATASETS for f in files):  # pyskl's names say the data set
+        served = {f"{PYSKL_DATASETS[os.path.basename(f)]}/{c}" for f in files
+                  for c in PYSKL_CRITERIA[PYSKL_DATASETS[os.path.basename(f)]]}
+    else:
+        return  # renamed pickles: their split lists, read by the import, say what they serve
+    wanted = set(config["benchmarks"]) | set(config["described"]["benchmarks"]) | \
+        {config["profiling"]["benchmark"], config["figures"]["curves_benchmark"]}
+    if wanted - served:
+        raise WorkflowError(f"config key data.files: the {form} files split {', '.join(sorted(served))}, but the "
+                            f"configuration asks for {', '.join(sorted(wanted - served))} too")
 
 
 def check_raw_dirs():
