@@ -21,17 +21,18 @@ import numpy as np
 from star.data.ntu import SampleName
 from star.data.padded_arrays import import_npz, write_npz
 from star.data.pyskl import import_pyskl
-from star.data.splits import XSUB60_TRAIN_SUBJECTS
+from star.data.splits import XSUB60_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS
 from star.data.store import CompactStore
 
 NTU120_CLIPS = 113_945
 
 
 def ntu_like_content(clips: int, seed: int) -> dict:
-    """A pyskl annotation pickle's content: NTU 60 sample names in index order, split by subject."""
+    """A pyskl annotation pickle's content: NTU 60 sample names in index order, split by subject and camera."""
     rng = np.random.default_rng(seed)
     frames = np.clip(rng.lognormal(np.log(70), 0.45, clips), 32, 300).astype(int)
-    annotations, split = [], {"xsub_train": [], "xsub_val": []}
+    annotations = []
+    split = {"xsub_train": [], "xsub_val": [], "xview_train": [], "xview_val": []}
     for index, length in enumerate(frames):
         rest, action = divmod(index, 60)
         rest, replication = divmod(rest, 2)
@@ -41,6 +42,7 @@ def ntu_like_content(clips: int, seed: int) -> dict:
         keypoint = rng.normal(0, 0.5, (2 if rng.random() < 0.2 else 1, length, 25, 3)).astype(np.float16)
         annotations.append({"frame_dir": name, "label": action, "total_frames": int(length), "keypoint": keypoint})
         split["xsub_train" if subject + 1 in XSUB60_TRAIN_SUBJECTS else "xsub_val"].append(name)
+        split["xview_train" if camera + 1 in XVIEW_TRAIN_CAMERAS else "xview_val"].append(name)
     return {"split": split, "annotations": annotations}
 
 

@@ -65,20 +65,23 @@ class ImportSummary:
 
 
 def check_keypoints(path: str | Path, where: str, keypoint) -> np.ndarray:
-    """A (persons, frames, 25, 3) floating array of at most two persons, finite; a SourceError otherwise."""
+    """A (persons, frames, 25, 3) floating array of at most two persons; a SourceError otherwise (its values are
+    checked by clip_from_padded)."""
     if not isinstance(keypoint, np.ndarray) or keypoint.ndim != 4 or keypoint.shape[2:] != (NUM_JOINTS, 3) \
             or not 1 <= keypoint.shape[0] <= 2 or keypoint.shape[1] == 0:
         shape = keypoint.shape if isinstance(keypoint, np.ndarray) else type(keypoint).__name__
         raise SourceError(path, f"{where}: shape {shape}, expected (persons 1-2, frames, {NUM_JOINTS}, 3)")
     if keypoint.dtype.kind != "f":
         raise SourceError(path, f"{where}: dtype {keypoint.dtype}, expected floating point coordinates")
-    if not np.isfinite(keypoint).all():
-        raise SourceError(path, f"{where}: holds NaN or infinite coordinates")
     return keypoint
 
 
 def clip_from_padded(keypoint: np.ndarray, name, summary: ImportSummary, path: str | Path, where: str) -> Clip:
-    """The clip in a checked (persons, frames, 25, 3) array, padding removed; a SourceError if no one is seen."""
+    """The clip in a checked (persons, frames, 25, 3) array, padding removed; a SourceError if a coordinate is
+    not finite or no one is seen."""
+    keypoint = keypoint.astype(np.float32, copy=False)  # exact from float16; float32 reductions are the fast ones
+    if not np.isfinite(keypoint.sum()) and not np.isfinite(keypoint).all():  # the sum: one pass, no temporary
+        raise SourceError(path, f"{where}: holds NaN or infinite coordinates")
     seen = keypoint.any(axis=(2, 3))  # (M, T): a person is seen where any coordinate is non-zero
     present = seen.any(axis=1)  # (M,)
     if not present.any():
@@ -91,7 +94,7 @@ def clip_from_padded(keypoint: np.ndarray, name, summary: ImportSummary, path: s
     persons = []
     for m in np.flatnonzero(present):
         first, last = int(seen[m].argmax()), frames - int(seen[m, ::-1].argmax())
-        persons.append(Person(first - start, keypoint[m, first:last].astype(np.float32)))
+        persons.append(Person(first - start, keypoint[m, first:last]))
     persons.sort(key=lambda person: person.first_frame)  # stable: the source's order among equal starts
     return Clip(name, stop - start, persons, raw_bodies=len(keypoint))
 

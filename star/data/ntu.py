@@ -9,6 +9,7 @@ file with a single NumPy call, so the cost per value is C, not Python.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ class ArraySample:
 
 def parse_name(name: str | Path) -> SampleName:
     """Parse a sample name or a path to `SsssCcccPpppRrrrAaaa.skeleton`; raises SkeletonFileError."""
-    stem = Path(name).name.removesuffix(".skeleton")
+    stem = os.path.basename(name).removesuffix(".skeleton")
     match = _NAME.fullmatch(stem)
     if match is None:
         raise SkeletonFileError(name, "file name does not follow SsssCcccPpppRrrrAaaa(.skeleton)")

@@ -88,8 +88,6 @@ def _check_annotation(path: Path, index: int, annotation, num_classes: int) -> S
         raise SourceError(path, f"{where} ({name}): label {label} but the name says action {name.action} "
                                 f"(label {name.label})")
     keypoint = check_keypoints(path, f"{where} ({name}) keypoint", annotation["keypoint"])
-    if not keypoint.any():
-        raise SourceError(path, f"{where} ({name}): every coordinate is zero, no person is seen in any frame")
     total = annotation.get("total_frames", keypoint.shape[1])
     if total != keypoint.shape[1]:
         raise SourceError(path, f"{where} ({name}): total_frames {total} but keypoint has {keypoint.shape[1]} frames")
@@ -104,21 +102,22 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
     """
     paths = [Path(p) for p in paths]
     summary = ImportSummary(files=len(paths))
-    found: dict[SampleName, tuple[Path, np.ndarray]] = {}
-    membership: dict[SampleName, dict[str, int]] = {}
+    found: dict[str, tuple[SampleName, Path, int, np.ndarray]] = {}  # by name: the first annotation of each
+    membership: dict[str, dict[str, int]] = {}
     benchmarks: dict[str, int] = {}  # each benchmark and the number of the pickle whose lists define it
     for number, (path, data) in enumerate(zip(paths, loaded or map(load_pyskl, paths), strict=True)):
         dataset = _dataset(path, data)
-        names = {}
+        names = set()
         for index, annotation in enumerate(data["annotations"]):
             name = _check_annotation(path, index, annotation, BENCHMARKS[f"{dataset}/xsub"].num_classes)
-            if str(name) in names:
+            text, keypoint = str(name), annotation["keypoint"]
+            if text in names:
                 raise SourceError(path, f"annotations[{index}]: {name} is annotated twice")
-            names[str(name)] = name
-            keypoint = annotation["keypoint"]
-            if name in found and not np.array_equal(found[name][1], keypoint):
-                raise SourceError(path, f"annotations[{index}]: {name} differs from its annotation in {found[name][0]}")
-            found.setdefault(name, (path, keypoint))
+            names.add(text)
+            if text not in found:
+                found[text] = (name, path, index, keypoint)
+            elif not np.array_equal(found[text][3], keypoint):
+                raise SourceError(path, f"annotations[{index}]: {name} differs from its annotation in {found[text][1]}")
         for key, listed in data["split"].items():
             criterion, _, side = str(key).partition("_")
             if criterion not in CRITERIA[dataset] or side not in SIDE_OF_LIST:
@@ -131,16 +130,17 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
             for position, text in enumerate(listed):
                 if text not in names:
                     raise SourceError(path, f"split[{key!r}][{position}]: {text!r} has no annotation in this file")
-                sides = membership.setdefault(names[text], {})
+                sides = membership.setdefault(text, {})
                 if sides.setdefault(benchmark, SIDE_OF_LIST[side]) != SIDE_OF_LIST[side]:
                     raise SourceError(path, f"split[{key!r}][{position}]: {text} is on both sides of {benchmark}")
     if not benchmarks:
         raise SourceError(", ".join(map(str, paths)), "no split list names an NTU benchmark (xsub, xview, xset)")
 
     def clips() -> Iterator:
-        for name in sorted(found, key=str):
-            path, keypoint = found[name]
-            yield clip_from_padded(keypoint, name, summary, path, str(name)), membership.get(name, {}), None
+        for text in sorted(found):
+            name, path, index, keypoint = found[text]
+            clip = clip_from_padded(keypoint, name, summary, path, f"annotations[{index}] ({text})")
+            yield clip, membership.get(text, {}), None
 
     return write_store(out, "pyskl", paths, list(benchmarks), clips(), summary, len(found), progress)
 
