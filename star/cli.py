@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from star import __version__
+from star.errors import InputError, StarError
 
 
 def _preprocess(args: argparse.Namespace) -> None:
@@ -23,7 +24,7 @@ def _import(args: argparse.Namespace) -> None:
         from star.data.pyskl import import_pyskl
 
         if args.benchmark:
-            raise ValueError("--benchmark is for npz files: a pyskl pickle names its benchmarks in its split lists")
+            raise InputError("--benchmark is for npz files: a pyskl pickle names its benchmarks in its split lists")
         summary = import_pyskl(args.paths, args.out, progress=not args.quiet)
     else:
         from star.data.padded_arrays import import_npz
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         args.handler(args)
-    except (ValueError, OSError) as error:
+    except StarError as error:  # the suite's own errors: one line; anything else keeps its traceback
         print(f"star {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from star.errors import StarError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(StarError, ValueError):
     """A device that was asked for and is not there."""
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when torch sees a GPU, else the CPU; each process on a machine takes its own GPU."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+        raise DeviceError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":

@@ -17,7 +17,7 @@ import torch
 
 import star.models as registry
 from star.convert.golden import golden_inputs, seeded_model
-from star.paper import FIDELITY_FORMAT
+from star.formats import FIDELITY_FORMAT
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from star.errors import InputError, existing_file
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file next to `path`, then rename it to `path`.
@@ -57,8 +59,8 @@ def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[dict]) ->
 
 
 def read_json(path: str | Path) -> dict:
-    """A result file's contents; a missing or malformed file is a ValueError naming it."""
+    """A result file's contents; a missing file is a MissingInputError, a malformed one an InputError naming it."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read it as JSON ({error})") from error
+        return json.loads(existing_file(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read it as JSON ({error})") from error

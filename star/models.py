@@ -17,6 +17,7 @@ from torch import nn
 from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
 from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 from star.data.batching import FILLS, CompactBatch, PaddedBatch
+from star.errors import InputError
 from star.model.segments import ClipSegments
 from star.model.star import STAR, STAR_AS_RUN, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
@@ -53,7 +54,7 @@ def names() -> list[str]:
 
 def spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown model {name!r}; registered: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

@@ -32,7 +32,6 @@ def published() -> dict:
 
 
 AS_RUN_SUFFIX = "-code"
-FIDELITY_FORMAT = "star-fidelity-1"  # `star fidelity` (star.fidelity), read by the report
 
 
 def paper_row(model: str) -> str:

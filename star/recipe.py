@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from star.errors import InputError
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "noam", "step")
 
@@ -32,18 +34,18 @@ class TrainingRecipe:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+            raise InputError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         for name in ("lr", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
         if self.schedule == "noam" and self.warmup_epochs <= 0:
-            raise ValueError(f"the noam schedule needs warmup_epochs > 0, got {self.warmup_epochs}")
+            raise InputError(f"the noam schedule needs warmup_epochs > 0, got {self.warmup_epochs}")
         if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be ascending epochs, got {self.milestones}")
+            raise InputError(f"milestones must be ascending epochs, got {self.milestones}")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise InputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def learning_rate(self, step: int, steps_per_epoch: int, width: int | None = None) -> float:
         """The rate for optimiser step `step` (1, 2, ...); `width` is d of the noam schedule.
@@ -59,6 +61,6 @@ class TrainingRecipe:
             epoch = (step - 1) // steps_per_epoch
             return self.lr * self.gamma ** sum(epoch >= milestone for milestone in self.milestones)
         if width is None:
-            raise ValueError("the noam schedule needs the model width d; this model has none")
+            raise InputError("the noam schedule needs the model width d; this model has none")
         warmup = max(1.0, self.warmup_epochs * steps_per_epoch)
         return self.lr * width ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)

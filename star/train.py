@@ -54,19 +54,19 @@ from star.data.batching import clip_loader
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, CompactStore, StoreError
 from star.device import autocast, compiled, resolve_device
+from star.errors import InputError, StarError, existing_file
+from star.formats import CHECKPOINT_FORMAT, RUN_FORMAT
 from star.io import write_atomic, write_csv, write_json
 from star.provenance import environment
 from star.recipe import TrainingRecipe
 
-CHECKPOINT_FORMAT = "star-checkpoint-1"
-RUN_FORMAT = "star-run-1"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1_pct", "test_loss", "test_top1_pct", "test_top5_pct", "lr",
                    "epoch_s", "train_samples_per_s", "test_samples_per_s")
 TIMING_COLUMNS = ("epoch_s", "train_samples_per_s", "test_samples_per_s")  # all that differs between equal runs
 TOP_K = 5
 
 
-class RunError(ValueError):
+class RunError(StarError, ValueError):
     """A run that cannot start or go on: a checkpoint of another run, unusable labels, a diverged loss."""
 
 
@@ -109,16 +109,16 @@ def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, r
     spec = registry.spec(model)
     get_benchmark(benchmark)
     if recipe not in spec.recipes:
-        raise ValueError(f"model {model!r} has no recipe {recipe!r}; it has {', '.join(spec.recipes)}")
+        raise InputError(f"model {model!r} has no recipe {recipe!r}; it has {', '.join(spec.recipes)}")
     overrides = dict(overrides or {})
     known = {f.name for f in fields(TrainingRecipe)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown recipe setting {', '.join(unknown)}; the settings are {', '.join(sorted(known))}")
+        raise InputError(f"unknown recipe setting {', '.join(unknown)}; the settings are {', '.join(sorted(known))}")
     config = RunConfig(str(store), benchmark, model, str(out), replace(spec.recipes[recipe], **overrides),
                        recipe, fill=fill or spec.fill, **options)
     if config.accumulate < 1:
-        raise ValueError(f"accumulate must be at least 1, got {config.accumulate}")
+        raise InputError(f"accumulate must be at least 1, got {config.accumulate}")
     return config
 
 
@@ -161,7 +161,7 @@ def subset(clips: np.ndarray, max_clips: int | None) -> np.ndarray:
     if max_clips is None or len(clips) <= max_clips:
         return clips
     if max_clips < 1:
-        raise ValueError(f"max_clips must be at least 1, got {max_clips}")
+        raise InputError(f"max_clips must be at least 1, got {max_clips}")
     return clips[np.linspace(0, len(clips) - 1, max_clips).round().astype(np.int64)]
 
 
@@ -177,9 +177,7 @@ def check_labels(store: CompactStore, indices: np.ndarray, benchmark: str, side:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    path = existing_file(path, "checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

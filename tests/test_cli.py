@@ -57,3 +57,21 @@ def test_synth_as_npz_then_import_prints_what_padding_was_removed(tmp_path, caps
     assert main(["import", "--format", "pyskl", files[2], "--benchmark", "ntu60/xsub", "--out",
                  str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err.startswith("star import: error: --benchmark is for npz files")
+
+
+def _run_models_raising(error: str) -> subprocess.CompletedProcess:
+    """`star models` with its handler replaced by one raising `error` (a Python expression)."""
+    code = ("import sys, star.cli as cli\n"
+            "from star.errors import StarError\n"
+            f"def boom(args): raise {error}\n"
+            "cli._models = boom\n"
+            "sys.exit(cli.main(['models']))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_star_error_is_one_line_and_any_other_error_keeps_its_traceback():
+    result = _run_models_raising("StarError('the store is not there')")
+    assert (result.returncode, result.stderr) == (2, "star models: error: the store is not there\n")
+    result = _run_models_raising("RuntimeError('a bug in numpy')")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback") and result.stderr.endswith("RuntimeError: a bug in numpy\n")

@@ -9,19 +9,20 @@ import json
 import math
 import re
 import statistics
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 from html_page import Page
 
 from star.cli import main
+from star.formats import FIDELITY_FORMAT, PROFILE_FORMAT, RUN_FORMAT
 from star.io import write_together
-from star.paper import FIDELITY_FORMAT, published
-from star.profiling.profile import FORMAT as PROFILE_FORMAT
+from star.paper import published
 from star.report import figures
 from star.report.html import ReportError, number, render_report, signed, write_table
 from star.report.tables import RECORD_COLUMNS, TableError, build
-from star.train import RUN_FORMAT
 
 BENCHMARKS = published()["table1_accuracy_top1"]["columns"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -315,3 +316,10 @@ def test_the_report_names_the_data_source_under_table1(tiny_store, tmp_path):
     assert sources["older"] == sources["raw"]
     sha = json.loads((tmp_path / "store/manifest.json").read_text())["source_files"][0]["sha256"]
     assert sources["pyskl"].startswith(f"Data source: pyskl's annotation pickles {paths[0]} (SHA-256 {sha[:12]}")
+
+
+def test_the_tables_and_the_report_import_no_torch():
+    code = "import sys, star.report.tables, star.report.html; print(sorted(m for m in ('torch', 'star.train') " \
+           "if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from html_page import Page
 
-from star.report.figures import FIGURES as FIGURE_TITLES
+from star.names import FIGURES as FIGURE_TITLES
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
@@ -50,6 +50,16 @@ def test_paper_config_plans_every_training_job(ntu_folders):
     runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
                     "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}
+
+
+def test_building_the_job_graph_imports_neither_torch_nor_the_training_code(ntu_folders):
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(SNAKEFILE), "-n",
+               "--cores", "8", "all", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ntu_folders)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.split("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "star.names" in imported and "snakemake" in imported  # the measurement saw the workflow's imports
+    assert not imported & {"torch", "pandas", "matplotlib", "star.models", "star.train", "star.report.html"}
 
 
 def test_one_table_plans_only_what_it_needs(ntu_folders):

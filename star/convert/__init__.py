@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from star.errors import StarError
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -39,7 +41,7 @@ def renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
     return key
 
 
-class ConversionError(ValueError):
+class ConversionError(StarError, ValueError):
     """A reference state dict that does not fit the model's reference layout."""
 
 

@@ -18,8 +18,10 @@ import torch
 import star.models as registry
 from star.convert import ConversionError, from_reference, layout
 from star.data.splits import get_benchmark
+from star.errors import existing_file
+from star.formats import CHECKPOINT_FORMAT
 from star.io import write_together
-from star.train import CHECKPOINT_FORMAT, run_config
+from star.train import run_config
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # dict keys some scripts save the weights under
 
@@ -46,7 +48,7 @@ def convert(model: str, checkpoint: str | Path, store: str | Path, benchmark: st
         raise ConversionError(f"{out} is not empty: a converted run gets a folder of its own")
     reference_layout = layout(model)
     network = registry.build(model, get_benchmark(benchmark).num_classes)
-    data = checkpoint.read_bytes()  # read once: the hash is of what was converted
+    data = existing_file(checkpoint, "checkpoint").read_bytes()  # read once: the hash is of what was converted
     try:
         state = from_reference(reference_layout, network, read_reference(data))
     except ConversionError as error:

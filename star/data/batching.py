@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
+from star.errors import InputError
 
 FILLS = ("repeat", "zero")
 
@@ -166,7 +167,7 @@ class ClipBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0,
                  group_by_length: bool = False, drop_last: bool = False, pool_batches: int = 50):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.group_by_length, self.drop_last, self.pool_batches = group_by_length, drop_last, pool_batches
@@ -217,7 +218,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of the {world} processes")
         if accumulate < 1:
-            raise ValueError(f"accumulate must be at least 1, got {accumulate}")
+            raise InputError(f"accumulate must be at least 1, got {accumulate}")
         self.batch_sampler = batches
         self.rank, self.world, self.accumulate, self.drop_short = rank, world, accumulate, drop_short
 

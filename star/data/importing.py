@@ -23,10 +23,11 @@ from tqdm import tqdm
 
 from star.data.preprocess import Clip, Person
 from star.data.store import CompactStore, StoreWriter
+from star.errors import StarError
 from star.skeleton import NUM_JOINTS
 
 
-class SourceError(ValueError):
+class SourceError(StarError, ValueError):
     """A source file that cannot be imported; the message names the file and the key or index."""
 
     def __init__(self, path: str | Path, message: str):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from star.errors import StarError
 from star.skeleton import NUM_JOINTS
 
 JOINT_FIELDS = (
@@ -33,7 +34,7 @@ _NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 NAME_FIELDS = {"setup": (1, 32), "camera": (1, 3), "subject": (1, 106), "replication": (1, 2), "action": (1, 120)}
 
 
-class SkeletonFileError(ValueError):
+class SkeletonFileError(StarError, ValueError):
     """A raw file that cannot be used; the message names the file and, where known, the line."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None):

@@ -41,12 +41,12 @@ from star.data.ntu import ArraySample
 from star.data.splits import BENCHMARKS
 from star.data.store import PADDED_FRAMES, CompactStore
 from star.data.store import PADDED_PERSONS as PERSONS
+from star.errors import InputError, existing_file
 from star.io import write_atomic
+from star.names import NPZ_BENCHMARKS
 from star.skeleton import NUM_JOINTS
 
 ARRAYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
-BENCHMARK_OF_STEM = {"NTU60_CS": "ntu60/xsub", "NTU60_CV": "ntu60/xview",
-                     "NTU120_CSub": "ntu120/xsub", "NTU120_CSet": "ntu120/xset"}
 
 
 def benchmark_of(path: str | Path, given: str | None = None) -> str:
@@ -54,10 +54,10 @@ def benchmark_of(path: str | Path, given: str | None = None) -> str:
     if given is not None:
         return given
     stem = Path(path).stem
-    if stem not in BENCHMARK_OF_STEM:
-        raise SourceError(path, f"which benchmark? The name is none of CTR-GCN's ({', '.join(BENCHMARK_OF_STEM)}); "
+    if stem not in NPZ_BENCHMARKS:
+        raise SourceError(path, f"which benchmark? The name is none of CTR-GCN's ({', '.join(NPZ_BENCHMARKS)}); "
                                 "give it (--benchmark)")
-    return BENCHMARK_OF_STEM[stem]
+    return NPZ_BENCHMARKS[stem]
 
 
 def _persons_first(path: Path, key: str, x: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     """The four arrays of a CTR-GCN .npz; a SourceError naming a missing key or an unreadable file."""
     keys = [key for pair in ARRAYS.values() for key in pair]
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(existing_file(path, ".npz file")) as archive:
             missing = [key for key in keys if f"{key}.npy" not in archive.namelist()]
             if missing:
                 raise SourceError(path, f"key {missing[0]!r} missing (CTR-GCN's form holds {', '.join(keys)})")
@@ -134,13 +134,13 @@ def import_npz(paths: list[str | Path], out: str | Path, benchmark: str | None =
     benchmark of a single file whose name does not say it."""
     paths = [Path(p) for p in paths]
     if benchmark is not None and len(paths) != 1:
-        raise ValueError(f"a given benchmark names the benchmark of one file, not of {len(paths)}")
+        raise InputError(f"a given benchmark names the benchmark of one file, not of {len(paths)}")
     summary = ImportSummary(files=len(paths))
     sources, split_by = [], {}
     for number, path in enumerate(paths):
         name = benchmark_of(path, benchmark)
         if name not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+            raise InputError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
         if name in split_by:
             raise SourceError(path, f"splits {name}, as {split_by[name]} does; import one file per benchmark")
         split_by[name] = path
@@ -190,4 +190,4 @@ def write_npz(store: CompactStore, path: str | Path, benchmark: str) -> Path:
 
 def write_npz_files(store: CompactStore, folder: str | Path) -> list[Path]:
     """CTR-GCN's four array files of a store, one per benchmark, under CTR-GCN's file names, into `folder`."""
-    return [write_npz(store, Path(folder) / f"{stem}.npz", benchmark) for stem, benchmark in BENCHMARK_OF_STEM.items()]
+    return [write_npz(store, Path(folder) / f"{stem}.npz", benchmark) for stem, benchmark in NPZ_BENCHMARKS.items()]

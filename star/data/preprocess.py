@@ -48,6 +48,7 @@ from tqdm import tqdm
 from star.data.ntu import ArraySample, RawSkeleton, SampleName, SkeletonFileError, parse_name, read_skeleton
 from star.data.splits import missing_samples
 from star.data.store import StoreWriter
+from star.errors import InputError, MissingInputError
 from star.skeleton import CENTER_JOINT
 
 MIN_TRACK_FRAMES = 11
@@ -190,13 +191,13 @@ def find_raw_files(raw_dirs: list[str | Path]) -> list[Path]:
     files: dict[str, Path] = {}
     for raw_dir in map(Path, raw_dirs):
         if not raw_dir.is_dir():
-            raise FileNotFoundError(f"raw skeleton folder {raw_dir} does not exist. {NTU_HELP}")
+            raise MissingInputError(f"raw skeleton folder {raw_dir} does not exist. {NTU_HELP}")
         for path in raw_dir.glob("*.skeleton"):
             if path.name in files:
-                raise ValueError(f"{path.name} is in two raw folders: {files[path.name].parent} and {raw_dir}")
+                raise InputError(f"{path.name} is in two raw folders: {files[path.name].parent} and {raw_dir}")
             files[path.name] = path
     if not files:
-        raise FileNotFoundError(f"no .skeleton files in {', '.join(map(str, raw_dirs))}. {NTU_HELP}")
+        raise MissingInputError(f"no .skeleton files in {', '.join(map(str, raw_dirs))}. {NTU_HELP}")
     return [files[name] for name in sorted(files)]
 
 
@@ -270,7 +271,7 @@ def preprocess(raw_dirs: list[str | Path], out: str | Path, workers: int = 1, sk
             if pool:
                 pool.terminate()
         if summary.clips == 0:
-            raise ValueError(f"no usable clip in {', '.join(map(str, raw_dirs))}")
+            raise InputError(f"no usable clip in {', '.join(map(str, raw_dirs))}")
         writer.summary = summary.as_dict()
     return summary
 

@@ -28,18 +28,19 @@ from star.data.importing import ImportSummary, SourceError, check_keypoints, cli
 from star.data.ntu import SampleName, SkeletonFileError, parse_name
 from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP
 from star.data.store import CompactStore
+from star.errors import existing_file
 from star.io import write_atomic
+from star.names import PYSKL_CRITERIA, PYSKL_FILES
 
 ANNOTATION_KEYS = ("frame_dir", "label", "keypoint")
 # a split list's name: criterion and side; the data set decides which benchmark the criterion is
 SIDE_OF_LIST = {"train": 1, "val": 0}
-CRITERIA = {"ntu60": ("xsub", "xview"), "ntu120": ("xsub", "xset")}
 
 
 def load_pyskl(path: str | Path) -> dict:
     """The unpickled content of an annotation pickle; a SourceError if it is not a pickle of a dict."""
     try:
-        with open(path, "rb") as handle:
+        with open(existing_file(path, "pyskl pickle"), "rb") as handle:
             data = pickle.load(handle)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
         raise SourceError(path, f"not a readable pickle ({type(error).__name__}: {error})") from error
@@ -120,7 +121,7 @@ def import_pyskl(paths: list[str | Path], out: str | Path, progress: bool = True
                 raise SourceError(path, f"annotations[{index}]: {name} differs from its annotation in {found[text][1]}")
         for key, listed in data["split"].items():
             criterion, _, side = str(key).partition("_")
-            if criterion not in CRITERIA[dataset] or side not in SIDE_OF_LIST:
+            if criterion not in PYSKL_CRITERIA[dataset] or side not in SIDE_OF_LIST:
                 summary.ignored_splits.append(f"{path.name}: {key}")
                 continue
             benchmark = f"{dataset}/{criterion}"
@@ -149,7 +150,7 @@ def pyskl_content(store: CompactStore, dataset: str, dtype=np.float32) -> dict:
     """A store's clips of `dataset` ('ntu60' or 'ntu120') as pyskl's annotation pickle holds them, with the
     store's split of each benchmark of that data set as the split lists."""
     split, members = {}, set()
-    for criterion in CRITERIA[dataset]:
+    for criterion in PYSKL_CRITERIA[dataset]:
         for side, value in SIDE_OF_LIST.items():
             clips = store.split(f"{dataset}/{criterion}", "train" if value else "test")
             split[f"{criterion}_{side}"] = [str(name) for name in store.clips["name"][clips]]
@@ -175,9 +176,7 @@ def write_pyskl(store: CompactStore, path: str | Path, dataset: str, dtype=np.fl
     return Path(path)
 
 
-FILE_OF_DATASET = {"ntu60": "ntu60_3danno.pkl", "ntu120": "ntu120_3danno.pkl"}
-
 
 def write_pyskl_files(store: CompactStore, folder: str | Path) -> list[Path]:
     """Both of pyskl's pickles of a store (NTU 60 and NTU 120), under pyskl's file names, into `folder`."""
-    return [write_pyskl(store, Path(folder) / file, dataset) for dataset, file in FILE_OF_DATASET.items()]
+    return [write_pyskl(store, Path(folder) / file, dataset) for dataset, file in PYSKL_FILES.items()]

@@ -13,6 +13,9 @@ from importlib import resources
 
 import numpy as np
 
+from star import names
+from star.errors import InputError
+
 NTU60_LAST_SETUP = 17
 XSUB60_TRAIN_SUBJECTS = frozenset(
     (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38))
@@ -39,7 +42,7 @@ def class_names() -> tuple[str, ...]:
 
 def check_side(side: str) -> str:
     if side not in SIDES:
-        raise ValueError(f"unknown split side {side!r}; choose 'train' or 'test'")
+        raise InputError(f"unknown split side {side!r}; choose 'train' or 'test'")
     return side
 
 
@@ -73,16 +76,11 @@ class Benchmark:
         return np.flatnonzero(self.in_dataset(clips) & (train if check_side(side) == "train" else ~train))
 
 
-BENCHMARKS = {
-    "ntu60/xsub": Benchmark("ntu60/xsub", "ntu60", 60, "xsub"),
-    "ntu60/xview": Benchmark("ntu60/xview", "ntu60", 60, "xview"),
-    "ntu120/xsub": Benchmark("ntu120/xsub", "ntu120", 120, "xsub"),
-    "ntu120/xset": Benchmark("ntu120/xset", "ntu120", 120, "xset"),
-}
+BENCHMARKS = {name: Benchmark(name, *spec) for name, spec in names.BENCHMARKS.items()}
 
 
 def get_benchmark(name: str) -> Benchmark:
     """The benchmark called `name`, or a ValueError listing the known ones."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise InputError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]

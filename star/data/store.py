@@ -39,6 +39,7 @@ import numpy as np
 
 from star import __version__
 from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, SIDES, check_side, get_benchmark
+from star.errors import StarError
 from star.skeleton import NUM_JOINTS
 
 FORMAT = "star-compact-1"
@@ -52,7 +53,7 @@ PADDED_FRAMES, PADDED_PERSONS = 300, 2
 FRAME_BYTES = NUM_JOINTS * 3 * 4
 
 
-class StoreError(ValueError):
+class StoreError(StarError, ValueError):
     """A store that is missing, incomplete or not what the caller needs."""
 
 

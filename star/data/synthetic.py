@@ -21,6 +21,7 @@ import numpy as np
 
 from star.data.batching import ClipSample
 from star.data.ntu import SampleName
+from star.errors import InputError
 from star.skeleton import NUM_JOINTS
 
 # Both NTU 60 (A050-A060) and NTU 120 (A106-A120) mutual actions.
@@ -80,7 +81,7 @@ def tiny_names(spec: SynthSpec = TINY) -> list[SampleName]:
             setup = 18 + k % 15 if new_in_120 else 1 + k % 17
             names.append(SampleName(setup, 1 + k % 3, subjects[k % 4], 1 + (k // 12) % 2, action))
     if len(set(names)) != len(names):
-        raise ValueError("synthetic spec produces duplicate sample names; lower clips_per_action")
+        raise InputError("synthetic spec produces duplicate sample names; lower clips_per_action")
     return names
 
 

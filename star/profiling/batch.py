@@ -15,6 +15,7 @@ import numpy as np
 
 from star.data.batching import ClipDataset, ClipSample, CompactBatch, PaddedBatch, PaddedCollate, collate_compact
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore, StoreError
+from star.errors import InputError
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ProfilingBatch:
 def draw_batch(store: CompactStore, benchmark: str, clips: int = 16, seed: int = 0) -> ProfilingBatch:
     """`clips` test clips of `benchmark`, chosen with `seed`; a StoreError if the split is empty or too small."""
     if clips < 1:
-        raise ValueError(f"a profiling batch needs at least one clip, got --clips {clips}")
+        raise InputError(f"a profiling batch needs at least one clip, got --clips {clips}")
     test = store.split(benchmark, "test")
     if clips > len(test):
         raise StoreError(f"{store.path}: the test side of {benchmark} has {len(test)} clips, fewer than the "

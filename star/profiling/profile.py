@@ -28,13 +28,12 @@ import star.models as registry
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
 from star.device import compiled, resolve_device
+from star.formats import PROFILE_FORMAT
 from star.model.star import kernel_forms
 from star.profiling.batch import ProfilingBatch, draw_batch, uniform_batch
 from star.profiling.counting import MacCount, analytic_count, deepspeed_count, fvcore_count, parameter_counts
 from star.profiling.timing import category_latency, forward_latency, peak_memory
 from star.provenance import environment
-
-FORMAT = "star-profile/1"
 
 
 def set_threads(threads: int | None) -> int:
@@ -115,7 +114,7 @@ def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: to
     description = batch.describe()
     memory = {**peak_memory(timed, device), "input_bytes": description[spec.layout]["bytes"]}
     return {
-        "format": FORMAT,
+        "format": PROFILE_FORMAT,
         "model": name,
         "description": spec.description,
         "layout": spec.layout,

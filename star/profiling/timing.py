@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from star.errors import InputError
 from star.profiling.counting import builtin_leaves, op_category
 
 RANGE = "[module] "
@@ -47,7 +48,7 @@ def _timed_ms(forward: Callable[[], object], device: torch.device) -> float:
 def forward_latency(forward: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> dict:
     """Median and spread of `forward()`'s wall time in ms over `repeats` runs after `warmup` runs."""
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise InputError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
         forward()
     synchronize(device)

@@ -25,21 +25,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from star.errors import StarError
 from star.io import read_json, write_together
+from star.names import FIGURES
 
-FIGURES = {  # name -> title in the report
-    "breakdown-macs": "Figure 8. MACs by module type",
-    "breakdown-params": "Figure 9. Parameters by module type",
-    "breakdown-latency": "Figure 10. Latency by module type",
-    "training-curves": "Figure 11. Train and test top-1 per epoch",
-    "storage": "Beyond the paper: bytes of the compact store against the padded layout",
-    "latency-sweep": "Beyond the paper: forward latency against clip length",
-}
 SHOWN_CATEGORIES = 6
 FORMATS = ("png", "svg")
 
 
-class FigureError(ValueError):
+class FigureError(StarError, ValueError):
     """Result files that cannot make the figure asked for (named in the message)."""
 
 

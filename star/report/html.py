@@ -21,17 +21,17 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from star.errors import StarError, existing_file
+from star.formats import FIDELITY_FORMAT
 from star.io import read_json, write_atomic, write_together
-from star.paper import FIDELITY_FORMAT, paper_row, published
-from star.report.figures import FIGURES
+from star.names import FIGURES, REPORT_TEMPLATE, TEMPLATES
+from star.paper import paper_row, published
 from star.report.tables import RECORD_COLUMNS, Table
 
-TEMPLATES = Path(__file__).with_name("templates")
-REPORT_TEMPLATE = TEMPLATES / "report.html.j2"
 PACKAGES = ("star-repro", "torch", "numpy", "snakemake", "pandas", "matplotlib", "jinja2", "fvcore", "deepspeed")
 
 
-class ReportError(ValueError):
+class ReportError(StarError, ValueError):
     """Inputs the report cannot use (named in the message)."""
 
 
@@ -166,7 +166,7 @@ def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict
 def render_report(tables: list[Path], figures: list[Path], runs: list[Path], profiles: list[Path],
                   manifest: Path | None = None, config: Path | None = None, fidelity: Path | None = None,
                   template: Path = REPORT_TEMPLATE) -> str:
-    tables, figures = [Path(p) for p in tables], [Path(p) for p in figures]
+    tables, figures = [existing_file(p, "table CSV") for p in tables], [existing_file(p, "figure") for p in figures]
     fragments = []
     for csv_path in sorted(tables, key=lambda p: p.stem):
         fragment = csv_path.with_suffix(".html")

@@ -27,9 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from star.data.splits import BENCHMARKS
+from star.errors import StarError
+from star.formats import PROFILE_FORMAT, RUN_FORMAT
 from star.paper import paper_row, published
-from star.profiling.profile import FORMAT as PROFILE_FORMAT
-from star.train import RUN_FORMAT
 
 ACCURACY_KEYS = {"best": "best_top1_pct", "final": "top1_pct"}
 TITLES = {
@@ -46,7 +46,7 @@ BREAKDOWN_QUANTITIES = {"macs": ("gmacs", 1e9), "params": ("params_m", 1e6), "la
 RANKS = 3
 
 
-class TableError(ValueError):
+class TableError(StarError, ValueError):
     """Result files that cannot make the table asked for (named in the message)."""
 
 

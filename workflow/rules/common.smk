@@ -1,5 +1,7 @@
 # Names, paths and checks shared by the rule files. Everything here runs when the workflow is parsed,
-# so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts.
+# so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts. It
+# imports only the standard library, PyYAML and the package's light modules (star.names, star.paper,
+# star.io): building the job graph never loads torch, pandas or matplotlib.
 import os
 import re
 from pathlib import Path
@@ -7,27 +9,21 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 import star.io
-from star.data.padded_arrays import BENCHMARK_OF_STEM as NPZ_BENCHMARKS
-from star.data.pyskl import CRITERIA as PYSKL_CRITERIA
-from star.data.pyskl import FILE_OF_DATASET as PYSKL_FILES
-from star.data.splits import BENCHMARKS
-from star.models import names as registered_models
+from star.names import BENCHMARKS, FIGURES, MODELS, NPZ_BENCHMARKS, PYSKL_CRITERIA, PYSKL_FILES
+from star.names import REPORT_TEMPLATE, TABLE_TEMPLATE
 from star.paper import PUBLISHED
-from star.report.figures import FIGURES as FIGURE_TITLES
-from star.report.html import REPORT_TEMPLATE, TEMPLATES
 
 STORE = "results/store"
 MANIFEST = f"{STORE}/manifest.json"  # the store's last file: written when the store is whole
 REPORT = "reports/index.html"
 # the installed package's files that star table / report read, declared so that changing them reruns those jobs
 PUBLISHED_FILE = str(PUBLISHED)
-TABLE_TEMPLATE = str(TEMPLATES / "table.html.j2")
+TABLE_TEMPLATE_FILE = str(TABLE_TEMPLATE)
 REPORT_TEMPLATE_FILE = config["report_template"] or str(REPORT_TEMPLATE)
-FIGURES = list(FIGURE_TITLES)
 
 
 def check_names():
-    models = registered_models()
+    models = MODELS
     named = [("models", m) for m in config["models"]] + [("figures.curves_models", m) for m in config["figures"]["curves_models"]]
     named += [("described.models", m) for m in config["described"]["models"]]
     named += [(f"ablation.{key}", config["ablation"][key]) for key in ("sparse", "full")]
@@ -173,7 +169,7 @@ def profile_options():
 wildcard_constraints:
     dataset="ntu60|ntu120",
     benchmark="|".join(sorted({name.split("/")[1] for name in BENCHMARKS})),
-    model="|".join(map(re.escape, registered_models())),
+    model="|".join(map(re.escape, MODELS)),
     seed=r"\d+",
     number="[1-5]",
     figure="|".join(FIGURES),

@@ -22,7 +22,7 @@ rule table:
     input:
         results=lambda wildcards: TABLE_INPUTS[int(wildcards.number)],
         published=PUBLISHED_FILE,
-        template=TABLE_TEMPLATE,
+        template=TABLE_TEMPLATE_FILE,
     output:
         csv="results/tables/table{number}.csv",
         html=report("results/tables/table{number}.html", caption="../report/table.rst", category="Tables",
