@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> None:
                         workers=args.workers, group_by_length=args.group_by_length, accumulate=args.accumulate,
                         amp=args.amp, padded_frames=args.padded_frames, deterministic=args.deterministic,
                         max_clips=args.max_clips, compile=args.compile)
-    metrics = train(config, progress=not args.quiet, log_every_s=args.log_every)
+    metrics = train(config, progress=not args.quiet, log_every_s=args.log_every, replace_changed=args.replace_changed)
     print(f"{args.out}: {metrics['epochs']} epochs, test top-1 {metrics['top1_pct']:.2f}% "
           f"(best {metrics['best_top1_pct']:.2f}% at epoch {metrics['best_epoch']}), {metrics['wall_s']:.0f} s")
 
@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     train.add_argument("--max-clips", type=int, default=None, metavar="N",
                        help="train and test on at most N clips of each side, evenly spread (quick checks)")
+    train.add_argument("--replace-changed", action="store_true",
+                       help="if --out holds a run of other settings, move it into --out/replaced-<time>/ and start "
+                            "afresh instead of refusing (the workflow passes it: Snakemake reruns a job whose "
+                            "settings changed)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     train.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
                        help="without a terminal: seconds between progress lines")

@@ -101,6 +101,7 @@ class RunConfig:
 
 
 EXECUTION_FIELDS = ("store", "out", "device", "workers", "deterministic", "compile")
+REPLACED_PREFIX = "replaced-"  # the folder a run of other settings is moved into (star train --replace-changed)
 
 
 def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, recipe: str = "default",
@@ -286,8 +287,10 @@ def _differences(saved: dict, asked: dict) -> list[str]:
 class Trainer:
     """Trains one run; `run()` starts it or resumes it from its checkpoint."""
 
-    def __init__(self, config: RunConfig, progress: bool = True, log_every_s: float = 60.0):
+    def __init__(self, config: RunConfig, progress: bool = True, log_every_s: float = 60.0,
+                 replace_changed: bool = False):
         self.config, self.progress, self.log_every_s = config, progress, log_every_s
+        self.replace_changed, self.replaced = replace_changed, None
         self.out = Path(config.out)
         self.processes = Processes.from_environment()
         if self.processes.world > 1 and not dist.is_initialized():
@@ -340,11 +343,15 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def resume(self) -> None:
-        """Continue from checkpoint.pt if there is one, refusing one of another run."""
+        """Continue from checkpoint.pt if there is one; one of another run is refused, or with replace_changed
+        moved aside with everything else in the folder (`set_aside`) so that this run starts afresh."""
         if not self.checkpoint_path.exists():
             return
         checkpoint = load_checkpoint(self.checkpoint_path)
         differences = _differences(checkpoint["config"], self.config.as_dict())
+        if differences and self.replace_changed:
+            self.replaced = self.set_aside(differences)
+            return
         if differences:
             raise RunError(f"{self.checkpoint_path} belongs to another run ({'; '.join(differences)}); "
                            f"use another --out, or delete {self.out} to start this one afresh")
@@ -357,6 +364,22 @@ class Trainer:
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.history, self.best = checkpoint["history"], checkpoint["best"]
         self.log(f"resuming {self.out} after epoch {self.epoch}")
+
+    def set_aside(self, differences: list[str]) -> str:
+        """Move the folder's earlier run (every file and folder but earlier set-aside ones) into
+        `replaced-<UTC time>/`, and return that name."""
+        name = f"{REPLACED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if self.processes.main:
+            aside = self.out / name
+            aside.mkdir()
+            for path in self.out.iterdir():
+                if not path.name.startswith(REPLACED_PREFIX):
+                    path.rename(aside / path.name)
+            self.log(f"{self.out} held a run of other settings ({'; '.join(differences)}): moved to {aside}, "
+                     "starting afresh")
+        if dist.is_initialized():
+            dist.barrier()
+        return name
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the contents of metrics.json."""
@@ -482,6 +505,7 @@ class Trainer:
             "train_clips": len(self.train_clips),
             "test_clips": len(self.test_clips),
             "world_size": self.processes.world,
+            "replaced": self.replaced,
             **environment(self.device),
             "config": self.config.as_dict(),
         }
@@ -491,11 +515,11 @@ def _save(data: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-def train(config: RunConfig, progress: bool = True, log_every_s: float = 60.0) -> dict:
-    """Train (or resume) one run and return its metrics.json contents."""
+def train(config: RunConfig, progress: bool = True, log_every_s: float = 60.0, replace_changed: bool = False) -> dict:
+    """Train (or resume) one run and return its metrics.json contents; `replace_changed`: see Trainer.resume."""
     started_group = not dist.is_initialized()
     try:
-        return Trainer(config, progress, log_every_s).run()
+        return Trainer(config, progress, log_every_s, replace_changed).run()
     finally:
         if started_group and dist.is_initialized():
             dist.destroy_process_group()

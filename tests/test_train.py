@@ -21,6 +21,7 @@ from star.train import (
     HISTORY_COLUMNS,
     TIMING_COLUMNS,
     RunError,
+    Trainer,
     load_checkpoint,
     run_config,
     train,
@@ -234,6 +235,17 @@ def test_a_checkpoint_of_another_run_is_refused(short_store, reference_run, tmp_
     moved = tmp_path / "moved-store"
     shutil.copytree(short_store.path, moved)
     assert train(quick_config(CompactStore(moved), out, workers=1), progress=False)["epochs"] == 3
+
+
+def test_a_run_of_other_settings_is_set_aside_when_asked(short_store, reference_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    before = sorted(path.name for path in out.iterdir())
+    trainer = Trainer(quick_config(short_store, out, seed=1), progress=False, replace_changed=True)
+    trainer.resume()
+    assert trainer.replaced.startswith("replaced-") and trainer.epoch == 0  # starts afresh
+    assert [path.name for path in out.iterdir()] == [trainer.replaced]
+    assert sorted(path.name for path in (out / trainer.replaced).iterdir()) == before
 
 
 def test_a_diverged_loss_stops_the_run_and_keeps_the_last_good_epoch(short_store, tmp_path, monkeypatch):

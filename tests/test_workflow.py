@@ -14,6 +14,7 @@ import yaml
 from html_page import Page
 
 from star.names import FIGURES as FIGURE_TITLES
+from star.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
@@ -159,3 +160,16 @@ def test_smoke_workflow_end_to_end(tmp_path):
     # Snakemake reruns a job whose input's content changed (a touched file with the same checksum is no change)
     template.write_text(template.read_text() + "<!-- changed -->\n")
     assert planned(snakemake(tmp_path, "-n", "--cores", "2", "all", *smoke)) == {"report": 1, "all": 1}
+
+    # an edited configuration retrains the run it changes from scratch, the old run set aside beside it
+    edited = yaml.safe_load(SMOKE.read_text())
+    edited["training"]["overrides"] = {"star-64-code": {"batch_size": 4}}
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    run = tmp_path / "results/runs/ntu60/xsub/star-64-code/seed0"
+    result = snakemake(tmp_path, "--cores", "2", str(run / "metrics.json"), "--configfile",
+                       str(tmp_path / "edited.yaml"), "--config", f"report_template={template}", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["recipe"]["batch_size"] == 4 and metrics["replaced"].startswith("replaced-")
+    assert load_checkpoint(run / metrics["replaced"] / "checkpoint.pt")["config"]["recipe"]["batch_size"] == 8
+    assert load_checkpoint(run / "checkpoint.pt")["config"]["recipe"]["batch_size"] == 4

@@ -1,6 +1,8 @@
 # One training run per (benchmark, model, seed). A failed or killed job keeps its checkpoint.pt, and the
 # same job run again resumes from its last finished epoch (star train); Snakemake removes only the
-# declared outputs, which `star train` writes whole.
+# declared outputs, which `star train` writes whole. When an edited configuration changes a run's
+# settings, Snakemake reruns the job and `--replace-changed` moves the old run aside into
+# replaced-<time>/ in the run folder, so it retrains from scratch (the report marks it redone).
 
 
 rule train:
@@ -20,4 +22,4 @@ rule train:
     shell:
         "star train --store {params.store} --benchmark {wildcards.dataset}/{wildcards.benchmark}"
         " --model {wildcards.model} --seed {wildcards.seed} --out $(dirname {output.metrics})"
-        " {params.options} --quiet > {log} 2>&1"
+        " {params.options} --replace-changed --quiet > {log} 2>&1"
