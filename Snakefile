@@ -2,7 +2,10 @@
 # Rules live in workflow/rules/, one topic each; the configuration is explained in workflow/config/config.yaml.
 import os
 
+import yaml
 from snakemake.utils import min_version, validate
+
+from star.config_values import typed
 
 min_version("9.0")
 
@@ -11,7 +14,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "workflow/config/config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+with open(SCHEMA) as schema:
+    config.update(typed(config, yaml.safe_load(schema)))  # --config gives nested numbers as strings
+validate(config, SCHEMA)
 
 
 report: "workflow/report/workflow.rst"

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import yaml
 from html_page import Page
 
 from star.names import FIGURES as FIGURE_TITLES
+from star.recipe import TrainingRecipe
 from star.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +78,20 @@ def _refused(workdir: Path, *config: str) -> str:
     output = result.stdout + result.stderr
     assert "Job stats" not in output  # nothing was planned, let alone run
     return output
+
+
+def test_every_recipe_field_can_be_overridden_per_model_from_the_command_line(ntu_folders):
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    settable = schema["properties"]["training"]["properties"]["overrides"]["additionalProperties"]["properties"]
+    assert {f.name for f in fields(TrainingRecipe)} | {"recipe", "accumulate", "padded_frames", "amp"} == set(settable)
+    overrides = "training={overrides: {star-64-code: {batch_size: 4, lr: 1e-3, nesterov: false, betas: [0.8, 0.99]}}}"
+    run = "results/runs/ntu60/xsub/star-64-code/seed0/metrics.json"
+    result = snakemake(ntu_folders, "-n", "-p", "--cores", "8", run, "--config", overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    command = next(line for line in result.stdout.splitlines() if "star train" in line)
+    assert "--batch-size 4 --lr 0.001 --betas 0.8 0.99 --no-nesterov" in command
+    output = _refused(ntu_folders, "training={overrides: {star-64-code: {lr: fast}}}")
+    assert "'fast' is not of type 'number'" in output
 
 
 def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders):

@@ -142,14 +142,28 @@ def all_cores():
         return 1
 
 
+with open(SCHEMA) as schema:  # the recipe fields a model's overrides may set: the schema's, less the settings above
+    RECIPE_OVERRIDES = [key for key in yaml.safe_load(schema)["properties"]["training"]["properties"]["overrides"]
+                        ["additionalProperties"]["properties"] if key not in config["training"]]
+
+
+def flag(key, value):
+    """`star train`'s flag for one setting: --key value, --key v1 v2 for a list, --key / --no-key for a boolean."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
+
+
 def training_options(model):
     """`star train` flags for `model`: the training settings with its overrides."""
-    settings = {**config["training"], **config["training"]["overrides"].get(model, {})}
+    overrides = config["training"]["overrides"].get(model, {})
+    settings = {**config["training"], **overrides}
     flags = [f"--recipe {settings['recipe']}", f"--accumulate {settings['accumulate']}",
              f"--padded-frames {settings['padded_frames']}", f"--device {settings['device']}",
              f"--workers {settings['workers']}"]
-    flags += [f"--{key.replace('_', '-')} {settings[key]}" for key in ("epochs", "batch_size", "max_clips")
-              if settings[key] is not None]
+    flags += [flag(key, settings[key]) for key in ("epochs", "batch_size", "max_clips") if settings[key] is not None]
+    flags += [flag(key, overrides[key]) for key in RECIPE_OVERRIDES if key in overrides]
     if settings["amp"]:
         flags.append("--amp")
     return " ".join(flags)
