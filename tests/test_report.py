@@ -323,3 +323,14 @@ def test_the_tables_and_the_report_import_no_torch():
            "if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "[]\n"
+
+
+def test_the_run_table_marks_a_run_redone_after_its_settings_changed(tmp_path):
+    paths = []
+    for benchmark, replaced in (("ntu60/xsub", "replaced-20261202T060000Z"), ("ntu60/xview", None)):
+        paths.append(tmp_path / benchmark.replace("/", "-") / "metrics.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps({**run("star-64", benchmark, 0, 60.0), "replaced": replaced}))
+    tables = [write_table(build(1, [json.loads(p.read_text()) for p in paths], smoke=True), tmp_path / "table1.csv")[0]]
+    text = " ".join(" ".join(Page(render_report(tables=tables, figures=[], runs=paths, profiles=[])).text).split())
+    assert text.count("redone: a run of other settings moved to") == 1 and "replaced-20261202T060000Z/" in text
