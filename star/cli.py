@@ -187,7 +187,7 @@ def _report(args: argparse.Namespace) -> None:
     from star.report.html import REPORT_TEMPLATE, write_report
 
     out = write_report(args.out, tables=args.tables, figures=args.figures, runs=args.runs, profiles=args.profiles,
-                       manifest=args.manifest, config=args.config, fidelity=args.fidelity,
+                       manifest=args.manifest, config=args.config, fidelity=args.fidelity, jobs=args.jobs,
                        template=args.template or REPORT_TEMPLATE)
     print(f"wrote {out}")
 
@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profiles", nargs="*", default=[], metavar="FILE.json")
     report.add_argument("--manifest", default=None, metavar="manifest.json", help="the store's manifest")
     report.add_argument("--config", default=None, metavar="config.json", help="the workflow's resolved config")
+    report.add_argument("--jobs", nargs="*", default=[], metavar="FILE.tsv",
+                        help="Snakemake's benchmark files of the jobs (wall and CPU time, peak memory)")
     report.add_argument("--fidelity", default=None, metavar="fidelity.json", help="star fidelity's result")
     report.add_argument("--template", default=None, metavar="FILE.html.j2", help="default: the package's")
     report.set_defaults(handler=_report)

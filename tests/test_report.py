@@ -334,3 +334,22 @@ def test_the_run_table_marks_a_run_redone_after_its_settings_changed(tmp_path):
     tables = [write_table(build(1, [json.loads(p.read_text()) for p in paths], smoke=True), tmp_path / "table1.csv")[0]]
     text = " ".join(" ".join(Page(render_report(tables=tables, figures=[], runs=paths, profiles=[])).text).split())
     assert text.count("redone: a run of other settings moved to") == 1 and "replaced-20261202T060000Z/" in text
+
+
+def test_the_report_lists_each_job_as_snakemake_measured_it_and_refuses_another_file(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    train = tmp_path / "results/benchmarks/train/ntu60/xsub/star-64/seed0.tsv"
+    train.parent.mkdir(parents=True)
+    train.write_text(header + "754.5\t0:12:34\t2048.25\t4000\t1900\t1950\t10\t20\t180.0\t1500.0\n")
+    store = tmp_path / "results/benchmarks/store.tsv"
+    store.write_text(header + "0.4\t0:00:00\t-\t-\t-\t-\t-\t-\t-\t0.3\n")  # too short for Snakemake to sample memory
+    tables = [write_table(build(1, [run("star-64", "ntu60/xsub", 0, 60.0)], smoke=True), tmp_path / "table1.csv")[0]]
+    page = Page(render_report(tables=tables, figures=[], runs=[], profiles=[], jobs=[train, store]))
+    cells = [text.strip() for text in page.text if text.strip()]
+    row = cells.index("train/ntu60/xsub/star-64/seed0")
+    assert cells[row + 1:row + 4] == ["12.57", "2048", "25"]
+    row = cells.index("store")
+    assert cells[row + 1:row + 4] == ["0.006667", "–", "0.005"]
+    with pytest.raises(ReportError, match=rf"{train}: not a Snakemake benchmark file"):
+        train.write_text("wall\n1\n")
+        render_report(tables=tables, figures=[], runs=[], profiles=[], jobs=[train])

@@ -168,6 +168,11 @@ def test_smoke_workflow_end_to_end(tmp_path):
     fidelity = json.loads((tmp_path / "results/fidelity.json").read_text())
     assert "fidelity" in page.ids and {p["point"] for p in fidelity["points"]} <= set(page.text)
     assert "as described" in page.text  # a row of the as-described model beside the as-run ones
+    # every train, profile and store job measured by Snakemake, and listed in the report
+    measured = {path.relative_to(tmp_path / "results/benchmarks").with_suffix("").as_posix()
+                for path in (tmp_path / "results/benchmarks").rglob("*.tsv")}
+    assert "store" in measured and "train/ntu60/xsub/star-64-code/seed0" in measured and "profile/st-tr" in measured
+    assert measured <= set(page.text)
 
     result = snakemake(tmp_path, *smoke, "--report", "reports/snakemake.html")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

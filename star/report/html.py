@@ -11,6 +11,7 @@ and run time, and the versions of the packages that made the report.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime
 import json
 import math
@@ -132,6 +133,34 @@ def _run_row(path: Path) -> dict:
     return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
 
 
+JOB_COLUMNS = ("s", "max_rss", "cpu_time")  # of a Snakemake benchmark file: wall s, peak resident MB, CPU s
+
+
+def _measured(text: str) -> float | None:
+    """A benchmark file's value; Snakemake writes '-' or 'NA' where it measured nothing (a job too short)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _job_row(path: Path) -> dict:
+    """One job as Snakemake's `benchmark:` file measured it, named by its path under a `benchmarks` folder."""
+    try:
+        with open(existing_file(path, "benchmark file"), newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ReportError(f"{path}: cannot read it as a Snakemake benchmark file ({error})") from error
+    if not rows or not set(JOB_COLUMNS) <= rows[-1].keys():
+        raise ReportError(f"{path}: not a Snakemake benchmark file (a tab-separated row with {', '.join(JOB_COLUMNS)})")
+    last = rows[-1]  # with --benchmark-repeats, one row per repeat
+    parts = path.with_suffix("").parts
+    job = "/".join(parts[parts.index("benchmarks") + 1:]) if "benchmarks" in parts[:-1] else path.stem
+    wall_s, cpu_s = _measured(last["s"]), _measured(last["cpu_time"])
+    return {"job": job, "wall_min": None if wall_s is None else wall_s / 60, "max_rss_mb": _measured(last["max_rss"]),
+            "cpu_min": None if cpu_s is None else cpu_s / 60}
+
+
 FIDELITY_POINT_KEYS = ("described", "as_run", "code", "point", "paper", "as_run_does", "where", "training_only",
                        "max_logit_change")
 
@@ -165,7 +194,7 @@ def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict
 
 def render_report(tables: list[Path], figures: list[Path], runs: list[Path], profiles: list[Path],
                   manifest: Path | None = None, config: Path | None = None, fidelity: Path | None = None,
-                  template: Path = REPORT_TEMPLATE) -> str:
+                  jobs: list[Path] = (), template: Path = REPORT_TEMPLATE) -> str:
     tables, figures = [existing_file(p, "table CSV") for p in tables], [existing_file(p, "figure") for p in figures]
     fragments = []
     for csv_path in sorted(tables, key=lambda p: p.stem):
@@ -189,6 +218,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
             runs=run_rows,
             total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
             profiles=profile_rows,
+            jobs=sorted((_job_row(Path(p)) for p in jobs), key=lambda row: row["job"]),
             manifest=read_json(Path(manifest)) if manifest else None,
             config=json.dumps(read_json(Path(config)), indent=2) if config else None,
             versions=_versions(),

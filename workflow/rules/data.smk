@@ -23,6 +23,8 @@ if DATA["source"] == "raw":
             MANIFEST,
         log:
             "logs/preprocess.log",
+        benchmark:
+            STORE_BENCHMARK
         params:
             store=lambda wildcards, output: os.path.dirname(output[0]),
         threads: DATA["workers"]
@@ -38,6 +40,8 @@ else:
             MANIFEST,
         log:
             "logs/import.log",
+        benchmark:
+            STORE_BENCHMARK
         params:
             store=lambda wildcards, output: os.path.dirname(output[0]),
         shell:

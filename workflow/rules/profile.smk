@@ -9,6 +9,8 @@ rule profile:
         "results/profile/{model}.json",
     log:
         "logs/profile/{model}.log",
+    benchmark:
+        "results/benchmarks/profile/{model}.tsv"
     params:
         store=lambda wildcards, input: os.path.dirname(input.manifest),
         options=profile_options(),

@@ -13,6 +13,8 @@ rule train:
         history="results/runs/{dataset}/{benchmark}/{model}/seed{seed}/history.csv",
     log:
         "logs/runs/{dataset}/{benchmark}/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/{benchmark}/{model}/seed{seed}.tsv"
     params:
         store=lambda wildcards, input: os.path.dirname(input.manifest),
         options=lambda wildcards: training_options(wildcards.model),
