@@ -4,12 +4,10 @@ glibc's malloc gives every large allocation (above a threshold that starts at
 128 KB) its own fresh mapping from the kernel and unmaps it on free, and
 returns the top of the heap to the kernel once 128 KB of it is free. A
 forward pass allocates and frees activations of tens of MB, so each pass
-touches freshly mapped pages again and the kernel zeroes them on first touch:
-on this suite's 2-core test machine, keeping freed memory made a forward pass
-on 16 clips 1.3x faster for STAR-64 and 3.0x for ST-GCN (its padded
-activations are larger), and without it latencies changed with whatever ran
-in the process before (fvcore's tracing raises glibc's adaptive threshold as a side
-effect, halving later latencies). `keep_freed_memory` serves every allocation
+touches freshly mapped pages again and the kernel zeroes them on first touch
+(ST-GCN, whose padded activations are larger, pays most), and latencies
+change with whatever ran in the process before (fvcore's tracing raises
+glibc's adaptive threshold as a side effect). `keep_freed_memory` serves every allocation
 from the heap and never trims it, which is what the jemalloc or tcmalloc
 preload that CPU performance guides recommend achieves: a process keeps its
 peak memory, and latencies no longer depend on history. Set

@@ -6,7 +6,7 @@ import pytest
 from star.data.splits import BENCHMARKS, class_names, get_benchmark, missing_samples
 from star.data.store import CLIP_DTYPE
 
-# The split rules, restated from shared/ntu/README.md.
+# The split rules, restated from the NTU RGB+D papers (Shahroudy et al. 2016, Liu et al. 2019).
 XSUB60 = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
 XSUB120 = XSUB60 | {45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
                     89, 91, 92, 93, 94, 95, 97, 98, 100, 103}

@@ -1,6 +1,6 @@
 """Reading NTU RGB+D: sample names and the Kinect v2 `.skeleton` text format.
 
-The format (see shared/ntu/README.md) is line oriented: a frame count, then per
+The format (Kinect v2, as the NTU RGB+D release describes it) is line oriented: a frame count, then per
 frame a body count, then per body one line of 10 body values, a joint count
 (25) and 25 lines of 12 joint values. `read_skeleton` walks the count lines in a
 short Python loop (one step per body-frame) and converts every joint line of the

@@ -26,10 +26,9 @@ CPU and `gather` on any other device (CUDA, and the meta device) and under
   and a multiply-add of a plane into the query's output: nothing is gathered
   or copied, and the only temporaries are one plane and the (deg, M) weights.
   The gradient is written by hand (`_RowAttention`) the same way, edge by
-  edge, adding into the key and value gradient planes in place. (An earlier
-  form gathered each row's deg(i) <= 13 key and value planes into a copy; the
-  gathers moved 8x the activations' bytes and made STAR-64's forward pass
-  1.17x slower on a 2-core CPU.)
+  edge, adding into the key and value gradient planes in place, so no step
+  moves more bytes than the activations hold (gathering each row's deg(i) <= 13
+  key and value planes into a copy would move 8x that).
 - `gather` (`auto` elsewhere): the neighbourhood as a table of each query's keys, padded to the
   largest degree D (13 with the anatomical hands; a padded slot has score
   -inf). One gather of the keys and values of every slot, one product and sum
