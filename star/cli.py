@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from star import __version__
+from star import __version__, defaults
 from star.errors import InputError, StarError
 
 
@@ -320,26 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
                                            "from fvcore, DeepSpeed and the analytic count, latency (whole and per "
                                            "module category) and peak memory; JSON to --out.")
     prof.add_argument("--store", required=True, metavar="STORE", help="compact store (star preprocess)")
-    prof.add_argument("--benchmark", default="ntu60/xsub", help="the test side of this benchmark gives the clips")
+    prof.add_argument("--benchmark", default=defaults.PROFILE_BENCHMARK,
+                      help="the test side of this benchmark gives the clips")
     prof.add_argument("--model", required=True, metavar="NAME", help="a registered model (star models)")
     prof.add_argument("--out", required=True, metavar="FILE.json")
-    prof.add_argument("--clips", type=int, default=16, metavar="N", help="clips in the profiling batch")
-    prof.add_argument("--seed", type=int, default=0, help="seed of the clip draw")
+    prof.add_argument("--clips", type=int, default=defaults.PROFILE_CLIPS, metavar="N",
+                      help="clips in the profiling batch")
+    prof.add_argument("--seed", type=int, default=defaults.PROFILE_SEED, help="seed of the clip draw")
     prof.add_argument("--device", choices=DEVICES, default="auto")
     prof.add_argument("--compile", action="store_true",
                       help="time the model compiled by torch.compile (the MAC counters, the per-category "
                            "breakdown and the sweep run the eager model)")
     prof.add_argument("--threads", type=int, default=None, metavar="N",
                       help="torch CPU threads (default: every core this process may use)")
-    prof.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forward passes")
-    prof.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes before them")
-    prof.add_argument("--profiler-runs", type=int, default=3, metavar="N",
+    prof.add_argument("--repeats", type=int, default=defaults.PROFILE_REPEATS, metavar="N",
+                      help="timed forward passes")
+    prof.add_argument("--warmup", type=int, default=defaults.PROFILE_WARMUP, metavar="N",
+                      help="untimed forward passes before them")
+    prof.add_argument("--profiler-runs", type=int, default=defaults.PROFILER_RUNS, metavar="N",
                       help="forward passes under torch.profiler for the per-category latency")
     prof.add_argument("--sweep-frames", type=int, nargs="*", default=None, metavar="T",
                       help="also time one-person clips of each of these lengths (e.g. 32 64 128 300)")
     prof.add_argument("--sweep-clips", type=int, nargs="*", default=None, metavar="B",
                       help="batch sizes of the sweep (default: 1 and --clips)")
-    prof.add_argument("--sweep-repeats", type=int, default=3, metavar="N")
+    prof.add_argument("--sweep-repeats", type=int, default=defaults.SWEEP_REPEATS, metavar="N")
     prof.set_defaults(handler=_profile)
 
     from star.report.figures import FIGURES

@@ -27,6 +27,7 @@ import torch
 import star.models as registry
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
+from star.defaults import PROFILE_CLIPS, PROFILE_REPEATS, PROFILE_SEED, PROFILE_WARMUP, PROFILER_RUNS, SWEEP_REPEATS
 from star.device import compiled, resolve_device
 from star.formats import PROFILE_FORMAT
 from star.model.star import kernel_forms
@@ -92,8 +93,9 @@ def _top3(breakdown: dict[str, float]) -> list[list]:
     return [[k, v] for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])[:3]]
 
 
-def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: torch.device, repeats: int = 10,
-                  warmup: int = 2, profiler_runs: int = 3, compile: bool = False) -> dict:
+def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: torch.device,
+                  repeats: int = PROFILE_REPEATS, warmup: int = PROFILE_WARMUP, profiler_runs: int = PROFILER_RUNS,
+                  compile: bool = False) -> dict:
     """Everything measured about model `name` on `batch`; see the module docstring.
 
     With `compile`, the whole-forward latency and the peak memory are the
@@ -147,7 +149,7 @@ def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: to
 
 
 def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, device: torch.device,
-          repeats: int = 3, warmup: int = 1) -> list[dict]:
+          repeats: int = SWEEP_REPEATS, warmup: int = 1) -> list[dict]:
     """Latency and GMACs against clip length and batch size: one-person clips of exactly `frames` frames.
 
     A compact model gets the clips as they are; a padded model always gets
@@ -180,9 +182,10 @@ def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, devi
     return points
 
 
-def profile(store: str, benchmark: str, model: str, clips: int = 16, seed: int = 0, device: torch.device | None = None,
-            repeats: int = 10, warmup: int = 2, profiler_runs: int = 3, sweep_frames: list[int] | None = None,
-            sweep_clips: list[int] | None = None, sweep_repeats: int = 3, compile: bool = False) -> dict:
+def profile(store: str, benchmark: str, model: str, clips: int = PROFILE_CLIPS, seed: int = PROFILE_SEED,
+            device: torch.device | None = None, repeats: int = PROFILE_REPEATS, warmup: int = PROFILE_WARMUP,
+            profiler_runs: int = PROFILER_RUNS, sweep_frames: list[int] | None = None,
+            sweep_clips: list[int] | None = None, sweep_repeats: int = SWEEP_REPEATS, compile: bool = False) -> dict:
     """`star profile`: the model's profile on the profiling batch of `store`, with the sweep if frames are given."""
     registry.spec(model)  # an unknown name fails before the store is read
     device = device or resolve_device("auto")
