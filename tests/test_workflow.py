@@ -186,8 +186,9 @@ def test_smoke_workflow_end_to_end(tmp_path):
     edited = yaml.safe_load(SMOKE.read_text())
     edited["training"]["overrides"] = {"star-64-code": {"batch_size": 4}}
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
-    run = tmp_path / "results/runs/ntu60/xsub/star-64-code/seed0"
-    result = snakemake(tmp_path, "--cores", "2", str(run / "metrics.json"), "--configfile",
+    target = "results/runs/ntu60/xsub/star-64-code/seed0/metrics.json"
+    run = (tmp_path / target).parent
+    result = snakemake(tmp_path, "--cores", "2", target, "--configfile",
                        str(tmp_path / "edited.yaml"), "--config", f"report_template={template}", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
