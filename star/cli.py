@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from star import __version__, defaults
 from star.errors import InputError, StarError
@@ -187,7 +188,9 @@ def _report(args: argparse.Namespace) -> None:
     from star.report.html import REPORT_TEMPLATE, write_report
 
     out = write_report(args.out, tables=args.tables, figures=args.figures, runs=args.runs, profiles=args.profiles,
-                       manifest=args.manifest, config=args.config, fidelity=args.fidelity, jobs=args.jobs,
+                       manifest=args.manifest, config=args.config, fidelity=args.fidelity,
+                       jobs=[file for path in map(Path, args.jobs)
+                             for file in (sorted(path.rglob("*.tsv")) if path.suffix != ".tsv" else [path])],
                        template=args.template or REPORT_TEMPLATE)
     print(f"wrote {out}")
 
@@ -378,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profiles", nargs="*", default=[], metavar="FILE.json")
     report.add_argument("--manifest", default=None, metavar="manifest.json", help="the store's manifest")
     report.add_argument("--config", default=None, metavar="config.json", help="the workflow's resolved config")
-    report.add_argument("--jobs", nargs="*", default=[], metavar="FILE.tsv",
-                        help="Snakemake's benchmark files of the jobs (wall and CPU time, peak memory)")
+    report.add_argument("--jobs", nargs="*", default=[], metavar="FILE.tsv|DIR",
+                        help="Snakemake's benchmark files of the jobs (wall and CPU time, peak memory), or folders "
+                             "of them (a folder not yet made holds none)")
     report.add_argument("--fidelity", default=None, metavar="fidelity.json", help="star fidelity's result")
     report.add_argument("--template", default=None, metavar="FILE.html.j2", help="default: the package's")
     report.set_defaults(handler=_report)
@@ -394,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         args.handler(args)
-    except StarError as error:  # the suite's own errors: one line; anything else keeps its traceback
+    except (StarError, OSError) as error:  # the suite's errors, and a file the system refuses: one line
+        if isinstance(error, OSError) and not isinstance(error, StarError) and error.filename is None:
+            raise  # not about a file: keeps its traceback, like anything else
         print(f"star {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

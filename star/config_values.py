@@ -2,14 +2,18 @@
 
 `snakemake --config 'training={overrides: {star-64-code: {batch_size: 4}}}'`
 gives the batch size as the string '4', which the schema would refuse; `typed`
-converts every string the schema wants as an integer, number or boolean, and
-leaves anything else (and any string that does not read as one) to the schema
-validation that follows, which names the key.
+converts every string the schema wants as an integer, a finite number, a
+boolean or null (YAML's `null`, `~` or nothing), and leaves anything else
+(and any string that does not read as one) to the schema validation that
+follows, which names the key.
 """
 
 from __future__ import annotations
 
+import math
+
 BOOLEANS = {"true": True, "false": False}
+NULLS = ("null", "~", "")
 
 
 def _as(text: str, types: list[str]):
@@ -17,12 +21,14 @@ def _as(text: str, types: list[str]):
         try:
             if kind == "integer":
                 return int(text)
-            if kind == "number":
+            if kind == "number" and math.isfinite(float(text)):  # nan and inf stay text, which the schema refuses
                 return float(text)
         except ValueError:
             continue
         if kind == "boolean" and text.lower() in BOOLEANS:
             return BOOLEANS[text.lower()]
+        if kind == "null" and text in NULLS:
+            return None
     return text
 
 

@@ -1,8 +1,9 @@
 """The suite's own errors: what the `star` command reports as one line (exit 2) instead of a traceback.
 
-Anything else that escapes a command (a numpy or torch bug, a programming error
-in a model's configuration) keeps its traceback (exit 1), so a job log shows
-where it came from.
+So does an OSError about a named file (an output folder that cannot be
+written, a full disk). Anything else that escapes a command (a numpy or torch
+bug, a programming error in a model's configuration) keeps its traceback
+(exit 1), so a job log shows where it came from.
 """
 
 from __future__ import annotations

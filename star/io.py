@@ -61,6 +61,9 @@ def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[dict]) ->
 def read_json(path: str | Path) -> dict:
     """A result file's contents; a missing file is a MissingInputError, a malformed one an InputError naming it."""
     try:
-        return json.loads(existing_file(path).read_text())
+        data = json.loads(existing_file(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read it as JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: holds a JSON {type(data).__name__}, not the object of a result file")
+    return data

@@ -1,9 +1,10 @@
-"""The names the workflow and the package share, in a module that imports nothing but the standard library.
+"""The names the workflow and the package share, in a module that imports only the standard library.
 
 Building the workflow's job graph reads them (workflow/rules/common.smk), so a
-dry run neither needs nor pays for torch, pandas or matplotlib; the modules that
-own each name take it from here, and tests/test_names.py checks that the model
-registry registers exactly MODELS.
+dry run neither needs nor pays for torch, pandas or matplotlib. The benchmark
+table, the figures and the data forms are taken from here by the modules that
+use them; the model registry builds its names itself, and tests/test_names.py
+checks that it registers exactly MODELS.
 """
 
 from __future__ import annotations

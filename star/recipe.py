@@ -44,6 +44,15 @@ class TrainingRecipe:
             raise InputError(f"the noam schedule needs warmup_epochs > 0, got {self.warmup_epochs}")
         if list(self.milestones) != sorted(self.milestones):
             raise InputError(f"milestones must be ascending epochs, got {self.milestones}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise InputError(f"betas must be in [0, 1), got {self.betas}")
+        for name in ("eps", "momentum", "weight_decay", "warmup_epochs"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not self.gamma > 0:
+            raise InputError(f"gamma must be positive, got {self.gamma}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise InputError("nesterov needs the sgd optimizer and a positive momentum")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

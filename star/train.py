@@ -349,15 +349,18 @@ class Trainer:
             return
         checkpoint = load_checkpoint(self.checkpoint_path)
         differences = _differences(checkpoint["config"], self.config.as_dict())
-        if differences and self.replace_changed:
-            self.replaced = self.set_aside(differences)
+        too_long = checkpoint["epoch"] > self.config.recipe.epochs
+        if self.replace_changed and (differences or too_long):
+            self.replaced = self.set_aside(differences or [f"{checkpoint['epoch']} epochs done there, "
+                                                           f"{self.config.recipe.epochs} asked for here"])
             return
         if differences:
             raise RunError(f"{self.checkpoint_path} belongs to another run ({'; '.join(differences)}); "
                            f"use another --out, or delete {self.out} to start this one afresh")
-        if checkpoint["epoch"] > self.config.recipe.epochs:
+        if too_long:
             raise RunError(f"{self.checkpoint_path} has {checkpoint['epoch']} epochs done, more than the "
                            f"{self.config.recipe.epochs} asked for")
+        self.replaced = checkpoint.get("replaced")  # a resumed run that replaced another still says so
         load_model_state(self.model, checkpoint["model"], self.checkpoint_path, self.config.model)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
@@ -365,21 +368,26 @@ class Trainer:
         self.history, self.best = checkpoint["history"], checkpoint["best"]
         self.log(f"resuming {self.out} after epoch {self.epoch}")
 
-    def set_aside(self, differences: list[str]) -> str:
-        """Move the folder's earlier run (every file and folder but earlier set-aside ones) into
-        `replaced-<UTC time>/`, and return that name."""
-        name = f"{REPLACED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    def set_aside(self, reasons: list[str]) -> str:
+        """Move the folder's earlier run (every file and folder but earlier set-aside ones; checkpoint.pt last,
+        so an interrupted move is redone) into `replaced-<UTC time>/`, and return that name. Every process
+        has read the checkpoint before the first process moves it, and all take the first process's name."""
+        names = [f"{REPLACED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"]
+        if dist.is_initialized():
+            dist.barrier()
+            dist.broadcast_object_list(names, src=0)
         if self.processes.main:
-            aside = self.out / name
+            aside = self.out / names[0]
             aside.mkdir()
-            for path in self.out.iterdir():
-                if not path.name.startswith(REPLACED_PREFIX):
-                    path.rename(aside / path.name)
-            self.log(f"{self.out} held a run of other settings ({'; '.join(differences)}): moved to {aside}, "
+            moved = sorted((p for p in self.out.iterdir() if not p.name.startswith(REPLACED_PREFIX)),
+                           key=lambda p: p == self.checkpoint_path)
+            for path in moved:
+                path.rename(aside / path.name)
+            self.log(f"{self.out} held a run of other settings ({'; '.join(reasons)}): moved to {aside}, "
                      "starting afresh")
         if dist.is_initialized():
             dist.barrier()
-        return name
+        return names[0]
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the contents of metrics.json."""
@@ -480,7 +488,8 @@ class Trainer:
             _save(best, self.out / "best.pt")
         checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": self.epoch, "step": self.step,
                       "model": model_state, "optimizer": self.optimizer.state_dict(),
-                      "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best}
+                      "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best,
+                      "replaced": self.replaced}
         _save(checkpoint, self.checkpoint_path)
         write_csv(self.out / "history.csv", HISTORY_COLUMNS, self.history)
 

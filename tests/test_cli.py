@@ -75,3 +75,20 @@ def test_a_star_error_is_one_line_and_any_other_error_keeps_its_traceback():
     result = _run_models_raising("RuntimeError('a bug in numpy')")
     assert result.returncode == 1
     assert result.stderr.startswith("Traceback") and result.stderr.endswith("RuntimeError: a bug in numpy\n")
+
+
+def test_a_damaged_store_an_unwritable_output_and_a_bad_pickle_are_one_line_errors(tmp_path, capsys):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text('{"format": "star-compact-1"}')  # its tables are missing
+    assert main(["profile", "--store", str(store), "--model", "star-64", "--out", str(tmp_path / "p.json")]) == 2
+    assert "an incomplete or damaged store" in capsys.readouterr().err
+    (tmp_path / "file").touch()
+    assert main(["synth", "--out", str(tmp_path / "file" / "raw"), "--clips-per-action", "1"]) == 2
+    assert capsys.readouterr().err.startswith("star synth: error: [Errno 20] Not a directory")
+    (tmp_path / "new.pkl").write_bytes(b"\x80\x09rest")  # a pickle protocol no Python has
+    assert main(["import", "--format", "pyskl", str(tmp_path / "new.pkl"), "--out", str(tmp_path / "s")]) == 2
+    assert "new.pkl: not a readable pickle (ValueError: unsupported pickle protocol: 9)" in capsys.readouterr().err
+    assert main(["train", "--store", str(store), "--benchmark", "ntu60/xsub", "--model", "star-64", "--out",
+                 str(tmp_path / "run"), "--betas", "2", "3"]) == 2
+    assert "betas must be in [0, 1), got (2.0, 3.0)" in capsys.readouterr().err

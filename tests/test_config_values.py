@@ -14,3 +14,6 @@ def test_strings_become_the_numbers_and_booleans_the_schema_wants_and_nothing_el
                                     "overrides": {"star-64": {"lr": 0.001, "amp": True, "recipe": "1"},
                                                   "st-tr": {"lr": "fast"}}}
     assert typed({"threads": None, "seeds": [2]}, SCHEMA) == {"threads": None, "seeds": [2]}
+    assert typed({"threads": "null"}, SCHEMA) == {"threads": None}
+    assert typed({"overrides": {"m": {"lr": "nan"}, "n": {"lr": "inf"}}}, SCHEMA)["overrides"] == {
+        "m": {"lr": "nan"}, "n": {"lr": "inf"}}  # left as text for the schema to refuse

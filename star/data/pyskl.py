@@ -42,7 +42,9 @@ def load_pyskl(path: str | Path) -> dict:
     try:
         with open(existing_file(path, "pyskl pickle"), "rb") as handle:
             data = pickle.load(handle)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
+    except (OSError, MemoryError):
+        raise
+    except Exception as error:  # unpickling raises whatever the bytes make it raise
         raise SourceError(path, f"not a readable pickle ({type(error).__name__}: {error})") from error
     return data
 

@@ -187,14 +187,20 @@ class CompactStore:
         if not manifest_path.is_file():
             raise StoreError(f"{self.path} is not a data store (no manifest.json); make one with "
                              f"`star preprocess --raw DIR --out {self.path}`")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}; "
-                             "preprocess the raw files again")
-        self.clips = np.load(self.path / "clips.npy")
-        self.tracks = np.load(self.path / "tracks.npy")
-        splits_path = self.path / SPLITS_FILE
-        self.splits = np.load(splits_path) if splits_path.is_file() else None
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            found = self.manifest.get("format") if isinstance(self.manifest, dict) else type(self.manifest).__name__
+            if found != FORMAT:
+                raise StoreError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}; preprocess the raw files "
+                                 "again")
+            self.clips = np.load(self.path / "clips.npy")
+            self.tracks = np.load(self.path / "tracks.npy")
+            splits_path = self.path / SPLITS_FILE
+            self.splits = np.load(splits_path) if splits_path.is_file() else None
+        except (OSError, ValueError) as error:
+            if isinstance(error, StoreError):
+                raise
+            raise StoreError(f"{self.path}: an incomplete or damaged store ({error}); make it again") from error
         self._track_start = np.searchsorted(self.tracks["clip"], np.arange(len(self.clips) + 1))
         # Rows (frames x persons) of each clip; every clip has at least one track.
         self.clip_rows = np.add.reduceat(self.tracks["length"].astype(np.int64), self._track_start[:-1]) \

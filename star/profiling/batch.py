@@ -15,6 +15,7 @@ import numpy as np
 
 from star.data.batching import ClipDataset, ClipSample, CompactBatch, PaddedBatch, PaddedCollate, collate_compact
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore, StoreError
+from star.defaults import PROFILE_CLIPS, PROFILE_SEED
 from star.errors import InputError
 
 
@@ -63,7 +64,8 @@ class ProfilingBatch:
         }
 
 
-def draw_batch(store: CompactStore, benchmark: str, clips: int = 16, seed: int = 0) -> ProfilingBatch:
+def draw_batch(store: CompactStore, benchmark: str, clips: int = PROFILE_CLIPS,
+               seed: int = PROFILE_SEED) -> ProfilingBatch:
     """`clips` test clips of `benchmark`, chosen with `seed`; a StoreError if the split is empty or too small."""
     if clips < 1:
         raise InputError(f"a profiling batch needs at least one clip, got --clips {clips}")

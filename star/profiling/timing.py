@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from star.defaults import PROFILE_REPEATS, PROFILE_WARMUP, PROFILER_RUNS
 from star.errors import InputError
 from star.profiling.counting import builtin_leaves, op_category
 
@@ -45,7 +46,8 @@ def _timed_ms(forward: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def forward_latency(forward: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> dict:
+def forward_latency(forward: Callable[[], object], device: torch.device, repeats: int = PROFILE_REPEATS,
+                    warmup: int = PROFILE_WARMUP) -> dict:
     """Median and spread of `forward()`'s wall time in ms over `repeats` runs after `warmup` runs."""
     if repeats < 1 or warmup < 0:
         raise InputError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -66,7 +68,8 @@ def forward_latency(forward: Callable[[], object], device: torch.device, repeats
     }
 
 
-def category_latency(model: nn.Module, forward: Callable[[], object], device: torch.device, runs: int = 3) -> dict:
+def category_latency(model: nn.Module, forward: Callable[[], object], device: torch.device,
+                     runs: int = PROFILER_RUNS) -> dict:
     """Milliseconds per forward pass in each category, from torch.profiler over `runs` passes (after a warm-up)."""
     leaves = builtin_leaves(model)
     open_ranges = []

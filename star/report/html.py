@@ -151,13 +151,14 @@ def _job_row(path: Path) -> dict:
             rows = list(csv.DictReader(handle, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ReportError(f"{path}: cannot read it as a Snakemake benchmark file ({error})") from error
-    if not rows or not set(JOB_COLUMNS) <= rows[-1].keys():
+    if not rows or not set(JOB_COLUMNS) <= rows[0].keys():
         raise ReportError(f"{path}: not a Snakemake benchmark file (a tab-separated row with {', '.join(JOB_COLUMNS)})")
-    last = rows[-1]  # with --benchmark-repeats, one row per repeat
+    run = rows[0]  # a repeat() benchmark writes a row per repeat: the first is the job's own run
     parts = path.with_suffix("").parts
-    job = "/".join(parts[parts.index("benchmarks") + 1:]) if "benchmarks" in parts[:-1] else path.stem
-    wall_s, cpu_s = _measured(last["s"]), _measured(last["cpu_time"])
-    return {"job": job, "wall_min": None if wall_s is None else wall_s / 60, "max_rss_mb": _measured(last["max_rss"]),
+    folders = [index for index, part in enumerate(parts[:-1]) if part == "benchmarks"]
+    job = "/".join(parts[folders[-1] + 1:]) if folders else path.stem  # the last: the repository has one too
+    wall_s, cpu_s = _measured(run["s"]), _measured(run["cpu_time"])
+    return {"job": job, "wall_min": None if wall_s is None else wall_s / 60, "max_rss_mb": _measured(run["max_rss"]),
             "cpu_min": None if cpu_s is None else cpu_s / 60}
 
 

@@ -82,7 +82,6 @@ rule report:
         fidelity="results/fidelity.json",
         manifest=MANIFEST,
         config="results/config.json",
-        jobs=JOB_BENCHMARKS,
         published=PUBLISHED_FILE,
         template=REPORT_TEMPLATE_FILE,
     output:
@@ -92,7 +91,7 @@ rule report:
     shell:
         "star report --out {output} --tables {input.tables} --figures {input.figures} --runs {input.runs}"
         " --profiles {input.profiles} --fidelity {input.fidelity} --manifest {input.manifest} --config {input.config}"
-        " --jobs {input.jobs} --template {input.template} > {log} 2>&1"
+        " --jobs {JOB_BENCHMARKS} --template {input.template} > {log} 2>&1"
 
 
 rule tables:
