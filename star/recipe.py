@@ -51,8 +51,8 @@ class TrainingRecipe:
                 raise InputError(f"{name} must be at least 0, got {getattr(self, name)}")
         if not self.gamma > 0:
             raise InputError(f"gamma must be positive, got {self.gamma}")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
-            raise InputError("nesterov needs the sgd optimizer and a positive momentum")
+        if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:  # adam ignores both
+            raise InputError("nesterov needs a positive momentum")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
