@@ -12,8 +12,8 @@ and the benchmark's sides are the arrays themselves. The four files hold the
 same clips again and again (CTR-GCN cuts them from one array), so a clip met
 again, identical in label and every coordinate, is stored once and joins the
 later file's benchmark. An .npz whose x arrays are laid out (clips, 3, frames,
-25, persons), as 2s-AGCN and MS-G3D lay out their joints, is read too; those
-projects' own `.npy` + label-pickle files are not.
+25, persons), as 2s-AGCN lays out its joints (its data_gen/ntu_gendata.py), is
+read too; that project's own `.npy` + label-pickle files are not.
 
 Uncompressed members (np.savez, as CTR-GCN writes them) are memory-mapped;
 compressed ones are read whole into memory.
