@@ -5,21 +5,33 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"pytorch": "torch", "pytorch-scatter": "torch-scatter", "pytorch-sparse": "torch-sparse"}
+CONDA_NAMES = {"pytorch": "torch"}
+# conda-forge has no build of these for torch 2.13; scripts/setup.sh compiles them against the conda pytorch
+SETUP_SH_ONLY = {"torch-scatter", "torch-sparse"}
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
+def _split(requirement: str) -> tuple[str, str]:
+    """A requirement's (lower-case name, version specifier with conda's `=x` as pip's `==x`)."""
+    name, version = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", requirement.strip().split("::")[-1]).groups()
+    version = re.sub(r"^=(?!=)", "==", version.replace(" ", ""))
+    return name.lower(), version
 
 
-def test_environment_yml_names_the_packages_of_pyproject():
+def test_environment_yml_names_the_packages_and_versions_of_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_names = {_name(r) for r in project["dependencies"]}
-    pip_names |= {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    pip = dict(_split(r) for r in requirements)
     dependencies = (ROOT / "environment.yml").read_text().split("\ndependencies:\n", 1)[1]
-    conda = re.findall(r"^  - ([A-Za-z0-9_.-]+)", dependencies, flags=re.MULTILINE)
-    conda_names = {CONDA_NAMES.get(n.lower(), n.lower()) for n in conda} - {"python", "pip"}
-    assert conda_names == pip_names
+    conda = dict(_split(line) for line in re.findall(r"^  - ([^\n#]+)", dependencies, flags=re.MULTILINE))
+    conda = {CONDA_NAMES.get(name, name): version for name, version in conda.items()
+             if name not in ("python", "pip", "cxx-compiler")}
+    assert conda.keys() == pip.keys() - SETUP_SH_ONLY
+    # conda's `pytorch=2.13` is the minor release pip pins as >=2.13,<2.14
+    assert conda.pop("torch") == "==2.13" and pip.pop("torch") == ">=2.13,<2.14"
+    assert {name: pip[name] for name in conda} == conda
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert re.search(r"pip install --no-build-isolation -e \"\.\[[a-z,]*pyg", setup)
+    assert all(name in str(project["optional-dependencies"]["pyg"]) for name in SETUP_SH_ONLY)
 
 
 def test_ci_runs_the_readme_test_command():
