@@ -138,17 +138,17 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _fidelity(args: argparse.Namespace) -> None:
     from star.fidelity import measure
-    from star.io import write_json
+    from star.io import write_result
 
     result = measure()
-    write_json(args.out, result)
+    write_result(args.out, result, "fidelity")
     for row in result["points"]:
         print(f"{row['as_run']:14s} {row['point']:28s} max |logit change| {row['max_logit_change']:.3g}")
 
 
 def _profile(args: argparse.Namespace) -> None:
     from star.device import resolve_device
-    from star.io import write_json
+    from star.io import write_result
     from star.profiling.profile import profile, set_threads
 
     device = resolve_device(args.device)
@@ -157,7 +157,7 @@ def _profile(args: argparse.Namespace) -> None:
                      compile=args.compile,
                      repeats=args.repeats, warmup=args.warmup, profiler_runs=args.profiler_runs,
                      sweep_frames=args.sweep_frames, sweep_clips=args.sweep_clips, sweep_repeats=args.sweep_repeats)
-    write_json(args.out, result)
+    write_result(args.out, result, "profile")
     summary, batch = result["summary"], result["batch"]
     print(f"{args.model} on {batch['clips']} clips ({batch['total_frames']} frames, {batch['rows']} rows), "
           f"{device}, {threads} threads: {summary['latency_ms']:.1f} ms, {summary['params']:,d} parameters, "

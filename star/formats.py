@@ -1,7 +1,11 @@
-"""The format tag of every file the suite writes, in one light module: readers (the tables, the report) check
-a file's tag without importing the code that writes it (and with it torch)."""
+"""The format tag of every file the suite writes, `star-<kind>-<version>`, in one light module: readers (the
+tables, the report) check a file's tag without importing the code that writes it (and with it torch). The
+JSON result files take theirs from their schema (star/schemas)."""
 
-RUN_FORMAT = "star-run-1"  # a run's metrics.json (star train)
+from star.schemas import format_tag
+
+RUN_FORMAT = format_tag("run")  # a run's metrics.json (star train)
+PROFILE_FORMAT = format_tag("profile")  # results/profile/{model}.json (star profile)
+FIDELITY_FORMAT = format_tag("fidelity")  # results/fidelity.json (star fidelity)
+STORE_FORMAT = format_tag("manifest")  # a compact store's manifest.json (star preprocess, star import)
 CHECKPOINT_FORMAT = "star-checkpoint-1"  # checkpoint.pt and best.pt (star train, star convert)
-PROFILE_FORMAT = "star-profile/1"  # results/profile/{model}.json (star profile)
-FIDELITY_FORMAT = "star-fidelity-1"  # results/fidelity.json (star fidelity)

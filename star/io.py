@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from star.errors import InputError, existing_file
+from star.schemas import check
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -47,6 +48,11 @@ def write_json(path: str | Path, data) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def write_result(path: str | Path, data: dict, kind: str) -> None:
+    """A result file of `kind` (star.schemas), checked against its schema before anything is written."""
+    write_json(path, check(data, kind, path))
+
+
 def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[dict]) -> None:
     """Rows of dicts under `columns`; floats are written in full (repr), so reading them back is exact."""
     def write(tmp: Path) -> None:
@@ -67,3 +73,8 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: holds a JSON {type(data).__name__}, not the object of a result file")
     return data
+
+
+def read_result(path: str | Path, kind: str) -> dict:
+    """A result file of `kind`; one that breaks its schema is a ResultFileError naming the file and the key."""
+    return check(read_json(path), kind, path)

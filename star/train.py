@@ -32,7 +32,6 @@ other through torchrun's environment and the first one writes the files.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -56,7 +55,7 @@ from star.data.store import PADDED_FRAMES, CompactStore, StoreError
 from star.device import autocast, compiled, resolve_device
 from star.errors import InputError, StarError, existing_file
 from star.formats import CHECKPOINT_FORMAT, RUN_FORMAT
-from star.io import write_atomic, write_csv, write_json
+from star.io import read_result, write_atomic, write_csv, write_result
 from star.provenance import environment
 from star.recipe import TrainingRecipe
 
@@ -395,7 +394,7 @@ class Trainer:
         finished = self.out / "metrics.json"
         if self.epoch == self.config.recipe.epochs and finished.exists():
             self.log(f"{self.out} has finished its {self.epoch} epochs")
-            return json.loads(finished.read_text())
+            return read_result(finished, "run")
         if self.processes.main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_csv(self.out / "history.csv", HISTORY_COLUMNS, self.history)
@@ -407,7 +406,7 @@ class Trainer:
             raise
         metrics = self.metrics()
         if self.processes.main:
-            write_json(self.out / "metrics.json", metrics)
+            write_result(self.out / "metrics.json", metrics, "run")
         return metrics
 
     def run_epoch(self) -> None:

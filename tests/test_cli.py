@@ -77,10 +77,13 @@ def test_a_star_error_is_one_line_and_any_other_error_keeps_its_traceback():
     assert result.stderr.startswith("Traceback") and result.stderr.endswith("RuntimeError: a bug in numpy\n")
 
 
-def test_a_damaged_store_an_unwritable_output_and_a_bad_pickle_are_one_line_errors(tmp_path, capsys):
+def test_a_damaged_store_an_unwritable_output_and_a_bad_pickle_are_one_line_errors(tiny_store, tmp_path, capsys):
     store = tmp_path / "store"
     store.mkdir()
-    (store / "manifest.json").write_text('{"format": "star-compact-1"}')  # its tables are missing
+    (store / "manifest.json").write_text('{"format": "star-compact-1"}')
+    assert main(["profile", "--store", str(store), "--model", "star-64", "--out", str(tmp_path / "p.json")]) == 2
+    assert f"{store / 'manifest.json'}: no key 'source'" in capsys.readouterr().err
+    (store / "manifest.json").write_bytes((tiny_store.path / "manifest.json").read_bytes())  # its tables are missing
     assert main(["profile", "--store", str(store), "--model", "star-64", "--out", str(tmp_path / "p.json")]) == 2
     assert "an incomplete or damaged store" in capsys.readouterr().err
     (tmp_path / "file").touch()

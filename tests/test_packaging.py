@@ -19,7 +19,8 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def test_environment_yml_names_the_packages_and_versions_of_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    extras = project["optional-dependencies"].values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
     pip = dict(_split(r) for r in requirements)
     dependencies = (ROOT / "environment.yml").read_text().split("\ndependencies:\n", 1)[1]
     conda = dict(_split(line) for line in re.findall(r"^  - ([^\n#]+)", dependencies, flags=re.MULTILINE))

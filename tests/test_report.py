@@ -17,22 +17,28 @@ import pytest
 from html_page import Page
 
 from star.cli import main
-from star.formats import FIDELITY_FORMAT, PROFILE_FORMAT, RUN_FORMAT
+from star.formats import FIDELITY_FORMAT, PROFILE_FORMAT, RUN_FORMAT, STORE_FORMAT
 from star.io import write_together
 from star.paper import published
 from star.report import figures
 from star.report.html import ReportError, number, render_report, signed, write_table
 from star.report.tables import RECORD_COLUMNS, TableError, build
+from star.schemas import ResultFileError
 
 BENCHMARKS = published()["table1_accuracy_top1"]["columns"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run(model: str, benchmark: str, seed: int, best: float, final: float | None = None) -> dict:
+    """A run's metrics.json as star train writes it (its schema, star/schemas/run.schema.json, checks it)."""
     return {"format": RUN_FORMAT, "model": model, "benchmark": benchmark, "dataset": benchmark.split("/")[0],
             "seed": seed, "epochs": 3, "best_top1_pct": best, "top1_pct": best - 1 if final is None else final,
-            "best_epoch": 2, "wall_s": 12.5, "train_clips": 16, "test_clips": 16, "world_size": 1, "device": "cpu",
-            "device_name": "test cpu", "git_commit": "0123456789abcdef", "git_dirty": False,
+            "best_top5_pct": min(best + 20, 100), "top5_pct": min(best + 19, 100), "test_loss": 1.5,
+            "best_epoch": 2, "params": 426_494, "params_m": 0.426494, "wall_s": 12.5, "train_clips": 16,
+            "test_clips": 16, "world_size": 1, "replaced": None, "device": "cpu", "device_name": "test cpu",
+            "torch": "2.13.0", "git_commit": "0123456789abcdef", "git_dirty": False,
+            "config": {"store": "store", "benchmark": benchmark, "model": model, "seed": seed,
+                       "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 3, "batch_size": 4}},
             "_path": f"{benchmark}/{model}/seed{seed}"}
 
 
@@ -43,14 +49,18 @@ def profile(model: str, latency_ms: float, gmacs: float, params: int) -> dict:
     time_ms = {"Linear": latency_ms * 0.5, "Mul": latency_ms * 0.3, "MatMul": latency_ms * 0.2}
     ranked = lambda d: [[k, v] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3]]  # noqa: E731
     layout = "padded" if model.startswith("st-") else "compact"
-    return {"format": PROFILE_FORMAT, "model": model, "layout": layout, "device": "cpu", "device_name": "test cpu",
+    return {"format": PROFILE_FORMAT, "model": model, "layout": layout, "num_classes": 60, "device": "cpu",
+            "device_name": "test cpu",
             "torch": "2.13.0", "threads": 2, "allocator": "keep", "git_commit": "0123456789abcdef", "git_dirty": True,
             "created": "2026-11-24T10:00:00+0000",
-            "batch": {"clips": 4, "benchmark": "ntu60/xsub", "seed": 0, "fed_as": layout},
-            "summary": {"latency_ms": latency_ms, "params": params, "params_m": params / 1e6, "gmacs": gmacs},
+            "batch": {"clips": 4, "total_frames": 400, "benchmark": "ntu60/xsub", "seed": 0, "fed_as": layout},
+            "summary": {"latency_ms": latency_ms, "params": params, "params_m": params / 1e6, "gmacs": gmacs,
+                        "peak_memory_bytes": 2**24},
             "top3": {"macs": ranked(macs), "params": ranked(parameters), "latency_ms": ranked(time_ms)},
-            "macs": {"fvcore": {"by_category": macs}}, "params": {"by_category": parameters},
-            "latency": {"by_category_ms": time_ms, "repeats": 3},
+            "macs": {"fvcore": {"total": gmacs * 1e9, "by_category": macs}},
+            "params": {"total": params, "by_category": parameters},
+            "latency": {"median_ms": latency_ms, "by_category_ms": time_ms, "repeats": 3},
+            "memory": {"peak_bytes": 2**24},
             "sweep": [{"clips": c, "frames": f, "latency_ms": latency_ms * c * f / 128, "gmacs": gmacs}
                       for c in (1, 4) for f in (32, 128)]}
 
@@ -166,8 +176,12 @@ def test_every_figure_is_written_as_png_and_svg(name, tmp_path):
             inputs.append(folder / "metrics.json")
     elif name == "storage":
         inputs = [tmp_path / "manifest.json"]
-        inputs[0].write_text(json.dumps({"clips": 192, "total_frames": 29619, "bytes": {
-            "compact": 8_910_380, "padded_300x2": 34_560_000, "compact_over_padded": 8_910_380 / 34_560_000}}))
+        inputs[0].write_text(json.dumps({
+            "format": STORE_FORMAT, "source": ["raw"], "clips": 192, "tracks": 264, "two_person_clips": 72,
+            "total_frames": 29619, "frames_shape": [29619, 25, 3], "frames_dtype": "<f4", "setups": [1, 18],
+            "benchmarks": {"ntu60/xsub": {"train": 96, "test": 96}},
+            "bytes": {"compact": 8_910_380, "padded_300x2": 34_560_000,
+                      "compact_over_padded": 8_910_380 / 34_560_000}}))
     else:
         inputs = []
         for model in ("st-gcn", "star-64"):
@@ -200,10 +214,14 @@ def test_table_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["table", "6", str(profile_path), "--out", str(out)])
     truncated = {**PROFILES["star-64"], "summary": {"latency_ms": 1.0}, "_path": "star-64.json"}
-    with pytest.raises(TableError, match="lacks the key 'params_m'.*star-64.json"):
+    with pytest.raises(ResultFileError, match="star-64.json: no key 'summary/params'"):
         build(2, [truncated])
-    with pytest.raises(TableError, match="star-64.json: no top3"):
-        build(3, [{key: value for key, value in truncated.items() if key != "top3"}])
+    no_top3 = {key: value for key, value in PROFILES["star-64"].items() if key != "top3"}
+    with pytest.raises(ResultFileError, match="star-64.json: no key 'top3'"):
+        build(3, [{**no_top3, "_path": "star-64.json"}])
+    with pytest.raises(ResultFileError, match=r"star-64.json: key 'summary/latency_ms': -1.0 is less than or equal"):
+        build(2, [{**PROFILES["star-64"], "summary": {**PROFILES["star-64"]["summary"], "latency_ms": -1.0},
+                   "_path": "star-64.json"}])
     with pytest.raises(TableError, match="compares STAR's sparse and full attention, not 'st-gcn'"):
         build(5, [PROFILES["st-gcn"]])
 
@@ -291,7 +309,7 @@ def test_as_run_rows_stand_for_the_papers_rows_and_the_report_sets_both_forms_si
     assert {"positions", "each clip from 0", "row numbers", "imj2185/STAR main x.py:1", "0.0598", "as described",
             "as run", "71.5", "70", "not measured"} <= {t.strip() for t in page.text}
     fidelity.write_text(json.dumps({"format": "star-profile-1"}))
-    with pytest.raises(ReportError, match="fidelity.json: not a `star fidelity` result"):
+    with pytest.raises(ResultFileError, match="fidelity.json: format 'star-profile-1', expected 'star-fidelity-1'"):
         render_report(tables=[csv], figures=[], runs=runs, profiles=[profile_path], fidelity=fidelity)
 
 

@@ -98,6 +98,18 @@ def test_opening_something_else_says_how_to_make_a_store(tmp_path):
         CompactStore(tmp_path)
 
 
+def test_a_manifest_missing_a_key_is_refused_naming_it(tmp_path):
+    with StoreWriter(tmp_path / "store", source=[]) as writer:
+        writer.add(_clip(5))
+    manifest_path = tmp_path / "store" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert CompactStore(tmp_path / "store").manifest == manifest
+    del manifest["frames_shape"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=f"{manifest_path}: no key 'frames_shape'.*make the store again"):
+        CompactStore(tmp_path / "store")
+
+
 def test_an_ntu60_only_store_refuses_ntu120_benchmarks(tmp_path):
     out = tmp_path / "store"
     with StoreWriter(out, source=[]) as writer:

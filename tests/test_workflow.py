@@ -16,6 +16,7 @@ from html_page import Page
 
 from star.names import FIGURES as FIGURE_TITLES
 from star.recipe import TrainingRecipe
+from star.schemas import check
 from star.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +174,11 @@ def test_smoke_workflow_end_to_end(tmp_path):
                 for path in (tmp_path / "results/benchmarks").rglob("*.tsv")}
     assert "store" in measured and "train/ntu60/xsub/star-64-code/seed0" in measured and "profile/st-tr" in measured
     assert measured <= set(page.text)
+    # every result file the run wrote follows its schema (star.schemas)
+    for kind, pattern in (("run", "results/runs/**/metrics.json"), ("profile", "results/profile/*.json"),
+                          ("manifest", "results/store/manifest.json"), ("fidelity", "results/fidelity.json")):
+        paths = list(tmp_path.glob(pattern))
+        assert paths and all(check(json.loads(path.read_text()), kind, path) for path in paths)
 
     result = snakemake(tmp_path, *smoke, "--report", "reports/snakemake.html")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -184,7 +190,7 @@ def test_smoke_workflow_end_to_end(tmp_path):
 
     # an edited configuration retrains the run it changes from scratch, the old run set aside beside it
     edited = yaml.safe_load(SMOKE.read_text())
-    edited["training"]["overrides"] = {"star-64-code": {"batch_size": 4}}
+    edited["training"]["overrides"] = {"star-64-code": {"lr": 0.000123}}
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
     target = "results/runs/ntu60/xsub/star-64-code/seed0/metrics.json"
     run = (tmp_path / target).parent
@@ -192,6 +198,6 @@ def test_smoke_workflow_end_to_end(tmp_path):
                        str(tmp_path / "edited.yaml"), "--config", f"report_template={template}", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["config"]["recipe"]["batch_size"] == 4 and metrics["replaced"].startswith("replaced-")
-    assert load_checkpoint(run / metrics["replaced"] / "checkpoint.pt")["config"]["recipe"]["batch_size"] == 8
-    assert load_checkpoint(run / "checkpoint.pt")["config"]["recipe"]["batch_size"] == 4
+    assert metrics["config"]["recipe"]["lr"] == 0.000123 and metrics["replaced"].startswith("replaced-")
+    assert load_checkpoint(run / metrics["replaced"] / "checkpoint.pt")["config"]["recipe"]["lr"] != 0.000123
+    assert load_checkpoint(run / "checkpoint.pt")["config"]["recipe"]["lr"] == 0.000123

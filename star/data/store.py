@@ -40,9 +40,11 @@ import numpy as np
 from star import __version__
 from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, SIDES, check_side, get_benchmark
 from star.errors import StarError
+from star.formats import STORE_FORMAT
+from star.io import read_result
+from star.schemas import ResultFileError, check
 from star.skeleton import NUM_JOINTS
 
-FORMAT = "star-compact-1"
 SPLITS_FILE = "splits.npy"
 CLIP_DTYPE = np.dtype([
     ("name", "U20"), ("label", "i2"), ("setup", "i2"), ("camera", "i2"), ("subject", "i2"),
@@ -122,7 +124,7 @@ class StoreWriter:
             splits = np.array(rows, dtype=[(name, "i1") for name in self.benchmarks])
             np.save(self.tmp / SPLITS_FILE, splits)
         manifest = {
-            "format": FORMAT,
+            "format": STORE_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "star_version": __version__,
             "source_format": self.source_format,
@@ -139,6 +141,7 @@ class StoreWriter:
             "benchmarks": _benchmark_counts(clips, splits),
             "summary": self.summary,
         }
+        check(manifest, "manifest", self.out / "manifest.json")
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
         if self.out.exists():
@@ -154,7 +157,7 @@ def _is_replaceable(path: Path) -> bool:
     if not any(path.iterdir()):
         return True
     try:
-        return json.loads((path / "manifest.json").read_text()).get("format") == FORMAT
+        return json.loads((path / "manifest.json").read_text()).get("format") == STORE_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -188,15 +191,13 @@ class CompactStore:
             raise StoreError(f"{self.path} is not a data store (no manifest.json); make one with "
                              f"`star preprocess --raw DIR --out {self.path}`")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-            found = self.manifest.get("format") if isinstance(self.manifest, dict) else type(self.manifest).__name__
-            if found != FORMAT:
-                raise StoreError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}; preprocess the raw files "
-                                 "again")
+            self.manifest = read_result(manifest_path, "manifest")
             self.clips = np.load(self.path / "clips.npy")
             self.tracks = np.load(self.path / "tracks.npy")
             splits_path = self.path / SPLITS_FILE
             self.splits = np.load(splits_path) if splits_path.is_file() else None
+        except ResultFileError as error:
+            raise StoreError(f"{error}; make the store again (star preprocess or star import)") from error
         except (OSError, ValueError) as error:
             if isinstance(error, StoreError):
                 raise

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from star.errors import StarError
-from star.io import read_json, write_together
+from star.io import read_result, write_together
 from star.names import FIGURES
 
 SHOWN_CATEGORIES = 6
@@ -158,12 +158,12 @@ def draw(name: str, inputs: list[str | Path]) -> Figure:
 
 def _draw(name: str, inputs: list[Path]) -> Figure:
     if name == "training-curves":
-        return training_curves([(read_json(p), _history(p)) for p in inputs])
+        return training_curves([(read_result(p, "run"), _history(p)) for p in inputs])
     if name == "storage":
         if len(inputs) != 1:
             raise FigureError(f"storage takes the store's manifest.json alone, not {len(inputs)} files")
-        return storage(read_json(inputs[0]))
-    profiles = [read_json(p) for p in inputs]
+        return storage(read_result(inputs[0], "manifest"))
+    profiles = [read_result(p, "profile") for p in inputs]
     if name == "latency-sweep":
         return latency_sweep(profiles)
     return breakdown(profiles, name.removeprefix("breakdown-"))

@@ -23,8 +23,7 @@ import jinja2
 import pandas as pd
 
 from star.errors import StarError, existing_file
-from star.formats import FIDELITY_FORMAT
-from star.io import read_json, write_atomic, write_together
+from star.io import read_json, read_result, write_atomic, write_together
 from star.names import FIGURES, REPORT_TEMPLATE, TEMPLATES
 from star.paper import paper_row, published
 from star.report.tables import RECORD_COLUMNS, Table
@@ -125,10 +124,7 @@ def _versions() -> dict[str, str]:
 
 
 def _run_row(path: Path) -> dict:
-    run = read_json(path)
-    missing = [key for key in ("model", "benchmark", "seed", "epochs", "wall_s") if key not in run]
-    if missing:
-        raise ReportError(f"{path}: no {', '.join(missing)}; is it a run's metrics.json (star train)?")
+    run = read_result(path, "run")
     finished = datetime.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
     return {**run, "path": str(path), "finished": finished.strftime("%Y-%m-%d %H:%M")}
 
@@ -162,21 +158,11 @@ def _job_row(path: Path) -> dict:
             "cpu_min": None if cpu_s is None else cpu_s / 60}
 
 
-FIDELITY_POINT_KEYS = ("described", "as_run", "code", "point", "paper", "as_run_does", "where", "training_only",
-                       "max_logit_change")
-
-
 def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict | None:
     """`star fidelity`'s points, and each (as described, as run) pair's size, cost, speed and top-1 where measured."""
     if path is None:
         return None
-    data = read_json(Path(path))
-    if data.get("format") != FIDELITY_FORMAT:
-        raise ReportError(f"{path}: not a `star fidelity` result (format {data.get('format')!r})")
-    for point in data.get("points") or [None]:
-        missing = [key for key in FIDELITY_POINT_KEYS if key not in (point or {})]
-        if missing:
-            raise ReportError(f"{path}: a point without {', '.join(missing)} (is it complete?)")
+    data = read_result(Path(path), "fidelity")
     profile_of = {p["model"]: p["summary"] for p in profiles}
     seeds: dict[tuple[str, str], list[float]] = {}
     for r in runs:
@@ -205,7 +191,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
         fragments.append({"table": csv_path.stem, "html": fragment.read_text()})
     cells = _table_cells(tables)
     run_rows = sorted((_run_row(Path(p)) for p in runs), key=lambda r: (r["benchmark"], r["model"], r["seed"]))
-    profile_rows = [read_json(Path(p)) for p in profiles]
+    profile_rows = [read_result(Path(p), "profile") for p in profiles]
     template = Path(template)
     env = _environment(jinja2.FileSystemLoader(template.parent))
     try:
@@ -220,7 +206,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
             total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
             profiles=profile_rows,
             jobs=sorted((_job_row(Path(p)) for p in jobs), key=lambda row: row["job"]),
-            manifest=read_json(Path(manifest)) if manifest else None,
+            manifest=read_result(Path(manifest), "manifest") if manifest else None,
             config=json.dumps(read_json(Path(config)), indent=2) if config else None,
             versions=_versions(),
             published_source="star/data/resources/paper_tables.yaml",

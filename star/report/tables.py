@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from star.data.splits import BENCHMARKS
 from star.errors import StarError
-from star.formats import PROFILE_FORMAT, RUN_FORMAT
 from star.paper import paper_row, published
+from star.schemas import check, format_tag
 
 ACCURACY_KEYS = {"best": "best_top1_pct", "final": "top1_pct"}
 TITLES = {
@@ -123,22 +123,17 @@ def _row_of(number: int, model: str) -> str:
     return "star-full" if paper_row(model).endswith("-full") else "star-sparse"
 
 
-RUN_KEYS = ("model", "benchmark", "seed", "epochs", *ACCURACY_KEYS.values())
-PROFILE_KEYS = ("model", "device", "device_name", "torch", "batch", "summary", "top3")
-
-
-def _check_inputs(number: int, items: list[dict], expected: str, what: str, keys: tuple[str, ...]) -> None:
-    """Each input is a result file of the kind the table is made from, with the keys it reads."""
+def _check_inputs(number: int, items: list[dict], kind: str, what: str) -> None:
+    """Each input is a result file of the kind the table is made from, following that kind's schema."""
     if not items:
         raise TableError(f"table {number} needs at least one of {what}")
     for item in items:
         name = item.get("_path", "an input")
+        expected = format_tag(kind)
         if item.get("format") != expected:
             raise TableError(f"table {number} is made from {what}; {name} is not one "
                              f"(format {item.get('format')!r}, expected {expected!r})")
-        missing = [key for key in keys if key not in item]
-        if missing:
-            raise TableError(f"{name}: no {', '.join(missing)} (is it complete?)")
+        check(item, kind, name)
 
 
 def _unique(items: list[dict], key, what: str) -> dict:
@@ -156,7 +151,7 @@ def accuracy_table(number: int, runs: list[dict], accuracy: str = "best", smoke:
     """Table 1 (rows: models) or 4 (rows: star-sparse, star-full) from runs' metrics.json contents."""
     if accuracy not in ACCURACY_KEYS:
         raise TableError(f"accuracy must be one of {sorted(ACCURACY_KEYS)}, not {accuracy!r}")
-    _check_inputs(number, runs, RUN_FORMAT, "runs' metrics.json (star train)", RUN_KEYS)
+    _check_inputs(number, runs, "run", "runs' metrics.json (star train)")
     key = ACCURACY_KEYS[accuracy]
     paper = published()["table1_accuracy_top1" if number == 1 else "table4_sparse_vs_full_accuracy"]
     _unique(runs, lambda r: (r["model"], r["benchmark"], r["seed"]), "runs")
@@ -199,7 +194,7 @@ def _device_note(profiles: list[dict]) -> str:
 
 def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> Table:
     """Table 2 (rows: models) or 5 (rows: star-sparse, star-full) from profile JSONs."""
-    _check_inputs(number, profiles, PROFILE_FORMAT, "profile JSONs (star profile)", PROFILE_KEYS)
+    _check_inputs(number, profiles, "profile", "profile JSONs (star profile)")
     paper = published()["table2_efficiency" if number == 2 else "table5_sparse_vs_full_efficiency"]
     by_row = _unique(profiles, lambda p: _row_of(number, p["model"]), "profiles")
     columns = [c for c in EFFICIENCY_COLUMNS if EFFICIENCY_COLUMNS[c] in paper["columns"]]
@@ -216,7 +211,7 @@ def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> 
 
 def breakdown_table(profiles: list[dict], smoke: bool = False) -> Table:
     """Table 3: for MACs, parameters and latency, the three costliest module types of each model."""
-    _check_inputs(3, profiles, PROFILE_FORMAT, "profile JSONs (star profile)", PROFILE_KEYS)
+    _check_inputs(3, profiles, "profile", "profile JSONs (star profile)")
     paper = published()["table3_breakdown_top3"]
     by_model = _unique(profiles, lambda p: p["model"], "profiles")
     columns = [f"{quantity} #{rank}" for quantity, _ in BREAKDOWN_QUANTITIES.values() for rank in range(1, RANKS + 1)]
