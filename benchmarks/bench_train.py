@@ -4,7 +4,7 @@
                                      [--models NAME ...] [--device auto] [--workers 0] [--threads N] [--amp]
                                      [--accumulate 1]
 
-Each model trains through star.train.Trainer (data loading, forward, backward,
+Each model trains through star.training.trainer.Trainer (data loading, forward, backward,
 optimiser step, its own recipe's optimiser) on the first --steps x --batch-size
 clips of the benchmark's training side, evenly spread, and is evaluated on as
 many clips of its test side: STAR on compact batches, the baselines on the
@@ -28,7 +28,9 @@ from star.data.preprocess import preprocess
 from star.data.synthetic import TINY, generate
 from star.device import DEVICES
 from star.runtime import keep_freed_memory
-from star.train import Trainer, predict, run_config
+from star.training.config import run_config
+from star.training.prediction import predict
+from star.training.trainer import Trainer
 
 DEFAULT_MODELS = ("star-64", "star-128", "st-gcn", "st-tr")
 

@@ -78,7 +78,9 @@ from star.profiling.dispatch import count_dispatches
 from star.profiling.profile import profile_model
 from star.profiling.timing import forward_latency
 from star.skeleton import neighbourhood_mask, power_edge_counts
-from star.train import load_checkpoint, run_config, train
+from star.training.checkpoint import load_checkpoint
+from star.training.config import run_config
+from star.training.trainer import train
 
 BENCHMARK = "ntu60/xsub"
 QUICK_MODELS = ["star-64", "star-64-code", "st-gcn", "st-tr"]

@@ -107,7 +107,8 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from star.train import run_config, train
+    from star.training.config import run_config
+    from star.training.trainer import train
 
     config = run_config(args.store, args.benchmark, args.model, args.out, recipe=args.recipe,
                         overrides=_recipe_overrides(args), fill=args.fill, seed=args.seed, device=args.device,

@@ -21,14 +21,9 @@ from star.data.store import CompactStore
 from star.device import resolve_device
 from star.io import write_csv, write_json
 from star.provenance import environment
-from star.train import (
-    RunConfig,
-    check_labels,
-    load_checkpoint,
-    load_model_state,
-    predict,
-    subset,
-)
+from star.training.checkpoint import load_checkpoint, load_model_state
+from star.training.config import RunConfig, check_labels, subset
+from star.training.prediction import predict
 
 CHECKPOINTS = {"best": "best.pt", "last": "checkpoint.pt"}
 PER_CLASS_COLUMNS = ("class", "name", "clips", "correct", "accuracy_pct")

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from star.data.store import CompactStore
-from star.train import run_config, train
+from star.training.config import run_config
+from star.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

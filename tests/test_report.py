@@ -337,7 +337,7 @@ def test_the_report_names_the_data_source_under_table1(tiny_store, tmp_path):
 
 
 def test_the_tables_and_the_report_import_no_torch():
-    code = "import sys, star.report.tables, star.report.html; print(sorted(m for m in ('torch', 'star.train') " \
+    code = "import sys, star.report.tables, star.report.html; print(sorted(m for m in ('torch', 'star.training') " \
            "if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "[]\n"

@@ -17,15 +17,9 @@ from star.cli import build_parser, main
 from star.data.store import CompactStore, StoreError
 from star.device import DeviceError, autocast, resolve_device
 from star.recipe import TrainingRecipe
-from star.train import (
-    HISTORY_COLUMNS,
-    TIMING_COLUMNS,
-    RunError,
-    Trainer,
-    load_checkpoint,
-    run_config,
-    train,
-)
+from star.training.checkpoint import load_checkpoint
+from star.training.config import RunError, run_config
+from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
 # a quick STAR-64 run: 24 clips a side, 3 steps an epoch

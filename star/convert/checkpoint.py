@@ -21,7 +21,7 @@ from star.data.splits import get_benchmark
 from star.errors import existing_file
 from star.formats import CHECKPOINT_FORMAT
 from star.io import write_together
-from star.train import run_config
+from star.training.config import run_config
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net")  # dict keys some scripts save the weights under
 

@@ -33,238 +33,36 @@ other through torchrun's environment and the first one writes the files.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import star.models as registry
 from star.data.batching import clip_loader
 from star.data.splits import get_benchmark
-from star.data.store import PADDED_FRAMES, CompactStore, StoreError
+from star.data.store import CompactStore
 from star.device import autocast, compiled, resolve_device
-from star.errors import InputError, StarError, existing_file
 from star.formats import CHECKPOINT_FORMAT, RUN_FORMAT
-from star.io import read_result, write_atomic, write_csv, write_result
+from star.io import read_result, write_csv, write_result
 from star.provenance import environment
 from star.recipe import TrainingRecipe
+from star.training.checkpoint import config_differences, load_checkpoint, load_model_state, save_checkpoint
+from star.training.config import RunConfig, RunError, check_labels, subset
+from star.training.distributed import Processes, epoch_seed
+from star.training.prediction import TOP_K, predict
+from star.training.progress import Progress
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1_pct", "test_loss", "test_top1_pct", "test_top5_pct", "lr",
                    "epoch_s", "train_samples_per_s", "test_samples_per_s")
 TIMING_COLUMNS = ("epoch_s", "train_samples_per_s", "test_samples_per_s")  # all that differs between equal runs
-TOP_K = 5
-
-
-class RunError(StarError, ValueError):
-    """A run that cannot start or go on: a checkpoint of another run, unusable labels, a diverged loss."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One run: what decides its numbers, and (EXECUTION_FIELDS) where and how it executes."""
-
-    store: str  # compact store folder (star preprocess)
-    benchmark: str  # ntu60/xsub, ntu60/xview, ntu120/xsub or ntu120/xset
-    model: str  # a name of star.models
-    out: str  # run folder
-    recipe: TrainingRecipe  # optimiser, schedule, epochs, batch size
-    recipe_name: str = "default"  # which of the model's recipes the overrides were applied to
-    seed: int = 0
-    fill: str = "repeat"  # padded layout: filling clips shorter than padded_frames
-    padded_frames: int = PADDED_FRAMES
-    group_by_length: bool = False  # batch clips of similar length together
-    accumulate: int = 1  # micro-batches per batch and process (gradient accumulation)
-    amp: bool = False  # mixed precision: float16 and a gradient scaler on CUDA, bfloat16 on the CPU
-    device: str = "auto"
-    workers: int = 0  # loader processes
-    deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is deterministic anyway)
-    compile: bool = False  # torch.compile the network (star.device.compiled)
-    max_clips: int | None = None  # use at most this many clips of each side, evenly spread (quick checks)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RunConfig:
-        return cls(**{**data, "recipe": TrainingRecipe(**data["recipe"])})
-
-
-EXECUTION_FIELDS = ("store", "out", "device", "workers", "deterministic", "compile")
 REPLACED_PREFIX = "replaced-"  # the folder a run of other settings is moved into (star train --replace-changed)
-
-
-def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, recipe: str = "default",
-               overrides: dict | None = None, fill: str | None = None, **options) -> RunConfig:
-    """A RunConfig with the model's recipe `recipe` changed by `overrides` (recipe field -> value)."""
-    spec = registry.spec(model)
-    get_benchmark(benchmark)
-    if recipe not in spec.recipes:
-        raise InputError(f"model {model!r} has no recipe {recipe!r}; it has {', '.join(spec.recipes)}")
-    overrides = dict(overrides or {})
-    known = {f.name for f in fields(TrainingRecipe)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise InputError(f"unknown recipe setting {', '.join(unknown)}; the settings are {', '.join(sorted(known))}")
-    config = RunConfig(str(store), benchmark, model, str(out), replace(spec.recipes[recipe], **overrides),
-                       recipe, fill=fill or spec.fill, **options)
-    if config.accumulate < 1:
-        raise InputError(f"accumulate must be at least 1, got {config.accumulate}")
-    return config
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place among the data-parallel processes torchrun started (or alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_environment(cls) -> Processes:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        """Element-wise sum over all processes."""
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def all(self, flag: bool, device: torch.device) -> bool:
-        """True when `flag` holds in every process."""
-        return self.sum([float(not flag)], device)[0] == 0
-
-
-def epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
-
-
-def subset(clips: np.ndarray, max_clips: int | None) -> np.ndarray:
-    """At most `max_clips` of `clips`, evenly spread over them (in name order: setups, cameras, subjects)."""
-    if max_clips is None or len(clips) <= max_clips:
-        return clips
-    if max_clips < 1:
-        raise InputError(f"max_clips must be at least 1, got {max_clips}")
-    return clips[np.linspace(0, len(clips) - 1, max_clips).round().astype(np.int64)]
-
-
-def check_labels(store: CompactStore, indices: np.ndarray, benchmark: str, side: str) -> None:
-    """Every label of the clips is a class of the benchmark's data set, or a StoreError saying why not."""
-    spec = get_benchmark(benchmark)
-    labels = store.clips["label"][indices]
-    bad = labels[(labels < 0) | (labels >= spec.num_classes)]
-    if len(bad):
-        raise StoreError(f"{store.path}: the {side} side of {benchmark} holds label {int(bad[0])}, but "
-                         f"{spec.dataset} has {spec.num_classes} classes (0-{spec.num_classes - 1}); make the store "
-                         f"from the {spec.dataset} .skeleton files with `star preprocess`")
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = existing_file(path, "checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RunError(f"{path} is not a readable checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return checkpoint
-
-
-def load_model_state(model: nn.Module, state: dict, source: Path, model_name: str) -> None:
-    """Load a state dict, or a RunError naming what does not fit (keys or shapes)."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
-                for key in sorted(set(own) & set(state)) if state[key].shape != own[key].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                    for label, items in (("missing", missing), ("unexpected", unexpected), ("shapes", reshaped))
-                    if items]
-        raise RunError(f"{source} does not fit model {model_name!r} as registered now ({'; '.join(problems)})")
-    model.load_state_dict(state)
-
-
-@dataclass
-class Predictions:
-    """Per clip: the true label and the TOP_K best classes, best first; and the summed cross-entropy."""
-
-    labels: np.ndarray  # (n,)
-    ranked: np.ndarray  # (n, TOP_K)
-    loss_sum: float
-
-    def top_pct(self, k: int) -> float:
-        return 100.0 * float((self.ranked[:, :k] == self.labels[:, None]).any(1).mean())
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / len(self.labels)
-
-
-def predict(model: nn.Module, spec: registry.ModelSpec, loader, device: torch.device, amp: bool = False,
-            processes: Processes = Processes()) -> Predictions:
-    """The model's predictions on every clip of the loader (all processes' shares, gathered)."""
-    model.eval()
-    labels, ranked, loss_sum = [], [], 0.0
-    with torch.inference_mode():
-        for batch in loader:
-            batch = batch.to(device, non_blocking=True)
-            with autocast(device, amp):
-                logits = model(*registry.model_inputs(spec, batch)).float()
-            loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-            labels.append(batch.labels.cpu().numpy())
-            ranked.append(logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices.cpu().numpy())
-    local = Predictions(np.concatenate(labels) if labels else np.zeros(0, np.int64),
-                        np.concatenate(ranked) if ranked else np.zeros((0, TOP_K), np.int64), loss_sum)
-    if processes.world == 1:
-        return local
-    shares: list[Predictions | None] = [None] * processes.world
-    dist.all_gather_object(shares, local)
-    return Predictions(np.concatenate([s.labels for s in shares]), np.concatenate([s.ranked for s in shares]),
-                       sum(s.loss_sum for s in shares))
-
-
-class Progress:
-    """A progress bar on a terminal; otherwise a plain line every `every_s` seconds (workflow logs)."""
-
-    def __init__(self, total: int, description: str, enabled: bool, every_s: float = 60.0):
-        self.enabled, self.every_s, self.description, self.total = enabled, every_s, description, total
-        terminal = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False) if terminal else None
-        self.done = self.clips = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, clips: int, loss: float) -> None:
-        self.done += 1
-        self.clips += clips
-        rate = self.clips / max(time.monotonic() - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.1f}", refresh=False)
-            self.bar.update()
-        elif self.enabled and time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            print(f"{self.description}: batch {self.done}/{self.total}, loss {loss:.4f}, {rate:.1f} samples/s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def build_optimizer(recipe: TrainingRecipe, parameters) -> torch.optim.Optimizer:
@@ -273,14 +71,6 @@ def build_optimizer(recipe: TrainingRecipe, parameters) -> torch.optim.Optimizer
                                 weight_decay=recipe.weight_decay)
     return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                            weight_decay=recipe.weight_decay)
-
-
-def _differences(saved: dict, asked: dict) -> list[str]:
-    """Settings that change a run's numbers and differ between a checkpoint's run and this one."""
-    saved = {**saved, "recipe": {**saved["recipe"], "epochs": None}}
-    asked = {**asked, "recipe": {**asked["recipe"], "epochs": None}}
-    return [f"{key}: {saved.get(key)!r} there, {asked.get(key)!r} here" for key in asked
-            if key not in EXECUTION_FIELDS and saved.get(key) != asked.get(key)]
 
 
 class Trainer:
@@ -347,7 +137,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return
         checkpoint = load_checkpoint(self.checkpoint_path)
-        differences = _differences(checkpoint["config"], self.config.as_dict())
+        differences = config_differences(checkpoint["config"], self.config.as_dict())
         too_long = checkpoint["epoch"] > self.config.recipe.epochs
         if self.replace_changed and (differences or too_long):
             self.replaced = self.set_aside(differences or [f"{checkpoint['epoch']} epochs done there, "
@@ -484,12 +274,12 @@ class Trainer:
         if improved:
             best = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": self.epoch, "step": self.step,
                     "model": model_state, "metrics": self.best}
-            _save(best, self.out / "best.pt")
+            save_checkpoint(best, self.out / "best.pt")
         checkpoint = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": self.epoch, "step": self.step,
                       "model": model_state, "optimizer": self.optimizer.state_dict(),
                       "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best,
                       "replaced": self.replaced}
-        _save(checkpoint, self.checkpoint_path)
+        save_checkpoint(checkpoint, self.checkpoint_path)
         write_csv(self.out / "history.csv", HISTORY_COLUMNS, self.history)
 
     def metrics(self) -> dict:
@@ -517,10 +307,6 @@ class Trainer:
             **environment(self.device),
             "config": self.config.as_dict(),
         }
-
-
-def _save(data: dict, path: Path) -> None:
-    write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
 def train(config: RunConfig, progress: bool = True, log_every_s: float = 60.0, replace_changed: bool = False) -> dict:
