@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from star import skeleton
-from star.model.dropout import Dropout
+from star.network.dropout import Dropout
 from star.recipe import TrainingRecipe
 
 PARTITIONS = ("paper", "reference")

@@ -76,10 +76,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.stgcn import GraphConvolution, InputNorm, pool_persons
 from star import skeleton
-from star.model.dropout import Dropout
+from star.network.dropout import Dropout
 from star.recipe import TrainingRecipe
+from star_baselines.stgcn import GraphConvolution, InputNorm, pool_persons
 
 STREAMS = ("spatial", "temporal")
 # (output channels, temporal stride) of the nine units after the convolutional first layer.

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import star.models as registry
+from star import registry
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
 from star.device import DEVICES, compiled, resolve_device
-from star.model.scatter import BACKENDS, get_backend
-from star.model.sparse_attention import SpatialAttention
-from star.model.star import KERNEL_FORMS, STAR, STARConfig
+from star.network.scatter import BACKENDS, get_backend
+from star.network.sparse_attention import SpatialAttention
+from star.network.star import KERNEL_FORMS, STAR, STARConfig
 from star.profiling.dispatch import count_dispatches
 from star.profiling.timing import forward_latency
 from star.runtime import keep_freed_memory

@@ -19,7 +19,7 @@ import argparse
 
 import torch
 
-import star.models as registry
+from star import registry
 from star.data.store import CompactStore
 from star.data.synthetic import random_samples
 from star.device import DEVICES, resolve_device

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import star.models as registry
+from star import registry
 from star.data.preprocess import preprocess
 from star.data.synthetic import TINY, generate
 from star.device import DEVICES

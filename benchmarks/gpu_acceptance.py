@@ -49,29 +49,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import star.models as registry
+from star import registry
 from star.data.batching import PaddedCollate, clip_loader, collate_compact
 from star.data.preprocess import preprocess
 from star.data.splits import get_benchmark
 from star.data.store import CompactStore
 from star.data.synthetic import TINY, generate, random_samples
 from star.device import DEVICES, autocast, resolve_device
-from star.model.linear_attention import (
+from star.network.linear_attention import (
     elu_feature_map,
     padded_linear_attention,
     quadratic_linear_attention,
     segmented_linear_attention,
 )
-from star.model.scatter import get_backend
-from star.model.segments import ClipSegments
-from star.model.sparse_attention import (
+from star.network.scatter import get_backend
+from star.network.segments import ClipSegments
+from star.network.sparse_attention import (
     NeighbourhoodGraph,
     dense_attention,
     edge_attention,
     gathered_attention,
     row_attention,
 )
-from star.model.star import KERNEL_FORMS, STAR, STARConfig, kernel_forms
+from star.network.star import KERNEL_FORMS, STAR, STARConfig, kernel_forms
 from star.paper import paper_row, published
 from star.profiling.batch import ProfilingBatch
 from star.profiling.dispatch import count_dispatches

@@ -62,7 +62,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    import star.models as registry
+    from star import registry
 
     width = max(len(name) for name in registry.names())
     print(f"{'name':{width}s} {'layout':8s} {'params':>10s}  description")

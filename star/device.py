@@ -44,7 +44,7 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
     """`model` compiled by torch.compile (inductor), or `model` itself.
 
     STAR's `auto` kernels take their loop-free forms while compiling (see
-    star.model.sparse_attention), so the graph does not unroll the CPU forms'
+    star.network.sparse_attention), so the graph does not unroll the CPU forms'
     per-edge and per-clip loops. A batch of another shape is a new graph to
     dynamo, so expect recompilations while batch shapes vary.
     """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-import star.models as registry
+from star import registry
 from star.data.batching import clip_loader
 from star.data.splits import class_names, get_benchmark
 from star.data.store import CompactStore

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-import star.models as registry
+from star import registry
 from star.convert.golden import golden_inputs, seeded_model
 from star.formats import FIDELITY_FORMAT
 

@@ -19,7 +19,7 @@ BENCHMARKS = {
     "ntu120/xset": ("ntu120", 120, "xset"),
 }
 
-# every model star.models registers, in its order
+# every model star.registry registers, in its order
 MODELS = ("star-64", "star-64-full", "star-64-code", "star-64-full-code",
           "star-128", "star-128-full", "star-128-code", "star-128-full-code",
           "st-gcn", "st-gcn-code", "st-tr", "st-tr-s", "st-tr-t")

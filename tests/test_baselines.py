@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import star.models as registry
-from baselines.stgcn import GraphConvolution, InputNorm
-from baselines.sttr import SpatialSelfAttention, STTRConfig, STTRStream, TemporalSelfAttention, attend
-from star import skeleton
+from star import registry, skeleton
 from star.recipe import TrainingRecipe
+from star_baselines.stgcn import GraphConvolution, InputNorm
+from star_baselines.sttr import SpatialSelfAttention, STTRConfig, STTRStream, TemporalSelfAttention, attend
 
 # Measured on the public reference code at 3 input channels (yysijie/st-gcn; Chiaraplizz/ST-TR at
 # standard widths): trainable parameters, and per-sample GMACs at 300 frames x 2 persons as fvcore

@@ -12,7 +12,7 @@ from star.data.batching import (
     collate_compact,
     pad_clip,
 )
-from star.model.segments import ClipSegments
+from star.network.segments import ClipSegments
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import torch
 from star.convert import from_reference, layout, to_reference
 from star.convert.golden import TOLERANCE, golden_inputs, outputs_of, probe, seeded_model
 from star.fidelity import STAR_POINTS
-from star.model.sparse_attention import SpatialAttention
-from star.model.star import STAR, STARConfig
+from star.network.sparse_attention import SpatialAttention
+from star.network.star import STAR, STARConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = sorted(GOLDEN.glob("*.npz"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import star.models as registry
+from star import registry
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
 from star.device import compiled

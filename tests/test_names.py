@@ -1,7 +1,6 @@
 """star.names holds, without imports, names that other modules own: each must agree with its owner."""
 
-import star.models as registry
-from star import names
+from star import names, registry
 from star.data.splits import BENCHMARKS
 
 

@@ -42,3 +42,11 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, "the Quickstart has two commands: the main job and the tests"
     test_command = commands[1].strip()
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_package_folder_is_installed_and_the_baselines_under_their_own_name():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    inits = (ROOT / "star").rglob("__init__.py")
+    folders = {path.parent.relative_to(ROOT).as_posix().replace("/", ".") for path in inits}
+    assert set(setuptools["packages"]) == folders | {"star_baselines"}
+    assert setuptools["package-dir"] == {"star_baselines": "baselines"} and (ROOT / "baselines/__init__.py").is_file()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import star.models as registry
+from star import registry
 from star.cli import main
 from star.data.preprocess import preprocess
 from star.data.splits import XSUB60_TRAIN_SUBJECTS, get_benchmark

@@ -7,24 +7,24 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import star.models as registry
+from star import registry
 from star.data.batching import collate_compact
 from star.data.synthetic import random_samples
-from star.model import STAR, STARConfig
-from star.model.encoding import sinusoidal_encoding
-from star.model.features import bone_vectors, parent_index, segment_motion, segment_starts
-from star.model.linear_attention import (
+from star.network import STAR, STARConfig
+from star.network.encoding import sinusoidal_encoding
+from star.network.features import bone_vectors, parent_index, segment_motion, segment_starts
+from star.network.linear_attention import (
     TemporalAttention,
     elu_feature_map,
     padded_linear_attention,
     quadratic_linear_attention,
     segmented_linear_attention,
 )
-from star.model.pooling import ContextPooling
-from star.model.projection import PlaneProjection
-from star.model.scatter import BACKENDS, get_backend
-from star.model.segments import ClipSegments
-from star.model.sparse_attention import (
+from star.network.pooling import ContextPooling
+from star.network.projection import PlaneProjection
+from star.network.scatter import BACKENDS, get_backend
+from star.network.segments import ClipSegments
+from star.network.sparse_attention import (
     NeighbourhoodGraph,
     SpatialAttention,
     dense_attention,
@@ -32,7 +32,7 @@ from star.model.sparse_attention import (
     gathered_attention,
     row_attention,
 )
-from star.model.star import KERNEL_FORMS, kernel_forms
+from star.network.star import KERNEL_FORMS, kernel_forms
 from star.skeleton import neighbourhood_mask, power_edge_counts
 
 MASK = neighbourhood_mask(3)

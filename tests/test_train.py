@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import star.models as registry
+from star import registry
 from star.cli import build_parser, main
 from star.data.store import CompactStore, StoreError
 from star.device import DeviceError, autocast, resolve_device

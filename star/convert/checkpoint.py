@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-import star.models as registry
+from star import registry
 from star.convert import ConversionError, from_reference, layout
 from star.data.splits import get_benchmark
 from star.errors import existing_file

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import star.models as registry
+from star import registry
 from star.data.batching import ClipSample, CompactBatch, PaddedBatch, PaddedCollate, collate_compact
 
 GOLDEN_SEED = 20260

@@ -3,7 +3,7 @@
 The two networks hold the same tensors under other names, in the same
 layouts: nn.Linear weights as (out, in) with the q, k, v projections stacked
 (q, k, v) x (heads, depth) along the rows (the code's `chunk(3)` then
-`(h c)`), which `star.model.projection.PlaneProjection` keeps under its own
+`(h c)`), which `star.network.projection.PlaneProjection` keeps under its own
 name `qkv`; the context-attention matrix applied as `mean @ W` on both sides.
 The code's full-attention layer (`SpatialFullEncoderLayer`, commented out in
 models/attentions.py, and not runnable as written) names its tensors as the

@@ -24,13 +24,13 @@ from dataclasses import replace
 
 import torch
 
-import star.models as registry
+from star import registry
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
 from star.defaults import PROFILE_CLIPS, PROFILE_REPEATS, PROFILE_SEED, PROFILE_WARMUP, PROFILER_RUNS, SWEEP_REPEATS
 from star.device import compiled, resolve_device
 from star.formats import PROFILE_FORMAT
-from star.model.star import kernel_forms
+from star.network.star import kernel_forms
 from star.profiling.batch import ProfilingBatch, draw_batch, uniform_batch
 from star.profiling.counting import MacCount, analytic_count, deepspeed_count, fvcore_count, parameter_counts
 from star.profiling.timing import category_latency, forward_latency, peak_memory

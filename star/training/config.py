@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-import star.models as registry
+from star import registry
 from star.data.splits import get_benchmark
 from star.data.store import PADDED_FRAMES, CompactStore, StoreError
 from star.errors import InputError, StarError
@@ -24,7 +24,7 @@ class RunConfig:
 
     store: str  # compact store folder (star preprocess)
     benchmark: str  # ntu60/xsub, ntu60/xview, ntu120/xsub or ntu120/xset
-    model: str  # a name of star.models
+    model: str  # a name of star.registry
     out: str  # run folder
     recipe: TrainingRecipe  # optimiser, schedule, epochs, batch size
     recipe_name: str = "default"  # which of the model's recipes the overrides were applied to

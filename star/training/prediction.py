@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-import star.models as registry
+from star import registry
 from star.device import autocast
 from star.training.distributed import Processes
 

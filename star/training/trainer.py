@@ -1,6 +1,6 @@
 """One trainer for every registered model: what `star train` runs.
 
-A run trains one model of the registry (star.models) on one benchmark of a
+A run trains one model of the registry (star.registry) on one benchmark of a
 compact store, with one seed, and keeps everything in its folder:
 
 - `history.csv`: one row per epoch, HISTORY_COLUMNS (accuracies in percent;
@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-import star.models as registry
+from star import registry
 from star.data.batching import clip_loader
 from star.data.splits import get_benchmark
 from star.data.store import CompactStore

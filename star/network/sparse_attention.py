@@ -39,7 +39,7 @@ CPU and `gather` on any other device (CUDA, and the meta device) and under
   `index_select` by the edge list in `SparseAttention`, models/attentions.py).
 - `edges`: the literal edge-list form, gathering (E, M, d) tensors and
   normalising with segment maximum and sum over each query's edges
-  (`star.model.scatter`). It is a test reference and the measured example of
+  (`star.network.scatter`). It is a test reference and the measured example of
   why the literal form is slow on a CPU: its (E, M, d) temporaries are 8x the
   size of the activations and are allocated fresh on every call.
 - `dense_attention` with the neighbourhood as a mask: the full 25 x 25 softmax
@@ -62,9 +62,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star.model.dropout import keep_mask
-from star.model.projection import PlaneProjection
-from star.model.scatter import SegmentOps
+from star.network.dropout import keep_mask
+from star.network.projection import PlaneProjection
+from star.network.scatter import SegmentOps
 
 KERNELS = ("auto", "rows", "gather", "edges")
 GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias")  # NeighbourhoodGraph's tensor fields, in order
@@ -262,7 +262,7 @@ class SpatialAttention(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"unknown sparse kernel {kernel!r}; choose one of {KERNELS}")
         if kernel == "edges" and mask is not None and ops is None:
-            raise ValueError("the edges kernel needs segment ops (star.model.scatter.get_backend)")
+            raise ValueError("the edges kernel needs segment ops (star.network.scatter.get_backend)")
         self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
         # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order; the other
         # forms apply the same weight as nn.Linear, (N, V, 3, H, d)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
-from baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 from star.data.batching import FILLS, CompactBatch, PaddedBatch
 from star.errors import InputError
-from star.model.segments import ClipSegments
-from star.model.star import STAR, STAR_AS_RUN, STAR_RECIPES, STARConfig
+from star.network.segments import ClipSegments
+from star.network.star import STAR, STAR_AS_RUN, STAR_RECIPES, STARConfig
 from star.recipe import TrainingRecipe
+from star_baselines.stgcn import STGCN, STGCN_RECIPES, STGCNConfig
+from star_baselines.sttr import STTR, STTR_RECIPES, STTRConfig
 
 LAYOUTS = ("compact", "padded")
 
@@ -79,7 +79,7 @@ def _star(width: int, spatial: str, as_run: bool) -> Callable[[int], nn.Module]:
     return lambda num_classes: STAR(STARConfig(num_classes=num_classes, width=width, spatial=spatial, **options))
 
 
-# "as described" by the paper, and "as run" by the authors' code (star.model.star says where they differ)
+# "as described" by the paper, and "as run" by the authors' code (star.network.star says where they differ)
 # each form trains by default as its source says: the paper's schedule, or what the code's main trains with
 for _width in (64, 128):
     for _suffix, _as_run, _form, _recipe in (("", False, "as the paper describes it", "paper"),

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from star.model.scatter import SegmentOps
-from star.model.segments import ClipSegments
+from star.network.scatter import SegmentOps
+from star.network.segments import ClipSegments
 
 WEIGHTS = ("joint", "frame")
 REDUCES = ("mean", "sum")

@@ -3,7 +3,7 @@
 The rows of clip m are bounds[m]:bounds[m+1]. The per-clip forms on the CPU
 slice by the host bounds; the launch-light forms index by `clip_ids` and
 `steps` and size their padded view by `max_rows`. A batch brings all of them
-(`star.models.model_inputs`, from the collate function's arrays), so no
+(`star.registry.model_inputs`, from the collate function's arrays), so no
 forward pass computes them or reads a number back from the device.
 """
 

@@ -11,14 +11,14 @@ A segment is a whole clip: the rows of both persons of a two-person clip are
 one set of keys and values, so each person's frames attend to the other's as
 well as to its own; the attention is order-free and the two persons' rows are
 related in time only through the positional encoding of their shared clock
-(`star.model.encoding`).
+(`star.network.encoding`).
 
 Two forms, picked by `kernel` ("auto": `split` on the CPU, `padded` on any
 other device and under `torch.compile`):
 
 - `split`: one (d x L) @ (L x d) product per clip and head and joint, a batched
   matrix product over a (G, d, L) slice of the joint-and-head-major layout with
-  time innermost (G = joints x heads, as `star.model.projection` writes it),
+  time innermost (G = joints x heads, as `star.network.projection` writes it),
   then one (d x d) @ (d x L) product for the outputs: a Python loop over the
   clips, each slice cut by the host bounds.
 - `padded`: the rows of every clip laid into one padded (B, L_max) timeline
@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star.model.projection import PlaneProjection
-from star.model.segments import ClipSegments
-from star.model.sparse_attention import device_form
+from star.network.projection import PlaneProjection
+from star.network.segments import ClipSegments
+from star.network.sparse_attention import device_form
 
 KERNELS = ("auto", "split", "padded")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from star.model.segments import ClipSegments
+from star.network.segments import ClipSegments
 
 ENCODINGS = ("vaswani", "code")
 POSITIONS = ("clock", "rows")

@@ -20,7 +20,7 @@ registry's `star-64` / `star-128` are "as described", `star-64-code` /
 
 | choice | as described (paper, else standard) | as run (imj2185/STAR main, DualGraphEncoder) |
 |---|---|---|
-| positional_encoding | Vaswani's sinusoids | (t / 10^4)^(i/d), see star.model.encoding |
+| positional_encoding | Vaswani's sinusoids | (t / 10^4)^(i/d), see star.network.encoding |
 | positions | clip clock from 0, persons share it | row number in the clip, from 1 after the first clip |
 | feature_rules | bones per joint, motion per track | shifted bone list, motion across persons (features) |
 | duplicate_edges | A + A^2 + A^3 as a set of pairs | A, A^2, A^3 edge lists concatenated: one-hop pairs twice |
@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from star.model.dropout import Dropout
-from star.model.encoding import ENCODINGS, POSITIONS, positional_encoding, row_positions
-from star.model.features import (
+from star.network.dropout import Dropout
+from star.network.encoding import ENCODINGS, POSITIONS, positional_encoding, row_positions
+from star.network.features import (
     FEATURES,
     bone_vectors,
     parent_index,
@@ -64,13 +64,13 @@ from star.model.features import (
     segment_starts,
     shifted_bone_vectors,
 )
-from star.model.linear_attention import KERNELS as TEMPORAL_KERNELS
-from star.model.linear_attention import TemporalAttention
-from star.model.pooling import ContextPooling
-from star.model.scatter import DEFAULT_BACKEND, get_backend
-from star.model.segments import ClipSegments
-from star.model.sparse_attention import KERNELS as SPARSE_KERNELS
-from star.model.sparse_attention import SpatialAttention
+from star.network.linear_attention import KERNELS as TEMPORAL_KERNELS
+from star.network.linear_attention import TemporalAttention
+from star.network.pooling import ContextPooling
+from star.network.scatter import DEFAULT_BACKEND, get_backend
+from star.network.segments import ClipSegments
+from star.network.sparse_attention import KERNELS as SPARSE_KERNELS
+from star.network.sparse_attention import SpatialAttention
 from star.recipe import TrainingRecipe
 from star.skeleton import NUM_JOINTS, bones, neighbourhood_mask, power_edge_counts
 
@@ -101,20 +101,20 @@ class STARConfig:
     hand_layout: str = "anatomical"  # see star.skeleton.HAND_LAYOUTS
     duplicate_edges: bool = False  # True: A, A^2, A^3 edge lists concatenated unmerged (the code)
     features: tuple[str, ...] = FEATURES  # input channels per joint: 3 per feature kind
-    feature_rules: str = "track"  # "track" or "code", see star.model.features
-    positional_encoding: str = "vaswani"  # "vaswani" or "code", see star.model.encoding
-    positions: str = "clock"  # "clock" or "rows", see star.model.encoding
+    feature_rules: str = "track"  # "track" or "code", see star.network.features
+    positional_encoding: str = "vaswani"  # "vaswani" or "code", see star.network.encoding
+    positions: str = "clock"  # "clock" or "rows", see star.network.encoding
     activation: str = "silu"  # feed-forward non-linearity (the code uses "gelu")
     dropout: float = 0.5  # after each sublayer and inside the feed-forward
     attention_dropout: float = 0.5  # on the spatial attention weights
     feed_forward_dropout_twice: bool = False  # True: the feed-forward's output dropped, then again by Add & Norm
     head_hidden: int = 128
     head_dropout: float = 0.5
-    pooling_weights: str = "joint"  # see star.model.pooling
+    pooling_weights: str = "joint"  # see star.network.pooling
     pooling_reduce: str = "mean"
-    sparse_kernel: str = "auto"  # "rows" (CPU), "gather" (GPU), "edges" (literal), see star.model.sparse_attention
-    temporal_kernel: str = "auto"  # "split" (CPU) or "padded" (GPU), see star.model.linear_attention
-    scatter_backend: str = DEFAULT_BACKEND  # "torch" or "pyg", see star.model.scatter
+    sparse_kernel: str = "auto"  # "rows" (CPU), "gather" (GPU), "edges" (literal), see star.network.sparse_attention
+    temporal_kernel: str = "auto"  # "split" (CPU) or "padded" (GPU), see star.network.linear_attention
+    scatter_backend: str = DEFAULT_BACKEND  # "torch" or "pyg", see star.network.scatter
     linear_eps: float = 1e-6  # added to the linear attention's denominator
 
     def __post_init__(self):
@@ -144,7 +144,7 @@ class STARConfig:
 
 
 # STAR's kernel forms (sparse_kernel, temporal_kernel) by what they are for; `auto` takes "cpu" on the CPU and
-# "device" elsewhere (star.model.sparse_attention); the edge list is the literal reading, for comparison
+# "device" elsewhere (star.network.sparse_attention); the edge list is the literal reading, for comparison
 KERNEL_FORMS = {"cpu": ("rows", "split"), "device": ("gather", "padded"), "edge list": ("edges", "split")}
 
 
@@ -219,8 +219,8 @@ class STBlock(nn.Module):
 class STAR(nn.Module):
     """Compact batch in (x, clip_offsets, person_ids, positions, segments), logits (B, num_classes) out.
 
-    `segments` (star.model.segments.ClipSegments) are the clips' index tensors
-    and host bounds, which a batch brings (`star.models.model_inputs`); given,
+    `segments` (star.network.segments.ClipSegments) are the clips' index tensors
+    and host bounds, which a batch brings (`star.registry.model_inputs`); given,
     they are used and clip_offsets is not read. Without them the forward
     computes them from clip_offsets, reading it back from the device (a
     synchronisation on a GPU).
