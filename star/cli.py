@@ -246,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from star.data.batching import FILLS
     from star.data.splits import BENCHMARKS
-    from star.data.store import PADDED_FRAMES
     from star.device import DEVICES
 
     workers = min(4, max(1, default_workers() - 1))
@@ -259,21 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     train.add_argument("--model", required=True, metavar="NAME", help="a model of `star models`")
     train.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--recipe", default="default", metavar="NAME",
+    train.add_argument("--seed", type=int, default=defaults.SEED)
+    train.add_argument("--recipe", default=defaults.RECIPE, metavar="NAME",
                        help="which of the model's recipes to start from (STAR: paper or code)")
-    train.add_argument("--device", choices=DEVICES, default="auto")
+    train.add_argument("--device", choices=DEVICES, default=defaults.DEVICE)
     train.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
     train.add_argument("--compile", action="store_true", help="train the model compiled by torch.compile")
     train.add_argument("--workers", type=int, default=workers, metavar="N",
                        help=f"data loader processes (default {workers})")
     train.add_argument("--group-by-length", action="store_true", help="batch clips of similar length together")
-    train.add_argument("--accumulate", type=int, default=1, metavar="N",
+    train.add_argument("--accumulate", type=int, default=defaults.ACCUMULATE, metavar="N",
                        help="split each batch into N micro-batches (same batch size, less memory)")
     train.add_argument("--fill", choices=FILLS, default=None,
                        help="padded layout: fill short clips by repeating them or with zeros (default: the model's)")
-    train.add_argument("--padded-frames", type=int, default=PADDED_FRAMES, metavar="T",
-                       help=f"padded layout: frames per clip (default {PADDED_FRAMES})")
+    train.add_argument("--padded-frames", type=int, default=defaults.PADDED_FRAMES, metavar="T",
+                       help=f"padded layout: frames per clip (default {defaults.PADDED_FRAMES})")
     train.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     train.add_argument("--max-clips", type=int, default=None, metavar="N",
                        help="train and test on at most N clips of each side, evenly spread (quick checks)")
@@ -295,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "train"), default="test")
     evaluate.add_argument("--store", default=None, metavar="STORE", help="the store, if it moved since training")
     evaluate.add_argument("--out", default=None, metavar="DIR")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--device", choices=DEVICES, default=defaults.DEVICE)
     evaluate.add_argument("--workers", type=int, default=workers, metavar="N")
     evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="default: the run's")
     evaluate.set_defaults(handler=_evaluate)
@@ -331,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--clips", type=int, default=defaults.PROFILE_CLIPS, metavar="N",
                       help="clips in the profiling batch")
     prof.add_argument("--seed", type=int, default=defaults.PROFILE_SEED, help="seed of the clip draw")
-    prof.add_argument("--device", choices=DEVICES, default="auto")
+    prof.add_argument("--device", choices=DEVICES, default=defaults.DEVICE)
     prof.add_argument("--compile", action="store_true",
                       help="time the model compiled by torch.compile (the MAC counters, the per-category "
                            "breakdown and the sweep run the eager model)")

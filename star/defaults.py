@@ -5,6 +5,13 @@ values out for their readers; tests/test_defaults.py checks that they agree
 with these.
 """
 
+RECIPE = "default"  # which of a model's recipes a run starts from (its paper's)
+SEED = 0  # of a training run
+DEVICE = "auto"  # CUDA when present, else the CPU
+ACCUMULATE = 1  # micro-batches per optimiser step
+PADDED_FRAMES = 300  # frames per clip of the padded layout the baselines get (their papers')
+PADDED_PERSONS = 2  # persons per frame of the padded layout
+
 PROFILE_BENCHMARK = "ntu60/xsub"  # its test side gives the profiling batch
 PROFILE_CLIPS = 16  # clips in the profiling batch: the paper's efficiency figures match 16
 PROFILE_SEED = 0  # of the clip draw

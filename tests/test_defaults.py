@@ -1,10 +1,14 @@
 """Every default the workflow's configuration spells out is the package's own: one source, checked."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from star import defaults, names
+from star.cli import build_parser
+from star.data.store import PADDED_FRAMES
+from star.training.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
@@ -28,3 +32,24 @@ def test_every_benchmark_list_of_the_schema_is_the_packages():
                        SCHEMA["profiling"]["properties"]["benchmark"]["enum"],
                        SCHEMA["figures"]["properties"]["curves_benchmark"]["enum"], CONFIG["benchmarks"]]
     assert all(listed == list(names.BENCHMARKS) for listed in benchmark_lists)
+
+
+def _defaults_of(command: str) -> dict:
+    """`star COMMAND`'s flag defaults, by destination."""
+    subcommands = next(a for a in build_parser()._actions if a.dest == "command")
+    return {action.dest: action.default for action in subcommands.choices[command]._actions}
+
+
+def test_the_training_settings_of_the_cli_the_run_and_the_config_are_the_packages_defaults():
+    run = {f.name: f.default for f in fields(RunConfig)}
+    train = _defaults_of("train")
+    schema = SCHEMA["training"]["properties"]
+    settings = {"recipe": defaults.RECIPE, "accumulate": defaults.ACCUMULATE,
+                "padded_frames": defaults.PADDED_FRAMES, "device": defaults.DEVICE, "amp": False, "max_clips": None}
+    for key, value in settings.items():
+        assert CONFIG["training"][key] == schema[key]["default"] == train[key] == value, key
+        assert run["recipe_name" if key == "recipe" else key] == value, key
+    assert train["seed"] == run["seed"] == defaults.SEED and PADDED_FRAMES == defaults.PADDED_FRAMES
+    profile = _defaults_of("profile")
+    assert profile["device"] == CONFIG["profiling"]["device"] == defaults.DEVICE
+    assert all(profile[key] == value for key, value in PROFILING.items()), profile

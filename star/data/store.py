@@ -39,6 +39,7 @@ import numpy as np
 
 from star import __version__
 from star.data.splits import BENCHMARKS, NTU60_LAST_SETUP, SIDES, check_side, get_benchmark
+from star.defaults import PADDED_FRAMES, PADDED_PERSONS
 from star.errors import StarError
 from star.formats import STORE_FORMAT
 from star.io import read_result
@@ -51,7 +52,6 @@ CLIP_DTYPE = np.dtype([
     ("replication", "i2"), ("frames", "i4"), ("persons", "i1"), ("raw_bodies", "i2"),
 ])
 TRACK_DTYPE = np.dtype([("clip", "i4"), ("person", "i1"), ("offset", "i8"), ("length", "i4"), ("first_frame", "i4")])
-PADDED_FRAMES, PADDED_PERSONS = 300, 2
 FRAME_BYTES = NUM_JOINTS * 3 * 4
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from star import registry
+from star import defaults, registry
 from star.data.splits import get_benchmark
-from star.data.store import PADDED_FRAMES, CompactStore, StoreError
+from star.data.store import CompactStore, StoreError
 from star.errors import InputError, StarError
 from star.recipe import TrainingRecipe
 
@@ -27,14 +27,14 @@ class RunConfig:
     model: str  # a name of star.registry
     out: str  # run folder
     recipe: TrainingRecipe  # optimiser, schedule, epochs, batch size
-    recipe_name: str = "default"  # which of the model's recipes the overrides were applied to
-    seed: int = 0
+    recipe_name: str = defaults.RECIPE  # which of the model's recipes the overrides were applied to
+    seed: int = defaults.SEED
     fill: str = "repeat"  # padded layout: filling clips shorter than padded_frames
-    padded_frames: int = PADDED_FRAMES
+    padded_frames: int = defaults.PADDED_FRAMES
     group_by_length: bool = False  # batch clips of similar length together
-    accumulate: int = 1  # micro-batches per batch and process (gradient accumulation)
+    accumulate: int = defaults.ACCUMULATE  # micro-batches per batch and process (gradient accumulation)
     amp: bool = False  # mixed precision: float16 and a gradient scaler on CUDA, bfloat16 on the CPU
-    device: str = "auto"
+    device: str = defaults.DEVICE
     workers: int = 0  # loader processes
     deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is deterministic anyway)
     compile: bool = False  # torch.compile the network (star.device.compiled)
@@ -51,7 +51,7 @@ class RunConfig:
 EXECUTION_FIELDS = ("store", "out", "device", "workers", "deterministic", "compile")
 
 
-def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, recipe: str = "default",
+def run_config(store: str | Path, benchmark: str, model: str, out: str | Path, recipe: str = defaults.RECIPE,
                overrides: dict | None = None, fill: str | None = None, **options) -> RunConfig:
     """A RunConfig with the model's recipe `recipe` changed by `overrides` (recipe field -> value)."""
     spec = registry.spec(model)
