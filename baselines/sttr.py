@@ -296,10 +296,10 @@ class STTR(nn.Module):
 # The ST-TR paper's NTU schedule, which the STAR paper keeps for this baseline. Its code confirms all but
 # the batch (Chiaraplizz/ST-TR code/config/st_gcn/nturgbd/train.yaml: base_lr 0.1, step [60, 90],
 # num_epoch 120, nesterov, weight_decay 0.0001; code/main.py: momentum 0.9). The batch of 32 is the
-# paper's as we recall it (its text was not reachable here to check); its code ships batch_size 2 with
-# --optimize_every 2 (main.py divides the loss by 2 and steps once per 2 batches), so 4 clips per step,
-# a low-memory setting that no published number names. `accumulate` gives 32 on a small GPU
-# (batch_size 8, accumulate 4: the same mean gradient).
+# paper's, not confirmed here: its text could not be read where this was written, and its code ships
+# batch_size 2 with --optimize_every 2 (main.py divides the loss by 2 and steps once per 2 batches), so 4
+# clips per step, a low-memory setting that no published number names. On a small GPU keep batch_size 32
+# and train with accumulate 4 (micro-batches of 8, the same mean gradient).
 STTR_RECIPES = {
     "paper": TrainingRecipe(optimizer="sgd", lr=0.1, schedule="step", epochs=120, batch_size=32, momentum=0.9,
                             nesterov=True, weight_decay=1e-4, milestones=(60, 90), gamma=0.1),

@@ -1,4 +1,4 @@
-"""The format tag of every file the suite writes, `star-<kind>-<version>`, in one light module: readers (the
+"""The format tag of every file the suite writes, `star-<name>-<version>`, in one light module: readers (the
 tables, the report) check a file's tag without importing the code that writes it (and with it torch). The
 JSON result files take theirs from their schema (star/schemas)."""
 

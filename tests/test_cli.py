@@ -82,7 +82,7 @@ def test_a_damaged_store_an_unwritable_output_and_a_bad_pickle_are_one_line_erro
     store.mkdir()
     (store / "manifest.json").write_text('{"format": "star-compact-1"}')
     assert main(["profile", "--store", str(store), "--model", "star-64", "--out", str(tmp_path / "p.json")]) == 2
-    assert f"{store / 'manifest.json'}: no key 'source'" in capsys.readouterr().err
+    assert f"{store / 'manifest.json'}: no key 'created'" in capsys.readouterr().err
     (store / "manifest.json").write_bytes((tiny_store.path / "manifest.json").read_bytes())  # its tables are missing
     assert main(["profile", "--store", str(store), "--model", "star-64", "--out", str(tmp_path / "p.json")]) == 2
     assert "an incomplete or damaged store" in capsys.readouterr().err

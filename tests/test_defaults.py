@@ -7,7 +7,6 @@ import yaml
 
 from star import defaults, names
 from star.cli import build_parser
-from star.data.store import PADDED_FRAMES
 from star.training.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +48,7 @@ def test_the_training_settings_of_the_cli_the_run_and_the_config_are_the_package
     for key, value in settings.items():
         assert CONFIG["training"][key] == schema[key]["default"] == train[key] == value, key
         assert run["recipe_name" if key == "recipe" else key] == value, key
-    assert train["seed"] == run["seed"] == defaults.SEED and PADDED_FRAMES == defaults.PADDED_FRAMES
+    assert train["seed"] == run["seed"] == defaults.SEED
     profile = _defaults_of("profile")
     assert profile["device"] == CONFIG["profiling"]["device"] == defaults.DEVICE
     assert all(profile[key] == value for key, value in PROFILING.items()), profile

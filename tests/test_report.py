@@ -177,7 +177,8 @@ def test_every_figure_is_written_as_png_and_svg(name, tmp_path):
     elif name == "storage":
         inputs = [tmp_path / "manifest.json"]
         inputs[0].write_text(json.dumps({
-            "format": STORE_FORMAT, "source": ["raw"], "clips": 192, "tracks": 264, "two_person_clips": 72,
+            "format": STORE_FORMAT, "created": "2026-12-02T09:00:00+0000", "source": ["raw"], "clips": 192,
+            "tracks": 264, "two_person_clips": 72,
             "total_frames": 29619, "frames_shape": [29619, 25, 3], "frames_dtype": "<f4", "setups": [1, 18],
             "benchmarks": {"ntu60/xsub": {"train": 96, "test": 96}},
             "bytes": {"compact": 8_910_380, "padded_300x2": 34_560_000,
@@ -209,7 +210,7 @@ def test_table_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     profile_path.write_text(json.dumps(PROFILES["star-64"]))
     out = tmp_path / "tables" / "table1.csv"
     assert main(["table", "1", str(profile_path), "--out", str(out)]) == 2  # a profile is not a run
-    assert f"{profile_path} is not one" in capsys.readouterr().err
+    assert f"{profile_path}: format 'star-profile-1', expected 'star-run-1'" in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".html").exists()
     with pytest.raises(SystemExit):
         main(["table", "6", str(profile_path), "--out", str(out)])

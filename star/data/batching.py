@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
+from star.data.store import CompactStore
+from star.defaults import PADDED_FRAMES, PADDED_PERSONS
 from star.errors import InputError
 
 FILLS = ("repeat", "zero")

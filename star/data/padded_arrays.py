@@ -39,8 +39,9 @@ from star.data.importing import (
 )
 from star.data.ntu import ArraySample
 from star.data.splits import BENCHMARKS
-from star.data.store import PADDED_FRAMES, CompactStore
 from star.data.store import PADDED_PERSONS as PERSONS
+from star.data.store import CompactStore
+from star.defaults import PADDED_FRAMES
 from star.errors import InputError, existing_file
 from star.io import write_atomic
 from star.names import NPZ_BENCHMARKS

@@ -199,8 +199,6 @@ class CompactStore:
         except ResultFileError as error:
             raise StoreError(f"{error}; make the store again (star preprocess or star import)") from error
         except (OSError, ValueError) as error:
-            if isinstance(error, StoreError):
-                raise
             raise StoreError(f"{self.path}: an incomplete or damaged store ({error}); make it again") from error
         self._track_start = np.searchsorted(self.tracks["clip"], np.arange(len(self.clips) + 1))
         # Rows (frames x persons) of each clip; every clip has at least one track.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from star.data.batching import ClipDataset, ClipSample, CompactBatch, PaddedBatch, PaddedCollate, collate_compact
-from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore, StoreError
-from star.defaults import PROFILE_CLIPS, PROFILE_SEED
+from star.data.store import CompactStore, StoreError
+from star.defaults import PADDED_FRAMES, PADDED_PERSONS, PROFILE_CLIPS, PROFILE_SEED
 from star.errors import InputError
 
 

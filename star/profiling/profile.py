@@ -26,8 +26,17 @@ import torch
 
 from star import registry
 from star.data.splits import get_benchmark
-from star.data.store import PADDED_FRAMES, PADDED_PERSONS, CompactStore
-from star.defaults import PROFILE_CLIPS, PROFILE_REPEATS, PROFILE_SEED, PROFILE_WARMUP, PROFILER_RUNS, SWEEP_REPEATS
+from star.data.store import CompactStore
+from star.defaults import (
+    PADDED_FRAMES,
+    PADDED_PERSONS,
+    PROFILE_CLIPS,
+    PROFILE_REPEATS,
+    PROFILE_SEED,
+    PROFILE_WARMUP,
+    PROFILER_RUNS,
+    SWEEP_REPEATS,
+)
 from star.device import compiled, resolve_device
 from star.formats import PROFILE_FORMAT
 from star.network.star import kernel_forms

@@ -4,7 +4,7 @@ One schema per kind, `<kind>.schema.json` beside this module: `run` (a run's
 metrics.json), `profile` (star profile), `manifest` (a store's manifest.json),
 `fidelity` (star fidelity). Each names the keys its readers use and their types;
 other keys (the environment, the per-module breakdowns) may be added freely.
-Every kind's format tag is `star-<kind>-<version>`, the schema's `$id`.
+Every file's format tag is `star-<name>-<version>`, its schema's `$id` (the manifest's is star-compact-1).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def check(document: dict, kind: str, path: str | Path) -> dict:
         return document
     if document.get("format") != format_tag(kind):
         raise ResultFileError(f"{path}: format {document.get('format')!r}, expected {format_tag(kind)!r} "
-                              f"({schema(kind)['title']})")
+                              f"({schema(kind)['title']}; one of another kind, or of an older star: make it again)")
     where = "/".join(str(part) for part in error.absolute_path)
     if error.validator == "required":
         missing = [key for key in error.validator_value if key not in error.instance]

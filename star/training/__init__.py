@@ -1,1 +1,1 @@
-"""Training: the trainer (`star train`) and the parts evaluation and profiling share with it."""
+"""Training: the trainer (`star train`) and the parts evaluation and checkpoint conversion share with it."""
