@@ -188,8 +188,10 @@ def test_profiling_batch_is_a_recorded_seeded_draw(tiny_store):
     assert described["compact"]["bytes"] == described["rows"] * 25 * 3 * 4 + (5 + 1) * 8 + 4 * described["rows"] * 8
 
 
-@pytest.mark.parametrize("name", registry.names())
-def test_star_profile_writes_every_models_json(tiny_store, tmp_path, name):
+@pytest.mark.parametrize("name", ["star-64-code", "st-gcn-code"])
+def test_star_profile_writes_a_models_json(tiny_store, tmp_path, name):
+    """The command's plumbing, once per layout: every model's counts are checked above, and the smoke workflow
+    profiles every model of the tables."""
     out = tmp_path / f"{name}.json"
     assert main(["profile", "--store", str(tiny_store.path), "--model", name, "--out", str(out), "--clips", "2",
                  "--repeats", "2", "--warmup", "1", "--profiler-runs", "1", "--threads", "2"]) == 0
