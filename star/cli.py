@@ -244,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--classes", type=int, default=60, help="classes the parameter count assumes")
     models.set_defaults(handler=_models)
 
-    from star.data.batching import FILLS
-    from star.data.splits import BENCHMARKS
-    from star.device import DEVICES
+    from star.names import BENCHMARKS, DEVICES, FILLS
 
     workers = min(4, max(1, default_workers() - 1))
     train = commands.add_parser("train", help="train one model on one benchmark (resumes an interrupted run)",
@@ -349,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--sweep-repeats", type=int, default=defaults.SWEEP_REPEATS, metavar="N")
     prof.set_defaults(handler=_profile)
 
-    from star.report.figures import FIGURES
+    from star.names import FIGURES
 
     table = commands.add_parser("table", help="one of the paper's Tables 1-5 as CSV and an HTML fragment",
                                 description="Tables 1 and 4 from runs' metrics.json, Tables 2, 3 and 5 from "

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from star.errors import StarError
-
-DEVICES = ("auto", "cpu", "cuda")
+from star.names import DEVICES
 
 
 class DeviceError(StarError, ValueError):

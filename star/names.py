@@ -19,6 +19,9 @@ BENCHMARKS = {
     "ntu120/xset": ("ntu120", 120, "xset"),
 }
 
+DEVICES = ("auto", "cpu", "cuda")  # where a command computes (star.device resolves "auto")
+FILLS = ("repeat", "zero")  # how the padded layout fills a clip shorter than its frames (star.data.batching)
+
 # every model star.registry registers, in its order
 MODELS = ("star-64", "star-64-full", "star-64-code", "star-64-full-code",
           "star-128", "star-128-full", "star-128-code", "star-128-full-code",

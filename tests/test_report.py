@@ -337,9 +337,11 @@ def test_the_report_names_the_data_source_under_table1(tiny_store, tmp_path):
     assert sources["pyskl"].startswith(f"Data source: pyskl's annotation pickles {paths[0]} (SHA-256 {sha[:12]}")
 
 
-def test_the_tables_and_the_report_import_no_torch():
-    code = "import sys, star.report.tables, star.report.html; print(sorted(m for m in ('torch', 'star.training') " \
-           "if m in sys.modules))"
+def test_the_tables_the_report_and_the_command_line_import_no_torch():
+    """Nor does `star` import torch or matplotlib before it knows the subcommand: every job pays for what it
+    imports, and `star table` or `star report` need neither."""
+    code = "import sys, star.report.tables, star.report.html, star.cli; star.cli.build_parser(); " \
+           "print(sorted(m for m in ('torch', 'star.training', 'matplotlib') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "[]\n"
 

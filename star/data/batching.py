@@ -30,8 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from star.data.store import CompactStore
 from star.defaults import PADDED_FRAMES, PADDED_PERSONS
 from star.errors import InputError
-
-FILLS = ("repeat", "zero")
+from star.names import FILLS
 
 
 @dataclass

@@ -72,12 +72,14 @@ def _model_batch(spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.
     return (batch.compact() if spec.layout == "compact" else batch.padded(spec.fill)).to(device)
 
 
-def count_macs(model, spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.device) -> dict[str, MacCount]:
-    """The three counters on `batch`; a padded model's counts come from its first one and two clips."""
+def count_macs(model, spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.device,
+               counters: tuple[str, ...] = ("fvcore", "deepspeed", "analytic")) -> dict[str, MacCount]:
+    """`counters` (all three by default) on `batch`; a padded model's counts come from its first one and two clips."""
     def counts(model_batch) -> dict[str, MacCount]:
         inputs = registry.model_inputs(spec, model_batch)
-        return {"fvcore": fvcore_count(model, inputs), "deepspeed": deepspeed_count(model, inputs),
-                "analytic": analytic_count(model, inputs, batch.rows, batch.num_clips)}
+        count = {"fvcore": lambda: fvcore_count(model, inputs), "deepspeed": lambda: deepspeed_count(model, inputs),
+                 "analytic": lambda: analytic_count(model, inputs, batch.rows, batch.num_clips)}
+        return {name: count[name]() for name in counters}
 
     model_batch = _model_batch(spec, batch, device)
     if spec.layout == "compact":
@@ -183,7 +185,7 @@ def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, devi
                 "rows": batch.rows if spec.layout == "compact" else count * PADDED_FRAMES * PADDED_PERSONS,
                 "latency_ms": latency["median_ms"], "latency_min_ms": latency["min_ms"],
                 "latency_max_ms": latency["max_ms"],
-                "gmacs": count_macs(model, spec, batch, device)["fvcore"].total / 1e9,
+                "gmacs": count_macs(model, spec, batch, device, ("fvcore",))["fvcore"].total / 1e9,
             }
             if spec.layout == "padded":
                 padded_point = point
