@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -55,6 +56,20 @@ def test_manifest_counts_both_sides_of_every_benchmark(tiny_store):
 
 def _clip(frames):
     return Clip(parse_name("S001C001P001R001A001"), frames, [Person(0, np.ones((frames, 25, 3), np.float32))], 1)
+
+
+def test_the_content_digest_is_that_of_the_data_and_changes_with_it(tmp_path):
+    def store(name, value):
+        with StoreWriter(tmp_path / name, source=[name]) as writer:
+            writer.add(Clip(parse_name("S001C001P001R001A001"), 4, [Person(0, np.full((4, 25, 3), value, "<f4"))], 1))
+        return CompactStore(tmp_path / name)
+
+    first, again, other = store("first", 0.5), store("again", 0.5), store("other", 0.25)
+    digest = hashlib.sha256(hashlib.sha256((first.path / "frames.f32").read_bytes()).digest())
+    for name in ("clips.npy", "tracks.npy"):
+        digest.update(name.encode() + (first.path / name).read_bytes())
+    assert first.manifest["content_sha256"] == digest.hexdigest() == again.manifest["content_sha256"]
+    assert other.manifest["content_sha256"] != digest.hexdigest()
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path):

@@ -17,7 +17,7 @@ from star.cli import build_parser, main
 from star.data.store import CompactStore, StoreError
 from star.device import DeviceError, autocast, resolve_device
 from star.recipe import TrainingRecipe
-from star.training.checkpoint import load_checkpoint
+from star.training.checkpoint import config_differences, load_checkpoint
 from star.training.config import RunError, run_config
 from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, train
 
@@ -229,6 +229,14 @@ def test_a_checkpoint_of_another_run_is_refused(short_store, reference_run, tmp_
     moved = tmp_path / "moved-store"
     shutil.copytree(short_store.path, moved)
     assert train(quick_config(CompactStore(moved), out, workers=1), progress=False)["epochs"] == 3
+    # but what the store holds does: one made again from other data is another run
+    manifest = json.loads((moved / "manifest.json").read_text())
+    made_again = {**manifest, "content_sha256": "0" * 64}
+    (moved / "manifest.json").write_text(json.dumps(made_again))
+    with pytest.raises(RunError, match=f"store_content: '{manifest['content_sha256']}' there, '0{{64}}' here"):
+        train(quick_config(CompactStore(moved), out), progress=False)
+    saved = load_checkpoint(out / "checkpoint.pt")["config"]  # a run made before stores recorded their content
+    assert config_differences({k: v for k, v in saved.items() if k != "store_content"}, saved) == []
 
 
 def test_a_run_of_other_settings_is_set_aside_when_asked(short_store, reference_run, tmp_path):

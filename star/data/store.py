@@ -18,8 +18,9 @@ A store is a folder:
 - `manifest.json`: shapes, counts, bytes on disk and the bytes the padded
   300-frame x 2-person layout would take for the same clips, the source
   (`source_format`: raw, pyskl or npz; `source`: its paths; `source_files`:
-  size and SHA-256 of each imported file) and the preprocessing or import
-  summary.
+  size and SHA-256 of each imported file), the preprocessing or import
+  summary, and `content_sha256`: the digest of the frames and table files,
+  which every run records (a store made again from other data is another run).
 
 A store is written into a temporary folder and renamed into place when whole,
 so a reader never sees a half-written one. An existing store at the same path
@@ -29,6 +30,7 @@ is moved aside just before and deleted just after; anything else at that path
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +80,7 @@ class StoreWriter:
         self.tracks: list[tuple] = []
         self.membership: list[dict[str, int]] = []
         self.total_frames = 0
+        self.frames_digest = hashlib.sha256()
 
     def __enter__(self) -> StoreWriter:
         if self.out.exists() and not _is_replaceable(self.out):
@@ -100,7 +103,9 @@ class StoreWriter:
         for person_index, person in enumerate(clip.persons):
             xyz = np.ascontiguousarray(person.xyz, dtype="<f4")
             self.tracks.append((clip_index, person_index, self.total_frames, len(xyz), person.first_frame))
-            self.frames_file.write(xyz.tobytes())
+            data = xyz.tobytes()
+            self.frames_file.write(data)
+            self.frames_digest.update(data)
             self.total_frames += len(xyz)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
@@ -140,6 +145,7 @@ class StoreWriter:
             "bytes": _bytes(self.tmp, len(clips)),
             "benchmarks": _benchmark_counts(clips, splits),
             "summary": self.summary,
+            "content_sha256": _content_digest(self.tmp, self.frames_digest),
         }
         check(manifest, "manifest", self.out / "manifest.json")
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -148,6 +154,16 @@ class StoreWriter:
             self.out.rename(old)
         self.tmp.rename(self.out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _content_digest(folder: Path, frames: hashlib._Hash) -> str:
+    """sha256 of what the store holds: the frames' digest, then each table file by name (not the manifest,
+    whose creation time differs between two writes of the same data)."""
+    digest = hashlib.sha256(frames.digest())
+    for path in sorted(folder.glob("*.npy")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _is_replaceable(path: Path) -> bool:

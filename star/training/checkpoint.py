@@ -43,8 +43,12 @@ def save_checkpoint(data: dict, path: Path) -> None:
 
 
 def config_differences(saved: dict, asked: dict) -> list[str]:
-    """Settings that change a run's numbers and differ between a checkpoint's run and this one."""
+    """Settings that change a run's numbers and differ between a checkpoint's run and this one.
+
+    A setting the checkpoint does not record (a run made before the setting existed, such as store_content)
+    is not a difference: such runs resume as they did.
+    """
     saved = {**saved, "recipe": {**saved["recipe"], "epochs": None}}
     asked = {**asked, "recipe": {**asked["recipe"], "epochs": None}}
-    return [f"{key}: {saved.get(key)!r} there, {asked.get(key)!r} here" for key in asked
-            if key not in EXECUTION_FIELDS and saved.get(key) != asked.get(key)]
+    return [f"{key}: {saved[key]!r} there, {asked[key]!r} here" for key in asked
+            if key not in EXECUTION_FIELDS and key in saved and saved[key] != asked[key]]

@@ -39,6 +39,9 @@ class RunConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is deterministic anyway)
     compile: bool = False  # torch.compile the network (star.device.compiled)
     max_clips: int | None = None  # use at most this many clips of each side, evenly spread (quick checks)
+    # the store's content_sha256 (its manifest), filled in by the trainer: a store made again from other data
+    # makes another run, wherever it lives (None: a store made before stores recorded it)
+    store_content: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

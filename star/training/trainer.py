@@ -36,6 +36,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ class Trainer:
         self.spec = registry.spec(config.model)
         self.benchmark = get_benchmark(config.benchmark)
         self.store = CompactStore(config.store)
+        self.config = config = replace(config, store_content=self.store.manifest.get("content_sha256"))
         self.train_clips = subset(self.store.split(config.benchmark, "train"), config.max_clips)
         self.test_clips = subset(self.store.split(config.benchmark, "test"), config.max_clips)
         check_labels(self.store, self.train_clips, config.benchmark, "train")
