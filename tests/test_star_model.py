@@ -142,8 +142,8 @@ def test_sparse_scores_are_stable_for_large_logits():
 
 def test_row_kernel_gradient_matches_finite_differences_with_and_without_dropout():
     graph = NeighbourhoodGraph.from_mask(MASK)
-    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=4))
-    keep = (torch.rand(graph.num_edges, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
+    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=2))  # 450 inputs: gradcheck perturbs each in turn
+    keep = (torch.rand(graph.num_edges, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
     assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph), (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph, keep.double()), (q, k, v))
 
