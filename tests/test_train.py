@@ -235,8 +235,11 @@ def test_a_checkpoint_of_another_run_is_refused(short_store, reference_run, tmp_
     (moved / "manifest.json").write_text(json.dumps(made_again))
     with pytest.raises(RunError, match=f"store_content: '{manifest['content_sha256']}' there, '0{{64}}' here"):
         train(quick_config(CompactStore(moved), out), progress=False)
-    saved = load_checkpoint(out / "checkpoint.pt")["config"]  # a run made before stores recorded their content
+    saved = load_checkpoint(out / "checkpoint.pt")["config"]  # runs made before stores recorded their content
     assert config_differences({k: v for k, v in saved.items() if k != "store_content"}, saved) == []
+    assert config_differences({**saved, "store_content": None}, saved) == []
+    assert config_differences({k: v for k, v in saved.items() if k != "amp"}, {**saved, "amp": True}) == [
+        "amp: False there, True here"]  # a setting a checkpoint lacks ran at its default
 
 
 def test_a_run_of_other_settings_is_set_aside_when_asked(short_store, reference_run, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from star.errors import existing_file
 from star.formats import CHECKPOINT_FORMAT
 from star.io import write_atomic
-from star.training.config import EXECUTION_FIELDS, RunError
+from star.training.config import EXECUTION_FIELDS, RunConfig, RunError
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -45,10 +46,12 @@ def save_checkpoint(data: dict, path: Path) -> None:
 def config_differences(saved: dict, asked: dict) -> list[str]:
     """Settings that change a run's numbers and differ between a checkpoint's run and this one.
 
-    A setting the checkpoint does not record (a run made before the setting existed, such as store_content)
-    is not a difference: such runs resume as they did.
+    A setting the checkpoint does not record ran at its default (the run predates it). An unknown store
+    content (None: a store made before stores recorded it) is no difference, so such runs resume as before.
     """
-    saved = {**saved, "recipe": {**saved["recipe"], "epochs": None}}
+    saved = {**{f.name: f.default for f in fields(RunConfig)}, **saved,
+             "recipe": {**saved["recipe"], "epochs": None}}
     asked = {**asked, "recipe": {**asked["recipe"], "epochs": None}}
+    unknown = {"store_content"} if None in (saved["store_content"], asked.get("store_content")) else set()
     return [f"{key}: {saved[key]!r} there, {asked[key]!r} here" for key in asked
-            if key not in EXECUTION_FIELDS and key in saved and saved[key] != asked[key]]
+            if key not in EXECUTION_FIELDS and key not in unknown and saved[key] != asked[key]]
