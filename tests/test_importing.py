@@ -41,6 +41,8 @@ def test_raw_to_pyskl_to_store_gives_the_same_clips_and_splits(tiny_store, tmp_p
     assert [f["path"] for f in manifest["source_files"]] == [str(p) for p in paths]
     assert all(len(f["sha256"]) == 64 and f["bytes"] == p.stat().st_size
                for f, p in zip(manifest["source_files"], paths, strict=True))
+    import_pyskl(paths[::-1], tmp_path / "reversed", progress=False)  # the same data, named in another order
+    assert CompactStore(tmp_path / "reversed").manifest["content_sha256"] == manifest["content_sha256"]
 
 
 def test_the_source_split_lists_decide_membership_and_float16_is_read(tiny_store, tmp_path):

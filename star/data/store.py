@@ -125,8 +125,9 @@ class StoreWriter:
         np.save(self.tmp / "tracks.npy", np.array(self.tracks, dtype=TRACK_DTYPE))
         splits = None
         if self.benchmarks is not None:
-            rows = [tuple(sides.get(name, -1) for name in self.benchmarks) for sides in self.membership]
-            splits = np.array(rows, dtype=[(name, "i1") for name in self.benchmarks])
+            names = sorted(self.benchmarks)  # not the sources' order: the same data make the same store
+            rows = [tuple(sides.get(name, -1) for name in names) for sides in self.membership]
+            splits = np.array(rows, dtype=[(name, "i1") for name in names])
             np.save(self.tmp / SPLITS_FILE, splits)
         manifest = {
             "format": STORE_FORMAT,
