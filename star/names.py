@@ -1,7 +1,8 @@
 """The names the workflow and the package share, in a module that imports only the standard library.
 
 Building the workflow's job graph reads them (workflow/rules/common.smk), so a
-dry run neither needs nor pays for torch, pandas or matplotlib. The benchmark
+dry run neither needs nor pays for torch, pandas or matplotlib; so does the
+`star` command's parser, so a job imports only what its subcommand uses. The benchmark
 table, the figures and the data forms are taken from here by the modules that
 use them; the model registry builds its names itself, and tests/test_names.py
 checks that it registers exactly MODELS.
