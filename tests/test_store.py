@@ -54,14 +54,14 @@ def test_manifest_counts_both_sides_of_every_benchmark(tiny_store):
     assert counts["ntu120/xset"]["train"] + counts["ntu120/xset"]["test"] == 8 * 24
 
 
-def _clip(frames):
-    return Clip(parse_name("S001C001P001R001A001"), frames, [Person(0, np.ones((frames, 25, 3), np.float32))], 1)
+def _clip(frames, value=1.0):
+    return Clip(parse_name("S001C001P001R001A001"), frames, [Person(0, np.full((frames, 25, 3), value, "<f4"))], 1)
 
 
 def test_the_content_digest_is_that_of_the_data_and_changes_with_it(tmp_path):
     def store(name, value):
         with StoreWriter(tmp_path / name, source=[name]) as writer:
-            writer.add(Clip(parse_name("S001C001P001R001A001"), 4, [Person(0, np.full((4, 25, 3), value, "<f4"))], 1))
+            writer.add(_clip(4, value))
         return CompactStore(tmp_path / name)
 
     first, again, other = store("first", 0.5), store("again", 0.5), store("other", 0.25)

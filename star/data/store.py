@@ -146,7 +146,7 @@ class StoreWriter:
             "bytes": _bytes(self.tmp, len(clips)),
             "benchmarks": _benchmark_counts(clips, splits),
             "summary": self.summary,
-            "content_sha256": _content_digest(self.tmp, self.frames_digest),
+            "content_sha256": _content_digest(self.tmp, self.frames_digest.digest()),
         }
         check(manifest, "manifest", self.out / "manifest.json")
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -157,10 +157,10 @@ class StoreWriter:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _content_digest(folder: Path, frames: hashlib._Hash) -> str:
+def _content_digest(folder: Path, frames_sha256: bytes) -> str:
     """sha256 of what the store holds: the frames' digest, then each table file by name (not the manifest,
     whose creation time differs between two writes of the same data)."""
-    digest = hashlib.sha256(frames.digest())
+    digest = hashlib.sha256(frames_sha256)
     for path in sorted(folder.glob("*.npy")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
