@@ -56,6 +56,7 @@ from star.data.splits import get_benchmark
 from star.data.store import CompactStore
 from star.data.synthetic import TINY, generate, random_samples
 from star.device import DEVICES, autocast, resolve_device
+from star.network import fused
 from star.network.linear_attention import (
     elu_feature_map,
     padded_linear_attention,
@@ -166,6 +167,9 @@ def check_kernels(device: torch.device) -> list[dict]:
             "gather": gathered_attention(q, torch.stack([k, v], dim=2), graph),
             "edges": edge_attention(*edges, graph, get_backend("torch")).view(25, h, n, d).permute(2, 0, 1, 3),
         }
+        if device.type == "cpu" and fused.available():  # the fused kernels are CPU operators
+            forms["fused"] = fused.sparse_attention(*planes, graph.rowptr, graph.key).view(25, d, h, n).permute(
+                3, 0, 2, 1)
         want = torch.autograd.grad((reference * weights).sum(), (q, k, v))
         for form, out in forms.items():
             got = torch.autograd.grad((out * weights).sum(), (q, k, v))
@@ -184,6 +188,8 @@ def check_kernels(device: torch.device) -> list[dict]:
         reference = as_rows(quadratic_linear_attention(phi_q, phi_k, groups[2], segments.clip_ids, eps))
         split = segmented_linear_attention(phi_q.mT, phi_k.mT, groups[2].mT, bounds, eps).mT
         forms = {"split": as_rows(split), "padded": padded_linear_attention(qkv, segments, scale, eps)}
+        if device.type == "cpu" and fused.available():
+            forms["fused"] = as_rows(fused.linear_attention(*(t.mT for t in groups), bounds, scale, eps).mT)
         (want,) = torch.autograd.grad((reference * weights).sum(), qkv, retain_graph=True)
         for form, out in forms.items():
             (got,) = torch.autograd.grad((out * weights).sum(), qkv, retain_graph=True)
@@ -283,6 +289,8 @@ def check_dispatch(device: torch.device, quick: bool) -> list[dict]:
     """The launch-light forms' counts must not grow with the clips; forward <= 300 and fwd+bwd <= 900 launches."""
     rows = []
     for form, (sparse, temporal) in KERNEL_FORMS.items():
+        if "fused" in (sparse, temporal) and device.type != "cpu":
+            continue  # CPU operators
         counts = {}
         for clips in (4, 16, 64):
             # the counts do not depend on the clips' lengths, only on their number: short clips in quick mode

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from star import registry
 from star.data.batching import collate_compact
 from star.data.synthetic import random_samples
-from star.network import STAR, STARConfig
+from star.network import STAR, STARConfig, fused
 from star.network.encoding import sinusoidal_encoding
 from star.network.features import bone_vectors, parent_index, segment_motion, segment_starts
 from star.network.linear_attention import (
@@ -125,6 +125,72 @@ def test_gather_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(co
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
+def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts):
+    """float32 to 1e-5; 150 columns: two full blocks of the kernel's 64 and a partial one."""
+    graph = NeighbourhoodGraph.from_mask(counts)
+    planes = [t.requires_grad_() for t in _planes(d=4, m=150, dtype=torch.float32)]  # (V, d, M)
+    weights = torch.randn(25, 4, 150, generator=torch.Generator().manual_seed(2))
+    keep = (torch.rand(graph.num_edges, 150, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6  # (E, M)
+    as_rows = [t.permute(2, 0, 1) for t in planes]  # (M, V, d)
+    references = {None: dense_attention(*as_rows, mask=torch.as_tensor(counts)).permute(1, 2, 0),
+                  "dropout": row_attention(*planes, graph, keep)}
+    for case, reference in references.items():
+        out = fused.sparse_attention(*planes, graph.rowptr, graph.key, keep if case else None)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+        for got, want in zip(torch.autograd.grad((out * weights).sum(), planes),
+                             torch.autograd.grad((reference * weights).sum(), planes), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.0])
+def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps):
+    """float32 to 1e-5 on the raw projections (phi inside the kernel), clips of 1 to 9 rows, strided inputs."""
+    generator = torch.Generator().manual_seed(0)
+    bounds = [0, 3, 4, 13, 20]
+    projection = (torch.randn(6, 3, 5, 20, generator=generator) * 2).requires_grad_()  # (G, 3, d, N)
+    q, k, v = projection.unbind(1)  # (G, d, N) each, rows 3 d N apart as the module's views are
+    weights = torch.randn(6, 5, 20, generator=generator)
+    out = fused.linear_attention(q, k, v, bounds, 0.7, eps)
+    segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
+    reference = quadratic_linear_attention(elu_feature_map(q.mT * 0.7), elu_feature_map(k.mT * 0.7), v.mT,
+                                           segment_ids, eps).mT  # (G, d, N)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    (got,) = torch.autograd.grad((out * weights).sum(), projection)
+    (want,) = torch.autograd.grad((reference * weights).sum(), projection)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_kernel_gradients_match_finite_differences():
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=2))
+    keep = (torch.rand(graph.num_edges, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
+    assert torch.autograd.gradcheck(lambda a, b, c: fused.sparse_attention(a, b, c, graph.rowptr, graph.key,
+                                                                            keep.double()), (q, k, v))
+    projection = torch.randn(2, 3, 3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.autograd.gradcheck(lambda p: fused.linear_attention(*p.unbind(1), [0, 2, 7], 0.8, 1e-6),
+                                    (projection.requires_grad_(),))
+
+
+def test_fused_kernels_refuse_what_they_cannot_take_and_auto_falls_back(monkeypatch):
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    q, k, v = _planes(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="joint planes must be contiguous"):
+        fused.sparse_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), graph.rowptr, graph.key)
+    with pytest.raises(RuntimeError, match=r"keep must be \(E, M\) = \(191, 6\) in q's dtype"):
+        fused.sparse_attention(q, k, v, graph.rowptr, graph.key, torch.ones(191, 6, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="bounds must run from 0 to 6"):
+        fused.linear_attention(q, k, v, [0, 5], 1.0, 0.0)
+    spatial, temporal = SpatialAttention(16, 4, MASK), TemporalAttention(16, 4)
+    x = torch.empty(1, 25, 16)
+    assert (spatial.kernel_for(x), temporal.kernel_for(x.double())) == ("fused", "fused")
+    assert (spatial.kernel_for(x.half()), temporal.kernel_for(x.bfloat16())) == ("rows", "split")
+    with torch.autocast("cpu", torch.bfloat16):  # float32 input, bfloat16 projections
+        assert (spatial.kernel_for(x), temporal.kernel_for(x)) == ("rows", "split")
+    monkeypatch.setattr(fused, "available", lambda: False)  # no compiler: the ATen forms
+    assert (spatial.kernel_for(x), temporal.kernel_for(x)) == KERNEL_FORMS["aten"]
+
+
 def test_dense_attention_is_softmax_of_scaled_scores():
     q, k, v = (t.permute(2, 0, 1) for t in _planes())
     scores = torch.einsum("mid,mjd->mij", q, k) / math.sqrt(q.shape[-1])
@@ -135,6 +201,7 @@ def test_sparse_scores_are_stable_for_large_logits():
     graph = NeighbourhoodGraph.from_mask(MASK)
     q, k, v = (t * 1000 for t in _planes(dtype=torch.float32))
     assert torch.isfinite(row_attention(q, k, v, graph)).all()
+    assert torch.isfinite(fused.sparse_attention(q, k, v, graph.rowptr, graph.key)).all()
     as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # exp(score) alone would overflow for these
     for backend in BACKENDS:
         assert torch.isfinite(edge_attention(*as_edges, graph, get_backend(backend))).all()
@@ -183,7 +250,7 @@ def test_unknown_backend_and_kernel_are_refused():
         SpatialAttention(60, 8, MASK)
 
 
-@pytest.mark.parametrize("kernel", ["rows", "edges"])
+@pytest.mark.parametrize("kernel", ["fused", "rows", "edges"])
 def test_spatial_module_sparse_equals_masked_dense_and_full_equals_unmasked(kernel):
     torch.manual_seed(0)
     x = torch.randn(7, 25, 16)
@@ -231,7 +298,7 @@ def test_elu_feature_map_is_positive_where_float32_can_say_so():
     torch.testing.assert_close(elu_feature_map(torch.tensor([2.0, 0.0])), torch.tensor([3.0, 1.0]))
 
 
-@pytest.mark.parametrize("kernel", ["split", "padded"])
+@pytest.mark.parametrize("kernel", ["fused", "split", "padded"])
 def test_temporal_module_equals_eq6_on_linear_projections(kernel):
     torch.manual_seed(0)
     module = TemporalAttention(16, 4, kernel=kernel).eval()
@@ -256,7 +323,7 @@ def test_plane_projection_holds_linear_weights_in_any_row_order():
         PlaneProjection(16, 4, ("qkv", "qkv", "depth"))
 
 
-@pytest.mark.parametrize("kernel", ["split", "padded"])
+@pytest.mark.parametrize("kernel", ["fused", "split", "padded"])
 def test_temporal_module_never_mixes_segments(kernel):
     torch.manual_seed(0)
     module = TemporalAttention(16, 4, kernel=kernel).eval()
@@ -381,7 +448,7 @@ def test_sparse_kernels_and_backends_give_the_same_model_output():
     outputs = []
     for kernel, backend, temporal in [("rows", "torch", "split"), ("edges", "torch", "split"),
                                       ("edges", "pyg", "split"), ("rows", "pyg", "split"),
-                                      ("gather", "torch", "padded")]:
+                                      ("gather", "torch", "padded"), ("fused", "torch", "fused")]:
         torch.manual_seed(0)
         model = STAR(STARConfig(sparse_kernel=kernel, scatter_backend=backend, temporal_kernel=temporal)).eval()
         with torch.no_grad():
@@ -409,7 +476,7 @@ def test_analytic_macs_equal_the_matrix_products_pytorch_counts(name):
     model = _model(name)
     batch = collate_compact(random_samples(frames=[9, 4, 6], persons=[1, 2, 1]))
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), counter, kernel_forms(model, "aten"):  # the fused kernels are one opaque operator each
         model(*inputs(batch))
     macs = model.analytic_macs(rows=len(batch.x), clips=batch.num_clips)
     categories = model.mac_categories()

@@ -13,8 +13,15 @@ well as to its own; the attention is order-free and the two persons' rows are
 related in time only through the positional encoding of their shared clock
 (`star.network.encoding`).
 
-Two forms, picked by `kernel` ("auto": `split` on the CPU, `padded` on any
-other device and under `torch.compile`):
+Three forms, picked by `kernel` ("auto": `fused` on the CPU, or `split` where
+it cannot be built and for half-precision tensors; `padded` on any other
+device and under `torch.compile`):
+
+- `fused`: one C++ operator (`star.network.fused`) per call, forward and
+  backward, that takes the raw projections and applies phi itself, one task
+  per clip and joint and head: U and Z as d x d dot products along the clip's
+  rows, then every output row. The backward pass recomputes phi, U and Z
+  instead of keeping them, so training keeps no phi(Q), phi(K) tensors.
 
 - `split`: one (d x L) @ (L x d) product per clip and head and joint, a batched
   matrix product over a (G, d, L) slice of the joint-and-head-major layout with
@@ -51,11 +58,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from star.network import fused
 from star.network.projection import PlaneProjection
 from star.network.segments import ClipSegments
 from star.network.sparse_attention import device_form
 
-KERNELS = ("auto", "split", "padded")
+KERNELS = ("auto", "fused", "split", "padded")
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -134,16 +142,19 @@ class TemporalAttention(nn.Module):
     def kernel_for(self, x: torch.Tensor) -> str:
         if self.kernel != "auto":
             return self.kernel
-        return "padded" if device_form(x) else "split"
+        return "padded" if device_form(x) else "fused" if fused.usable(x) else "split"
 
     def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
-        scale = d ** -0.25
-        if self.kernel_for(x) == "padded":
+        scale, kernel = d ** -0.25, self.kernel_for(x)
+        if kernel == "padded":
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
             return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)
         q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
-        q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
-        out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
+        if kernel == "fused":
+            out = fused.linear_attention(q, k, val, segments.bounds, scale, self.eps)  # (G, d, N)
+        else:
+            q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
+            out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
         return out.view(v, h, d, n).permute(3, 0, 1, 2).reshape(n, v, c)  # (N, V, H*d)

@@ -15,11 +15,17 @@ code lists each one-hop pair twice, `star.skeleton.power_edge_counts`): every
 kernel then treats each listing as an edge of its own, so the pair weighs
 double in the softmax and, in training, each listing draws its own dropout.
 
-Four forms compute the same numbers; `auto` (the default) takes `rows` on the
-CPU and `gather` on any other device (CUDA, and the meta device) and under
+Five forms compute the same numbers; `auto` (the default) takes `fused` on the
+CPU (`rows` where it cannot be built, or for half-precision tensors) and
+`gather` on any other device (CUDA, and the meta device) and under
 `torch.compile`:
 
-- `rows` (`auto` on the CPU): the neighbourhood as CSR rows, one query joint at a
+- `fused` (`auto` on the CPU): the `rows` form below as one C++ operator
+  (`star.network.fused`), forward and backward: threads split M into blocks of
+  64 columns, and within a block every query joint's scores, softmax and
+  weighted sum stay in the L1 cache, so each key and value plane is read once
+  per block instead of once per edge.
+- `rows`: the neighbourhood as CSR rows, one query joint at a
   time, in a joint-major layout (V, d, M) where M = frames x heads is the
   innermost, contiguous axis, so each joint's key and value is one contiguous
   (d, M) plane. Each edge is a dot product over d of two planes (its scores)
@@ -62,11 +68,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from star.network import fused
 from star.network.dropout import keep_mask
 from star.network.projection import PlaneProjection
 from star.network.scatter import SegmentOps
 
-KERNELS = ("auto", "rows", "gather", "edges")
+KERNELS = ("auto", "fused", "rows", "gather", "edges")
 GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias")  # NeighbourhoodGraph's tensor fields, in order
 
 
@@ -266,8 +273,8 @@ class SpatialAttention(nn.Module):
         self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
         # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order; the other
         # forms apply the same weight as nn.Linear, (N, V, 3, H, d)
-        self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if kernel in ("rows", "auto") and \
-            mask is not None else nn.Linear(width, 3 * width, bias=False)
+        self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if kernel in ("fused", "rows", "auto") \
+            and mask is not None else nn.Linear(width, 3 * width, bias=False)
         self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
         if self.graph is not None:  # buffers, so that model.to(device) moves them: no copy inside a forward
             for name in GRAPH_TENSORS:
@@ -282,7 +289,7 @@ class SpatialAttention(nn.Module):
         """The kernel that runs on `x`: the configured one, or for `auto` the form for x's device."""
         if self.kernel != "auto":
             return self.kernel
-        return "gather" if device_form(x) else "rows"
+        return "gather" if device_form(x) else "fused" if fused.usable(x) else "rows"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, v, c = x.shape
@@ -298,9 +305,12 @@ class SpatialAttention(nn.Module):
             keep = keep_mask((n, v, graph.table.shape[1], h), self.attention_dropout, x) if dropping else None
             return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, keep).view(n, v, c)  # (N, V, H*d)
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
-        if kernel == "rows":
+        if kernel in ("fused", "rows"):
             q, k, val = self.qkv(x).view(v, 3, d, h * n).unbind(1)  # (V, d, M) each, M = (H, N)
-            out = row_attention(q, k, val, graph, keep)  # (V, d, M)
+            if kernel == "fused":
+                out = fused.sparse_attention(q, k, val, graph.rowptr, graph.key, keep)  # (V, d, M)
+            else:
+                out = row_attention(q, k, val, graph, keep)  # (V, d, M)
             return out.view(v, d, h, n).permute(3, 0, 2, 1).reshape(n, v, c)  # (N, V, H*d)
         qkv = F.linear(x, self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
         q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)

@@ -57,6 +57,8 @@ OP_CATEGORIES = {
     "sum": "Sum", "index_add": "Sum", "segment_reduce": "Sum",
     "copy": "Copy", "clone": "Copy", "contiguous": "Copy", "cat": "Cat", "stack": "Cat",
     "reshape": "Reshape",  # costs time only when it copies: a permuted tensor made contiguous
+    # STAR's fused CPU kernels (star.network.fused), in the categories of the products they compute
+    "star_fused::sparse_attention_forward": "Mul", "star_fused::linear_attention_forward": "MatMul",
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")
 

@@ -83,7 +83,7 @@ def count_macs(model, spec: registry.ModelSpec, batch: ProfilingBatch, device: t
 
     model_batch = _model_batch(spec, batch, device)
     if spec.layout == "compact":
-        with kernel_forms(model, "cpu"):  # on any device: the GPU form also computes on padding
+        with kernel_forms(model, "aten"):  # any device: the GPU form computes on padding, the fused ops hide theirs
             return counts(model_batch)
     x = model_batch.x
     model_batch.x = x[:1]

@@ -1,0 +1,123 @@
+"""STAR's two attentions as single CPU kernels (`csrc/fused_attention.cpp`), built on first use and cached.
+
+The `rows` and `split` forms spend most of their time between operators:
+each edge of the sparse attention is a few ATen calls over a whole (d, M)
+plane, each clip of the linear attention a few more, so every key and value
+plane goes through memory once per edge. The fused kernels walk the same
+layouts in cache-sized blocks, one operator a call (forward and backward
+written by hand, tested against autograd of the reference forms).
+
+The extension is compiled by `torch.utils.cpp_extension` for the instruction
+set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
+under a name that includes it, so machines of two kinds sharing a home folder
+never load each other's build; torch caches it under TORCH_EXTENSIONS_DIR
+(default ~/.cache/torch_extensions) and rebuilds only when the source or the
+flags change. Where it cannot be built (no C++ compiler, no ninja) `available()`
+is False with the reason in `build_error()`, and the `auto` kernels take the
+ATen forms; STAR_FUSED=0 asks for that on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
+DTYPES = (torch.float32, torch.float64)
+ISA_FLAGS = {  # what torch's own kernels use at each capability (aten/src/ATen/native/cpu)
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+_error: list[str] = []
+
+
+@cache
+def available() -> bool:
+    """Build (or load the cached build of) the kernels; False, with the reason kept, where that fails."""
+    if os.environ.get("STAR_FUSED", "1") == "0":
+        _error.append("STAR_FUSED=0")
+        return False
+    from torch.utils.cpp_extension import load  # imports setuptools: only when the kernels are wanted
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        # OpenMP: ATen's parallel_for is a header template that runs its threads through OpenMP pragmas
+        load(name=f"star_fused_{capability.lower()}", sources=[str(SOURCE)], is_python_module=False,
+             extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+                           *ISA_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # noqa: BLE001 - any build failure (compiler, ninja, headers) means: not available
+        _error.append(f"{type(error).__name__}: {error}".splitlines()[0])
+        warnings.warn(f"STAR's fused CPU kernels could not be built ({_error[-1]}); using the ATen forms",
+                      stacklevel=2)
+        return False
+    return True
+
+
+def build_error() -> str | None:
+    """Why `available()` is False, or None."""
+    return _error[-1] if _error else None
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError(f"STAR's fused CPU kernels are not available ({build_error()}); "
+                           "choose the rows and split kernels")
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True where a fused kernel can take `x`'s projections: a float32/64 CPU tensor outside autocast (whose
+    products give half precision) and outside a compiled graph, and the kernels built."""
+    return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and available())
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep, rowptr, keys, scale):
+        out, alpha = torch.ops.star_fused.sparse_attention_forward(q, k, v, rowptr, keys, keep, scale)
+        ctx.save_for_backward(q, k, v, keep, alpha, rowptr, keys)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, keep, alpha, rowptr, keys = ctx.saved_tensors
+        grads = torch.ops.star_fused.sparse_attention_backward(grad_out, q, k, v, alpha, rowptr, keys, keep,
+                                                               ctx.scale)
+        return *grads, None, None, None, None
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 2-3 on joint planes q, k, v (V, d, M) -> (V, d, M); the neighbourhood as CSR (rowptr, keys).
+
+    `keep` is the scaled dropout mask on the attention weights, (E, M) in edge order, or None.
+    """
+    _require()
+    return _SparseAttention.apply(q, k, v, keep, rowptr, keys, q.shape[1] ** -0.5)
+
+
+class _LinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bounds, scale, eps):
+        ctx.save_for_backward(q, k, v)
+        ctx.bounds, ctx.scale, ctx.eps = bounds, scale, eps
+        return torch.ops.star_fused.linear_attention_forward(q, k, v, bounds, scale, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        grads = torch.ops.star_fused.linear_attention_backward(grad_out, q, k, v, ctx.bounds, ctx.scale, ctx.eps)
+        return *grads, None, None, None
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float,
+                     eps: float) -> torch.Tensor:
+    """Eq. 6 on the raw projections q, k, v (G, d, N), time innermost -> (G, d, N): phi(scale x) is taken of q
+    and k inside; clip m is rows bounds[m]:bounds[m+1]."""
+    _require()
+    return _LinearAttention.apply(q, k, v, list(bounds), scale, eps)
