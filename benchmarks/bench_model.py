@@ -35,6 +35,7 @@ from star import registry
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
 from star.device import DEVICES, compiled, resolve_device
+from star.network import fused
 from star.network.scatter import BACKENDS, get_backend
 from star.network.sparse_attention import SpatialAttention
 from star.network.star import KERNEL_FORMS, STAR, STARConfig
@@ -154,11 +155,17 @@ FORMS = {f"{sparse}+{temporal}": dict(sparse_kernel=sparse, temporal_kernel=temp
          for sparse, temporal in KERNEL_FORMS.values()}
 
 
+def forms_on(device: torch.device) -> dict[str, dict]:
+    """FORMS that run on `device`: the fused kernels are CPU operators, and need a C++ compiler."""
+    cpu_ready = device.type == "cpu" and fused.available()
+    return {form: kernels for form, kernels in FORMS.items() if cpu_ready or "fused" not in kernels.values()}
+
+
 def backend_table(samples, device, repeats: int) -> None:
     inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(samples).to(device))
     print("\nSTAR-64 in each kernel form and scatter back-end (pooling sums; the edges kernel's segment reductions)")
     print(f"{'back-end':10s} {'form':14s} {'forward_ms':>10s} {'fwd+bwd_ms':>10s}")
-    for form, kernels in FORMS.items():
+    for form, kernels in forms_on(device).items():
         for backend in BACKENDS:
             torch.manual_seed(0)
             model = STAR(STARConfig(scatter_backend=backend, **kernels)).to(device)
@@ -178,7 +185,7 @@ def dispatch_table(seed: int) -> None:
     """Operators dispatched by STAR-64 in each form and by ST-GCN, counted on the CPU (the same on any device)."""
     print("\noperators dispatched per call (all / launching a kernel, i.e. without views)")
     print(f"{'model':8s} {'form':14s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
-    for form, kernels in FORMS.items():
+    for form, kernels in forms_on(torch.device("cpu")).items():
         for clips in (4, 16, 64):
             frames, persons = ntu_like_clips(clips, seed)
             inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(random_samples(frames, persons)))

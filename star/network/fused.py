@@ -20,11 +20,14 @@ ATen forms; STAR_FUSED=0 asks for that on purpose.
 from __future__ import annotations
 
 import os
+import re
+import threading
 import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 DTYPES = (torch.float32, torch.float64)
@@ -33,36 +36,45 @@ ISA_FLAGS = {  # what torch's own kernels use at each capability (aten/src/ATen/
     "AVX2": ["-mavx2", "-mfma"],
 }
 _error: list[str] = []
+_lock = threading.Lock()
 
 
 @cache
-def available() -> bool:
-    """Build (or load the cached build of) the kernels; False, with the reason kept, where that fails."""
+def _build() -> bool:
     if os.environ.get("STAR_FUSED", "1") == "0":
         _error.append("STAR_FUSED=0")
         return False
-    from torch.utils.cpp_extension import load  # imports setuptools: only when the kernels are wanted
-
     capability = torch.backends.cpu.get_cpu_capability()
     try:
+        from torch.utils.cpp_extension import load  # imports setuptools: only when the kernels are wanted
+
         # OpenMP: ATen's parallel_for is a header template that runs its threads through OpenMP pragmas
-        load(name=f"star_fused_{capability.lower()}", sources=[str(SOURCE)], is_python_module=False,
-             extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-                           *ISA_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"])
-    except Exception as error:  # noqa: BLE001 - any build failure (compiler, ninja, headers) means: not available
-        _error.append(f"{type(error).__name__}: {error}".splitlines()[0])
-        warnings.warn(f"STAR's fused CPU kernels could not be built ({_error[-1]}); using the ATen forms",
-                      stacklevel=2)
+        load(name=f"star_fused_{re.sub(r'[^a-z0-9]+', '_', capability.lower())}", sources=[str(SOURCE)],
+             is_python_module=False, extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+                                                   *ISA_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # noqa: BLE001 - any build failure (compiler, ninja, setuptools) means: not available
+        _error.append(f"{type(error).__name__}: {error}")
+        warnings.warn(f"STAR's fused CPU kernels could not be built, using the ATen forms "
+                      f"(star.network.fused.build_error() has the whole message): {_error[-1][:300]}", stacklevel=3)
         return False
     return True
 
 
+def available() -> bool:
+    """Build (or load the cached build of) the kernels once per process; False, with the reason kept, where that
+    fails. Threads wait for one build (and processes do too: torch locks the build folder)."""
+    with _lock:
+        return _build()
+
+
 def build_error() -> str | None:
-    """Why `available()` is False, or None."""
+    """Why `available()` is False (the whole message, the compiler's output included), or None."""
     return _error[-1] if _error else None
 
 
-def _require() -> None:
+def _require(x: torch.Tensor) -> None:
+    if x.device.type != "cpu":
+        raise ValueError(f"STAR's fused kernels are CPU operators, got a tensor on {x.device}")
     if not available():
         raise RuntimeError(f"STAR's fused CPU kernels are not available ({build_error()}); "
                            "choose the rows and split kernels")
@@ -70,9 +82,9 @@ def _require() -> None:
 
 def usable(x: torch.Tensor) -> bool:
     """True where a fused kernel can take `x`'s projections: a float32/64 CPU tensor outside autocast (whose
-    products give half precision) and outside a compiled graph, and the kernels built."""
+    products give half precision), a compiled graph or a JIT trace, and the kernels built."""
     return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and available())
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and available())
 
 
 class _SparseAttention(torch.autograd.Function):
@@ -84,6 +96,7 @@ class _SparseAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, keep, alpha, rowptr, keys = ctx.saved_tensors
         grads = torch.ops.star_fused.sparse_attention_backward(grad_out, q, k, v, alpha, rowptr, keys, keep,
@@ -97,7 +110,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rowptr: 
 
     `keep` is the scaled dropout mask on the attention weights, (E, M) in edge order, or None.
     """
-    _require()
+    _require(q)
     return _SparseAttention.apply(q, k, v, keep, rowptr, keys, q.shape[1] ** -0.5)
 
 
@@ -109,6 +122,7 @@ class _LinearAttention(torch.autograd.Function):
         return torch.ops.star_fused.linear_attention_forward(q, k, v, bounds, scale, eps)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
         grads = torch.ops.star_fused.linear_attention_backward(grad_out, q, k, v, ctx.bounds, ctx.scale, ctx.eps)
@@ -119,5 +133,5 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
                      eps: float) -> torch.Tensor:
     """Eq. 6 on the raw projections q, k, v (G, d, N), time innermost -> (G, d, N): phi(scale x) is taken of q
     and k inside; clip m is rows bounds[m]:bounds[m+1]."""
-    _require()
+    _require(q)
     return _LinearAttention.apply(q, k, v, list(bounds), scale, eps)

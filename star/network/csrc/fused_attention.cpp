@@ -1,14 +1,15 @@
 // STAR's two attentions as single CPU kernels, forward and backward (star.network.fused builds and loads them).
 //
 // Sparse attention (Eq. 2-3) on joint planes: q, k, v are (V, d, M), each joint's (d, M) plane contiguous
-// (the joints may lie apart), M = heads x rows innermost. Threads split M into column blocks; within a block
+// (the joints may lie apart, one joint stride shared by q, k and v), M = heads x rows innermost. Threads split M into column blocks; within a block
 // every query joint's scores, softmax and weighted sum run over block-sized rows that stay in the L1 cache, so
 // each key and value plane is read from memory once per block, not once per edge. Columns never interact, so
 // the backward pass adds into the key and value gradients of its own block without races.
 //
 // Segmented linear attention (Eq. 6) on (G, d, N) matrices, time innermost, G = joints x heads: one task per
-// (g, clip) forms U = phi(K) V^T and Z over the clip's rows as d x d dot products along time, then every
-// output row; the backward pass recomputes U, Z and the normaliser instead of keeping them.
+// (g, clip) applies phi to its rows of the raw projections, forms U = phi(K) V^T and Z over the clip's rows as
+// d x d dot products along time, then every output row; the backward pass recomputes phi, U, Z and the
+// normaliser instead of keeping them.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,7 +25,8 @@ namespace {
 constexpr int64_t kBlock = 64;  // columns of a sparse-attention block
 
 // exp that the compiler vectorises: Cephes' expf (range reduction by ln 2, degree-6 polynomial, within 2 ulp
-// of std::exp on the range it clamps to); double keeps std::exp (the gradient checks run in double)
+// of std::exp on [-87.3, 88], to which it clamps: the softmax feeds it scores minus their maximum, <= 0, so a
+// score 87 below the maximum weighs 1e-38 instead of 0); double keeps std::exp (the gradient checks use double)
 template <typename T>
 inline T exp_of(T x) {
   return std::exp(x);
@@ -32,7 +34,8 @@ inline T exp_of(T x) {
 
 template <>
 inline float exp_of<float>(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  const float input = x;
+  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);  // 2^n stays a normal float: n in [-126, 127]
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
@@ -42,7 +45,8 @@ inline float exp_of<float>(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  return y * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  const float value = y * std::bit_cast<float>((static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23);
+  return input == input ? value : input;  // NaN stays NaN
 }
 
 void check_planes(const at::Tensor& t, const char* name, const at::Tensor& like) {
@@ -134,8 +138,19 @@ void check_keep(const std::optional<at::Tensor>& keep, int64_t edges, const at::
               keep.has_value() ? keep->sizes() : at::IntArrayRef{}, " ", keep.has_value() ? keep->dtype() : q.dtype());
 }
 
-int64_t largest_degree(const at::Tensor& rowptr) {
-  return rowptr.numel() > 1 ? rowptr.diff().max().item<int64_t>() : 0;
+// the neighbourhood as CSR over the V joints: rowptr (V + 1) from 0 to E, keys (E) in [0, V); its largest degree
+int64_t check_graph(const at::Tensor& rowptr, const at::Tensor& keys, int64_t joints) {
+  for (const auto& [t, name] : {std::pair{rowptr, "rowptr"}, std::pair{keys, "keys"}})
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), name,
+                " must be a contiguous 1-D int64 CPU tensor");
+  TORCH_CHECK(rowptr.numel() == joints + 1, "rowptr must have V + 1 = ", joints + 1, " entries");
+  const auto degrees = rowptr.diff();
+  TORCH_CHECK(rowptr[0].item<int64_t>() == 0 && rowptr[joints].item<int64_t>() == keys.numel() &&
+                  (degrees >= 0).all().item<bool>(),
+              "rowptr must rise from 0 to the ", keys.numel(), " keys");
+  TORCH_CHECK(keys.numel() == 0 || (keys.min().item<int64_t>() >= 0 && keys.max().item<int64_t>() < joints),
+              "keys must be joints in [0, ", joints, ")");
+  return std::max<int64_t>(degrees.max().item<int64_t>(), 1);  // 1: a row of no edges still gets a buffer
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
@@ -146,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q,
   check_planes(q, "q", q);
   check_planes(k, "k", q);
   check_planes(v, "v", q);
-  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = largest_degree(rowptr);
+  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
   auto out = at::empty({joints, d, m}, q.options());
   auto alpha = at::empty({keys.size(0), m}, q.options());
   check_keep(keep, keys.size(0), q);
@@ -222,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward(
     const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& alpha, const at::Tensor& rowptr, const at::Tensor& keys,
     const std::optional<at::Tensor>& keep, double scale) {
-  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = largest_degree(rowptr);
+  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
   auto grad_out = grad_out_in.contiguous();
   auto grad_q = at::empty({joints, d, m}, q.options());
   auto grad_k = at::zeros({joints, d, m}, q.options());
