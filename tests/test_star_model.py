@@ -11,6 +11,7 @@ from star import registry
 from star.data.batching import collate_compact
 from star.data.synthetic import random_samples
 from star.network import STAR, STARConfig, fused
+from star.network.dropout import keep_mask
 from star.network.encoding import sinusoidal_encoding
 from star.network.features import bone_vectors, parent_index, segment_motion, segment_starts
 from star.network.linear_attention import (
@@ -286,6 +287,26 @@ def test_attention_dropout_drops_only_in_training():
     assert not torch.equal(module(x), module(x))
     module.eval()
     assert torch.equal(module(x), module(x))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4], ids=["keep all", "drop 0.4"])
+@pytest.mark.parametrize("form", [FUSED, "uniform"])
+def test_dropout_masks_keep_each_element_independently_with_probability_1_minus_p(form, p, monkeypatch):
+    if form == "uniform":
+        monkeypatch.setattr(fused, "usable", lambda x: False)
+    like = torch.empty(0)
+    torch.manual_seed(0)
+    mask = keep_mask((400, 500), p, like)
+    assert mask.dtype == like.dtype and mask.shape == (400, 500)
+    assert set(mask.unique().tolist()) <= {0.0, torch.tensor(1 / (1 - p)).item()}  # 1 / (1 - p) in float32
+    kept = (mask > 0).double().flatten()
+    assert abs(kept.mean().item() - (1 - p)) < 0.005  # 4.5 standard deviations at p = 0.4
+    if p:
+        for lag in (1, 500):  # neighbours in a row and in a column draw independently
+            assert abs(torch.corrcoef(torch.stack([kept[:-lag], kept[lag:]]))[0, 1].item()) < 0.01
+        assert not torch.equal(keep_mask((400, 500), p, like), mask)  # the next draw is another mask
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((400, 500), p, like), mask)  # the seed decides the mask
 
 
 # --- segmented linear attention (Eq. 5-6) ---------------------------------------------------

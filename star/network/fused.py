@@ -135,3 +135,10 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
     and k inside; clip m is rows bounds[m]:bounds[m+1]."""
     _require(q)
     return _LinearAttention.apply(q, k, v, list(bounds), scale, eps)
+
+
+def keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
+    """Inverted-dropout multipliers on the CPU, 0 with probability p and 1 / (1 - p) otherwise, each element an
+    independent draw from a hash of one seed and its index; the seed comes from torch's default generator."""
+    seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.long))
+    return torch.ops.star_fused.keep_mask(list(shape), p, seed, dtype)

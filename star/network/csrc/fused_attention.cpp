@@ -1,4 +1,5 @@
-// STAR's two attentions as single CPU kernels, forward and backward (star.network.fused builds and loads them).
+// STAR's two attentions as single CPU kernels, forward and backward, and dropout masks drawn without a
+// generator's serial state (star.network.fused builds and loads them).
 //
 // Sparse attention (Eq. 2-3) on joint planes: q, k, v are (V, d, M), each joint's (d, M) plane contiguous
 // (the joints may lie apart, one joint stride shared by q, k and v), M = heads x rows innermost. Threads split M into column blocks; within a block
@@ -473,6 +474,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward(
   return {grad_q, grad_k, grad_v};
 }
 
+// Inverted-dropout multipliers from a counter-based hash: element i is kept iff hash(seed, i) >= p 2^32, so
+// every element is an independent draw that any thread computes alone (no generator state to advance), and
+// the same seed gives the same mask. The hash is two rounds of MurmurHash3's 32-bit finaliser, a bijection
+// of 32 bits with full avalanche; it is no cryptographic generator, which a dropout mask does not need.
+inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+template <typename T>
+void fill_keep_mask(T* __restrict__ out, int64_t first, int64_t last, uint32_t low, uint32_t high,
+                    uint32_t threshold, T kept) {
+  for (int64_t i = first; i < last; ++i) {
+    const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ low) + high + static_cast<uint32_t>(i >> 32));
+    out[i] = h >= threshold ? kept : T(0);
+  }
+}
+
+at::Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, at::ScalarType dtype) {
+  TORCH_CHECK(p >= 0 && p < 1, "dropout probability must be in [0, 1), got ", p);
+  auto out = at::empty(shape, at::TensorOptions().dtype(dtype));
+  const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  const auto low = static_cast<uint32_t>(seed), high = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "keep_mask", [&] {
+    scalar_t* data = out.data_ptr<scalar_t>();
+    const auto kept = static_cast<scalar_t>(1.0 / (1.0 - p));
+    at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t first, int64_t last) {
+      fill_keep_mask<scalar_t>(data, first, last, low, high, threshold, kept);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(star_fused, library) {
@@ -480,6 +518,8 @@ TORCH_LIBRARY(star_fused, library) {
               "float scale) -> (Tensor, Tensor)");
   library.def("sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor alpha, "
               "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> (Tensor, Tensor, Tensor)");
+  // no tensor argument, hence no device to dispatch on: one kernel for every call
+  library.def("keep_mask(int[] shape, float p, int seed, ScalarType dtype) -> Tensor", &keep_mask);
   library.def("linear_attention_forward(Tensor q, Tensor k, Tensor v, int[] bounds, float scale, float eps) -> Tensor");
   library.def("linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, int[] bounds, "
               "float scale, float eps) -> (Tensor, Tensor, Tensor)");
