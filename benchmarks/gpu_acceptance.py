@@ -189,7 +189,8 @@ def check_kernels(device: torch.device) -> list[dict]:
         split = segmented_linear_attention(phi_q.mT, phi_k.mT, groups[2].mT, bounds, eps).mT
         forms = {"split": as_rows(split), "padded": padded_linear_attention(qkv, segments, scale, eps)}
         if device.type == "cpu" and fused.available():
-            forms["fused"] = as_rows(fused.linear_attention(*(t.mT for t in groups), bounds, scale, eps).mT)
+            raw = [t.mT.contiguous() for t in groups]  # (G, d, N) each, time innermost as the kernel reads it
+            forms["fused"] = as_rows(fused.linear_attention(*raw, bounds, scale, eps).mT)
         (want,) = torch.autograd.grad((reference * weights).sum(), qkv, retain_graph=True)
         for form, out in forms.items():
             (got,) = torch.autograd.grad((out * weights).sum(), qkv, retain_graph=True)
