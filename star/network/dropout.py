@@ -21,9 +21,9 @@ def keep_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Ten
     """Inverted-dropout multipliers: 0 with probability p, 1 / (1 - p) otherwise, in `like`'s dtype and device.
 
     On the CPU, where the fused kernels are built, a counter-based hash draws
-    the mask from one seed taken from torch's generator (so torch.manual_seed
-    and a restored generator state give the same masks): torch's uniform_ took
-    a fifth of a STAR-64 training step.
+    the mask from one seed taken from torch's generator, so torch.manual_seed
+    and a restored generator state give the same masks (its speed against
+    uniform_: the README's "Benchmarks").
     """
     if fused.usable(like):
         return fused.keep_mask(shape, p, like.dtype)

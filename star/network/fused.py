@@ -1,4 +1,5 @@
-"""STAR's two attentions as single CPU kernels (`csrc/fused_attention.cpp`), built on first use and cached.
+"""STAR's two attentions as single CPU kernels, and dropout masks drawn without a generator's serial state
+(`csrc/fused_attention.cpp`), built on first use and cached.
 
 The `rows` and `split` forms spend most of their time between operators:
 each edge of the sparse attention is a few ATen calls over a whole (d, M)
@@ -12,7 +13,7 @@ set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`
 under a name that includes it, so machines of two kinds sharing a home folder
 never load each other's build; torch caches it under TORCH_EXTENSIONS_DIR
 (default ~/.cache/torch_extensions) and rebuilds only when the source or the
-flags change. Where it cannot be built (no C++ compiler, no ninja) `available()`
+flags change. Where it cannot be built (no C++ compiler, ninja or setuptools) `available()`
 is False with the reason in `build_error()`, and the `auto` kernels take the
 ATen forms; STAR_FUSED=0 asks for that on purpose.
 """
@@ -31,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
 DTYPES = (torch.float32, torch.float64)
-ISA_FLAGS = {  # what torch's own kernels use at each capability (aten/src/ATen/native/cpu)
+ISA_FLAGS = {  # compiler flags for the instruction set torch reports (get_cpu_capability)
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
 }

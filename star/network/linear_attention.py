@@ -14,8 +14,8 @@ related in time only through the positional encoding of their shared clock
 (`star.network.encoding`).
 
 Three forms, picked by `kernel` ("auto": `fused` on the CPU, or `split` where
-it cannot be built and for half-precision tensors; `padded` on any other
-device and under `torch.compile`):
+it cannot be built, for half-precision tensors and under autocast; `padded` on
+any other device and under `torch.compile`):
 
 - `fused`: one C++ operator (`star.network.fused`) per call, forward and
   backward, that takes the raw projections and applies phi itself, one task

@@ -16,7 +16,8 @@ kernel then treats each listing as an edge of its own, so the pair weighs
 double in the softmax and, in training, each listing draws its own dropout.
 
 Five forms compute the same numbers; `auto` (the default) takes `fused` on the
-CPU (`rows` where it cannot be built, or for half-precision tensors) and
+CPU (`rows` where it cannot be built, for half-precision tensors and under
+autocast) and
 `gather` on any other device (CUDA, and the meta device) and under
 `torch.compile`:
 

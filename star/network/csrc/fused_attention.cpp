@@ -2,9 +2,10 @@
 // generator's serial state (star.network.fused builds and loads them).
 //
 // Sparse attention (Eq. 2-3) on joint planes: q, k, v are (V, d, M), each joint's (d, M) plane contiguous
-// (the joints may lie apart, one joint stride shared by q, k and v), M = heads x rows innermost. Threads split M into column blocks; within a block
-// every query joint's scores, softmax and weighted sum run over block-sized rows that stay in the L1 cache, so
-// each key and value plane is read from memory once per block, not once per edge. Columns never interact, so
+// (the joints may lie apart, one joint stride shared by q, k and v), M = heads x rows innermost. Threads split
+// M into column blocks; within a block every query joint's scores, softmax and weighted sum run over
+// block-sized rows that stay in the L1 cache, so each key and value plane is read from memory once per block,
+// not once per edge. Columns never interact, so
 // the backward pass adds into the key and value gradients of its own block without races.
 //
 // Segmented linear attention (Eq. 6) on (G, d, N) matrices, time innermost, G = joints x heads: one task per
@@ -266,7 +267,7 @@ void check_matrices(const at::Tensor& t, const char* name, const at::Tensor& lik
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "q, k and v must share a dtype");
 }
 
-// One (g, clip) task of the linear attention: its rows of the raw projections, and buffers for phi of them.
+// One (g, clip) task of the linear attention: where its rows of the raw projections lie, and the steps on them.
 template <typename T>
 struct Segment {
   const T *q, *k, *v;  // row a of each at q + a * stride, `length` values along time
