@@ -9,3 +9,8 @@ python -c "import torch" 2>/dev/null || python -m pip install "torch==2.13.0"
 # torch-scatter, torch-sparse and deepspeed compile against the installed torch: no build
 # isolation, or pip would fetch another torch for the build. pip caches the built wheels.
 python -m pip install --no-build-isolation -e ".[dev,pyg,workflow,profile]"
+# The report's browser check (a slow test) opens it in headless Chromium: Debian's package, where apt-get can install it.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+        && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null
+fi

@@ -178,10 +178,24 @@ def _table(args: argparse.Namespace) -> None:
           f"wrote {csv_path} and {html_path}")
 
 
+def _claims(args: argparse.Namespace) -> None:
+    from star.io import read_result
+    from star.report.claims import assess_all
+    from star.report.html import write_claims
+    from star.report.tables import read_cells
+
+    devices = {profile["model"]: profile["device"] for profile in (read_result(p, "profile") for p in args.profiles)}
+    assessments = assess_all(read_cells(args.tables), devices)
+    csv_path, html_path = write_claims(assessments, args.out)
+    for a in assessments:
+        print(f"{a.claim.key:16s} {a.verdict:17s} {a.reason}")
+    print(f"wrote {csv_path} and {html_path}")
+
+
 def _figure(args: argparse.Namespace) -> None:
     from star.report.figures import draw, save
 
-    paths = save(draw(args.name, args.inputs), args.out)
+    paths = save(draw(args.name, args.inputs, smoke=args.smoke), args.out)
     print(f"wrote {' and '.join(map(str, paths))}")
 
 
@@ -189,7 +203,8 @@ def _report(args: argparse.Namespace) -> None:
     from star.report.html import REPORT_TEMPLATE, write_report
 
     out = write_report(args.out, tables=args.tables, figures=args.figures, runs=args.runs, profiles=args.profiles,
-                       manifest=args.manifest, config=args.config, fidelity=args.fidelity,
+                       manifest=args.manifest, config=args.config, fidelity=args.fidelity, claims=args.claims,
+                       evaluations=args.evaluations,
                        jobs=[file for path in map(Path, args.jobs)
                              for file in (sorted(path.rglob("*.tsv")) if path.suffix != ".tsv" else [path])],
                        template=args.template or REPORT_TEMPLATE)
@@ -360,12 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--smoke", action="store_true", help="mark every cell as from a smoke run")
     table.set_defaults(handler=_table)
 
+    claims = commands.add_parser("claims", help="a verdict on each of the paper's claims, as CSV and an HTML fragment",
+                                 description="Each claim of the paper (paper_tables.yaml) judged on the table CSVs: "
+                                             "holds, does not hold, or not measured here, with the reason.")
+    claims.add_argument("tables", nargs="+", metavar="tableN.csv", help="the CSVs of Tables 1, 2, 4 and 5")
+    claims.add_argument("--profiles", nargs="*", default=[], metavar="FILE.json",
+                        help="the profiles behind Tables 2 and 5 (the device each latency was timed on)")
+    claims.add_argument("--out", required=True, metavar="claims.csv", help="the .html is written beside it")
+    claims.set_defaults(handler=_claims)
+
     figure = commands.add_parser("figure", help="one figure as PNG and SVG",
                                  description="; ".join(f"{name}: {title}" for name, title in FIGURES.items()))
     figure.add_argument("name", choices=list(FIGURES), metavar="NAME", help=", ".join(FIGURES))
     figure.add_argument("inputs", nargs="+", metavar="FILE",
-                        help="profile JSONs, runs' metrics.json (training-curves) or the store's manifest.json")
+                        help="profile JSONs, runs' metrics.json (training-curves), the store's manifest.json, "
+                             "table CSVs 1 and 2 (accuracy-cost) or star evaluate's JSONs (per-class)")
     figure.add_argument("--out", required=True, metavar="NAME.png", help="the .svg is written beside it")
+    figure.add_argument("--smoke", action="store_true", help="mark the figure as from a smoke run")
     figure.set_defaults(handler=_figure)
 
     report = commands.add_parser("report", help="the one-file HTML report",
@@ -383,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Snakemake's benchmark files of the jobs (wall and CPU time, peak memory), or folders "
                              "of them (a folder not yet made holds none)")
     report.add_argument("--fidelity", default=None, metavar="fidelity.json", help="star fidelity's result")
+    report.add_argument("--claims", default=None, metavar="claims.csv",
+                        help="star claims' CSV (its .html fragment beside it opens the report)")
+    report.add_argument("--evaluations", nargs="*", default=[], metavar="FILE.json",
+                        help="star evaluate's JSONs on one benchmark: each model's most confused class pairs")
     report.add_argument("--template", default=None, metavar="FILE.html.j2", help="default: the package's")
     report.set_defaults(handler=_report)
     return parser

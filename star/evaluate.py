@@ -1,7 +1,7 @@
 """`star evaluate`: a run's checkpoint on one side of its benchmark, in detail.
 
 Writes into `RUN/evaluation/` (or `--out`), named `{checkpoint}-{split}`:
-- `.json`: top-1 and top-5 (percent), mean loss, clips, the checkpoint's epoch,
+- `.json` (star/schemas/evaluation.schema.json): top-1 and top-5 (percent), mean loss, clips, the checkpoint's epoch,
   device and versions, and the per-class table;
 - `-per-class.csv`: class, name, clips, correct, accuracy_pct (every class of the
   data set; a class without clips on this side has an empty accuracy);
@@ -19,7 +19,8 @@ from star.data.batching import clip_loader
 from star.data.splits import class_names, get_benchmark
 from star.data.store import CompactStore
 from star.device import resolve_device
-from star.io import write_csv, write_json
+from star.formats import EVALUATION_FORMAT
+from star.io import write_csv, write_result
 from star.provenance import environment
 from star.training.checkpoint import load_checkpoint, load_model_state
 from star.training.config import RunConfig, check_labels, subset
@@ -71,7 +72,8 @@ def evaluate(run: str | Path, checkpoint: str = "best", split: str = "test", sto
     name = f"{checkpoint if checkpoint in CHECKPOINTS else path.stem}-{split}"
     folder = Path(out) if out else Path(run) / "evaluation"
     result = {
-        "run": str(run), "checkpoint": str(path), "epoch": saved["epoch"], "model": config.model,
+        "format": EVALUATION_FORMAT, "run": str(run), "checkpoint": str(path), "epoch": saved["epoch"],
+        "model": config.model,
         "benchmark": config.benchmark, "split": split, "clips": len(predictions.labels),
         "top1_pct": predictions.top_pct(1), "top5_pct": predictions.top_pct(5), "loss": predictions.loss,
         "params": sum(p.numel() for p in model.parameters()), **environment(target),
@@ -82,6 +84,6 @@ def evaluate(run: str | Path, checkpoint: str = "best", split: str = "test", sto
     write_csv(folder / f"{name}-confusion.csv", ("true", *names),
               [{"true": names[label], **dict(zip(names, map(int, confusion[label]), strict=True))}
                for label in range(benchmark.num_classes)])
-    write_json(folder / f"{name}.json", result)
+    write_result(folder / f"{name}.json", result, "evaluation")
     return result
 

@@ -7,5 +7,6 @@ from star.schemas import format_tag
 RUN_FORMAT = format_tag("run")  # a run's metrics.json (star train)
 PROFILE_FORMAT = format_tag("profile")  # results/profile/{model}.json (star profile)
 FIDELITY_FORMAT = format_tag("fidelity")  # results/fidelity.json (star fidelity)
+EVALUATION_FORMAT = format_tag("evaluation")  # RUN/evaluation/{checkpoint}-{split}.json (star evaluate)
 STORE_FORMAT = format_tag("manifest")  # a compact store's manifest.json (star preprocess, star import)
 CHECKPOINT_FORMAT = "star-checkpoint-1"  # checkpoint.pt and best.pt (star train, star convert)

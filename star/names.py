@@ -35,6 +35,8 @@ FIGURES = {  # name -> title in the report (drawn by star.report.figures)
     "training-curves": "Figure 11. Train and test top-1 per epoch",
     "storage": "Beyond the paper: bytes of the compact store against the padded layout",
     "latency-sweep": "Beyond the paper: forward latency against clip length",
+    "accuracy-cost": "Beyond the paper: top-1 against GMACs and latency, reproduced beside published",
+    "per-class": "Beyond the paper: per-class top-1 of STAR minus each baseline",
 }
 
 # the files the field's toolkits ship NTU RGB+D in (star.data.pyskl, star.data.padded_arrays)
@@ -46,3 +48,4 @@ NPZ_BENCHMARKS = {"NTU60_CS": "ntu60/xsub", "NTU60_CV": "ntu60/xview",  # CTR-GC
 TEMPLATES = Path(__file__).parent / "report" / "templates"  # Jinja2 templates of the tables and the report
 REPORT_TEMPLATE = TEMPLATES / "report.html.j2"
 TABLE_TEMPLATE = TEMPLATES / "table.html.j2"
+CLAIMS_TEMPLATE = TEMPLATES / "claims.html.j2"

@@ -12,15 +12,16 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from html_page import Page
 
 from star.cli import main
-from star.formats import FIDELITY_FORMAT, PROFILE_FORMAT, RUN_FORMAT, STORE_FORMAT
+from star.formats import EVALUATION_FORMAT, FIDELITY_FORMAT, PROFILE_FORMAT, RUN_FORMAT, STORE_FORMAT
 from star.io import write_together
 from star.paper import published
-from star.report import figures
+from star.report import figures, per_class
 from star.report.html import ReportError, number, render_report, signed, write_table
 from star.report.tables import RECORD_COLUMNS, TableError, build
 from star.schemas import ResultFileError
@@ -63,6 +64,22 @@ def profile(model: str, latency_ms: float, gmacs: float, params: int) -> dict:
             "memory": {"peak_bytes": 2**24},
             "sweep": [{"clips": c, "frames": f, "latency_ms": latency_ms * c * f / 128, "gmacs": gmacs}
                       for c in (1, 4) for f in (32, 128)]}
+
+
+def evaluation_files(folder, model: str, seed: int, confusion: np.ndarray, benchmark="ntu60/xsub"):
+    names = [f"action {k}" for k in range(len(confusion))]
+    rows = [{"class": k, "name": names[k], "clips": int(confusion[k].sum()), "correct": int(confusion[k, k]),
+             "accuracy_pct": 100.0 * confusion[k, k] / confusion[k].sum() if confusion[k].sum() else None}
+            for k in range(len(confusion))]
+    path = folder / model / f"seed{seed}" / "best-test.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": EVALUATION_FORMAT, "model": model, "benchmark": benchmark,
+                                "split": "test", "epoch": 3, "clips": int(confusion.sum()),
+                                "top1_pct": 100.0 * np.trace(confusion) / confusion.sum(), "per_class": rows,
+                                "config": {"seed": seed}}))
+    lines = [",".join(["true", *names])] + [",".join([names[k], *map(str, confusion[k])]) for k in range(len(names))]
+    per_class.confusion_path(path).write_text("\n".join(lines) + "\n")
+    return path
 
 
 PROFILES = {
@@ -183,6 +200,14 @@ def test_every_figure_is_written_as_png_and_svg(name, tmp_path):
             "benchmarks": {"ntu60/xsub": {"train": 96, "test": 96}},
             "bytes": {"compact": 8_910_380, "padded_300x2": 34_560_000,
                       "compact_over_padded": 8_910_380 / 34_560_000}}))
+    elif name == "accuracy-cost":
+        runs = [run(model, benchmark, 0, 60.0 + i) for i, model in enumerate(("st-gcn", "star-64"))
+                for benchmark in BENCHMARKS]
+        inputs = [write_table(build(1, runs), tmp_path / "table1.csv")[0],
+                  write_table(build(2, [PROFILES["st-gcn"], PROFILES["star-64"]]), tmp_path / "table2.csv")[0]]
+    elif name == "per-class":
+        counts = np.eye(60, dtype=np.int64) * 3 + 1
+        inputs = [evaluation_files(tmp_path, model, 0, counts) for model in ("st-gcn", "star-64")]
     else:
         inputs = []
         for model in ("st-gcn", "star-64"):

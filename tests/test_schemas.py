@@ -19,7 +19,7 @@ def test_each_schema_is_valid_and_its_format_is_its_id(kind):
 
 def test_every_format_tag_has_one_style():
     tags = {name: value for name, value in vars(formats).items() if name.endswith("_FORMAT")}
-    assert len(tags) == 5 and all(re.fullmatch(r"star-[a-z]+-\d+", tag) for tag in tags.values()), tags
+    assert len(tags) == 6 and all(re.fullmatch(r"star-[a-z]+-\d+", tag) for tag in tags.values()), tags
 
 
 def test_a_file_breaking_its_schema_is_refused_naming_the_file_and_the_key():

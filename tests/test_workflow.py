@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import find_browser, load
 from html_page import Page
 
 from star.names import FIGURES as FIGURE_TITLES
 from star.recipe import TrainingRecipe
+from star.report.claims import claims
 from star.schemas import check
 from star.training.checkpoint import load_checkpoint
 
@@ -52,8 +54,9 @@ def test_paper_config_plans_every_training_job(ntu_folders):
     assert all(m.endswith("-code") for m in PAPER["ablation"].values()) and "star-64-code" in PAPER["models"]
     assert PAPER["described"]["benchmarks"] == PAPER["benchmarks"]
     runs = len(PAPER["benchmarks"]) * len(models) * len(PAPER["seeds"])
+    evaluations = len(PAPER["models"]) * len(PAPER["seeds"])  # on one benchmark, for the per-class evidence
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
-                    "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}
+                    "evaluate": evaluations, "claims": 1, "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}
 
 
 def test_building_the_job_graph_imports_neither_torch_nor_the_training_code(ntu_folders):
@@ -163,6 +166,19 @@ def test_smoke_workflow_end_to_end(tmp_path):
     page = Page((tmp_path / "reports/index.html").read_text())
     assert {f"table{n}" for n in range(1, 6)} | set(FIGURES) <= page.ids
     assert len(page.images) == len(FIGURES) and all(src.startswith("data:image/png;base64,") for src in page.images)
+    # the claims open the report, every one judged (a smoke run measures no accuracy claim); each model's most
+    # confused pairs from its evaluation on the per-class benchmark
+    assert {"claims", "confusions"} | {f"claim-{claim.key}" for claim in claims()} <= page.ids
+    verdicts = (tmp_path / "results/claims.csv").read_text()
+    assert "top1,star-64,st-gcn,ntu60/xsub" in verdicts and ",not measured here,smoke run" in verdicts
+    assert {"star-64-code", "st-gcn-code", "st-tr", "star-128-code"} <= set(page.text)
+    # opened offline in headless Chromium: every image decodes, no script error, no request fails
+    browser = find_browser()
+    assert browser, "no Chromium: scripts/setup.sh installs Debian's chromium-headless-shell"
+    loaded = load(tmp_path / "reports/index.html", browser)
+    assert (loaded.errors, loaded.failed, loaded.broken_images) == ([], [], [])
+    assert loaded.images == len(FIGURES) and loaded.screenshot.startswith(b"\x89PNG")
+    assert len(loaded.screenshot) > 100_000  # the report's first screen drawn (a page of one line of text: 12 kB)
     # Tables 1-5 from the models as their code runs them; the fidelity section filled from star fidelity
     table1 = (tmp_path / "results/tables/table1.csv").read_text()
     assert "star-64-code" in table1 and "st-gcn-code" in table1 and ",star-64," not in table1
@@ -176,13 +192,16 @@ def test_smoke_workflow_end_to_end(tmp_path):
     assert measured <= set(page.text)
     # every result file the run wrote follows its schema (star.schemas)
     for kind, pattern in (("run", "results/runs/**/metrics.json"), ("profile", "results/profile/*.json"),
-                          ("manifest", "results/store/manifest.json"), ("fidelity", "results/fidelity.json")):
+                          ("manifest", "results/store/manifest.json"), ("fidelity", "results/fidelity.json"),
+                          ("evaluation", "results/runs/**/evaluation/best-test.json")):
         paths = list(tmp_path.glob(pattern))
         assert paths and all(check(json.loads(path.read_text()), kind, path) for path in paths)
 
     result = snakemake(tmp_path, *smoke, "--report", "reports/snakemake.html")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (tmp_path / "reports/snakemake.html").stat().st_size > 100_000  # Snakemake's report, figures inside
+    snakemake_report = (tmp_path / "reports/snakemake.html").read_text()
+    assert len(snakemake_report) > 100_000  # Snakemake's report, figures inside
+    assert all(name in snakemake_report for name in ("claims.html", "accuracy-cost.png", "per-class.png"))
 
     # Snakemake reruns a job whose input's content changed (a touched file with the same checksum is no change)
     template.write_text(template.read_text() + "<!-- changed -->\n")

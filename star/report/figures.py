@@ -13,6 +13,12 @@ and SVG, each under a temporary name (neither is left if either fails).
   the same clips, from the store's manifest.
 - `latency-sweep`: forward latency against clip length per model and batch
   size, from the profiles' sweep.
+- `accuracy-cost`: top-1 against GMACs and against latency (log x), a panel
+  per benchmark, from the Table 1 and Table 2 CSVs: each model's reproduced
+  point joined to its published one, the Pareto front of each set drawn (no
+  other point has both lower cost and higher top-1).
+- `per-class`: per-class top-1 of each STAR model minus each baseline's on one
+  benchmark, classes sorted, from `star evaluate`'s files (star.report.per_class).
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ from matplotlib.ticker import MaxNLocator
 from star.errors import StarError
 from star.io import read_result, write_together
 from star.names import FIGURES
+from star.paper import paper_row
+from star.report import per_class
+from star.report.tables import column_label, read_cells
 
 SHOWN_CATEGORIES = 6
+SMOKE_MARK = "SMOKE RUN: not a reproduction"
 FORMATS = ("png", "svg")
 
 
@@ -137,6 +147,87 @@ def latency_sweep(profiles: list[dict]) -> Figure:
     return figure
 
 
+COSTS = {"gmacs": "GMACs (log)", "latency_ms": "latency (ms, log)"}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, top-1) points no other point beats on both (lower or equal cost and higher top-1), by cost."""
+    front, best = [], -float("inf")
+    for cost, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
+        if top1 > best:
+            front.append((cost, top1))
+            best = top1
+    return front
+
+
+def accuracy_cost(cells: dict) -> Figure:
+    """`cells`: Tables 1 and 2 as tables.read_cells gives them."""
+    models = list(dict.fromkeys(row for (table, row, _) in cells if table == 2 and row == paper_row(row)))
+    benchmarks = list(dict.fromkeys(column for (table, _, column) in cells if table == 1))
+    if not models or not benchmarks:
+        raise FigureError("accuracy-cost needs the Table 1 and Table 2 CSVs (star table 1, star table 2)")
+    figure = Figure(figsize=(9.6, 3.4 * len(benchmarks)), layout="constrained")
+    axes = figure.subplots(len(benchmarks), len(COSTS), squeeze=False)
+    colours = dict(zip(models, ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb"),
+                       strict=False))
+    for row_axes, benchmark in zip(axes, benchmarks, strict=True):
+        for axis, cost in zip(row_axes, COSTS, strict=True):
+            sets = {"reproduced": [], "published": []}
+            for model in models:
+                accuracy, spent = cells.get((1, model, benchmark)), cells[2, model, cost]
+                if accuracy is None:
+                    continue
+                ours = (spent["reproduced"], accuracy["reproduced"])
+                theirs = (spent["published"], accuracy["published"])
+                colour = colours.get(model, "#333333")
+                axis.plot(*ours, "o", color=colour, label=spent["model"], markersize=7)
+                sets["reproduced"].append(ours)
+                if None not in theirs:
+                    axis.plot(*theirs, "o", markerfacecolor="none", color=colour, markersize=7)
+                    axis.plot(*zip(ours, theirs, strict=True), "-", color=colour, alpha=0.4, linewidth=1)
+                    sets["published"].append(theirs)
+            for name, style in (("reproduced", "-"), ("published", ":")):
+                front = pareto_front(sets[name])
+                if front:
+                    axis.step(*zip(*front, strict=True), style, where="post", color="#555555", linewidth=1,
+                              label=f"Pareto front, {name}")
+            axis.set_xscale("log")
+            axis.set_xlabel(COSTS[cost] + ("; paper: CUDA time" if cost == "latency_ms" else ""))
+            axis.set_ylabel("top-1 (%)")
+            axis.set_title(f"{column_label(benchmark)}: top-1 against {column_label(cost)}", fontsize=10)
+            axis.grid(alpha=0.3, which="both")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
+    figure.suptitle("Accuracy against cost: filled reproduced, hollow published (the paper's tables), "
+                    "a line joining each model's pair", fontsize=10)
+    return figure
+
+
+def per_class_differences(counts: list[per_class.ClassCounts]) -> Figure:
+    models = [c for c in counts if c.is_star]
+    baselines = [c for c in counts if not c.is_star]
+    if not models or not baselines:
+        raise FigureError(f"per-class compares STAR models with baselines; the evaluations are of "
+                          f"{', '.join(c.model for c in counts)}")
+    pairs = [(model, baseline, per_class.differences(model, baseline)) for model in models for baseline in baselines]
+    rows = max(len(diffs) for _, _, diffs in pairs)
+    figure = Figure(figsize=(4.6 * len(baselines), len(models) * (0.9 + 0.14 * max(rows, 4))), layout="constrained")
+    axes = figure.subplots(len(models), len(baselines), squeeze=False)
+    for (model, baseline, diffs), axis in zip(pairs, axes.flat, strict=True):
+        names = [name for name, _ in diffs][::-1]
+        values = [value for _, value in diffs][::-1]
+        axis.barh(names, values, color=["#4477aa" if v >= 0 else "#ee6677" for v in values])
+        axis.axvline(0, color="#333333", linewidth=0.8)
+        axis.tick_params(axis="y", labelsize=6)
+        axis.set_xlabel("top-1 difference (points)")
+        seeds = f"{len(model.seeds)} / {len(baseline.seeds)} seeds"
+        axis.set_title(f"{model.model} − {baseline.model} ({seeds})", fontsize=9)
+        axis.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"Per-class top-1, STAR minus each baseline, {column_label(counts[0].benchmark)} test "
+                    "(classes with test clips; best above)", fontsize=10)
+    return figure
+
+
 def _history(metrics_path: Path) -> pd.DataFrame:
     path = metrics_path.with_name("history.csv")
     try:
@@ -145,20 +236,29 @@ def _history(metrics_path: Path) -> pd.DataFrame:
         raise FigureError(f"{path}: cannot read the run's history ({error})") from error
 
 
-def draw(name: str, inputs: list[str | Path]) -> Figure:
-    """Figure `name` (a key of FIGURES) from its input files: profile JSONs, runs' metrics.json or a manifest."""
+def draw(name: str, inputs: list[str | Path], smoke: bool = False) -> Figure:
+    """Figure `name` (a key of FIGURES) from its input files: profile JSONs, runs' metrics.json, a manifest,
+    table CSVs (accuracy-cost) or evaluation JSONs (per-class); `smoke` marks it in its title."""
     inputs = [Path(p) for p in inputs]
     if name not in FIGURES:
         raise FigureError(f"no figure {name!r}; the figures are {', '.join(FIGURES)}")
     try:
-        return _draw(name, inputs)
+        figure = _draw(name, inputs)
     except KeyError as error:
         raise FigureError(f"{name}: an input lacks the key {error} (inputs: {', '.join(map(str, inputs))})") from error
+    if smoke:
+        title = figure.get_suptitle()
+        figure.suptitle(f"{title}\n{SMOKE_MARK}" if title else SMOKE_MARK, fontsize=10)
+    return figure
 
 
 def _draw(name: str, inputs: list[Path]) -> Figure:
     if name == "training-curves":
         return training_curves([(read_result(p, "run"), _history(p)) for p in inputs])
+    if name == "accuracy-cost":
+        return accuracy_cost(read_cells(inputs))
+    if name == "per-class":
+        return per_class_differences(per_class.read_evaluations(inputs))
     if name == "storage":
         if len(inputs) != 1:
             raise FigureError(f"storage takes the store's manifest.json alone, not {len(inputs)} files")

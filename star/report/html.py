@@ -24,11 +24,17 @@ import pandas as pd
 
 from star.errors import StarError, existing_file
 from star.io import read_json, read_result, write_atomic, write_together
-from star.names import FIGURES, REPORT_TEMPLATE, TEMPLATES
-from star.paper import paper_row, published
-from star.report.tables import RECORD_COLUMNS, Table
+from star.names import CLAIMS_TEMPLATE, FIGURES, REPORT_TEMPLATE, TEMPLATES
+from star.paper import published
+from star.report import per_class
+from star.report.claims import MEASURE_LABELS, Assessment
+from star.report.claims import RECORD_COLUMNS as CLAIM_COLUMNS
+from star.report.tables import RECORD_COLUMNS, Table, column_label, read_cells
 
 PACKAGES = ("star-repro", "torch", "numpy", "snakemake", "pandas", "matplotlib", "jinja2", "fvcore", "deepspeed")
+
+
+PUBLISHED_SOURCE = "star/data/resources/paper_tables.yaml"
 
 
 class ReportError(StarError, ValueError):
@@ -56,7 +62,7 @@ def signed(value: float | None) -> str:
 def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    env.globals.update(number=number, signed=signed)
+    env.globals.update(number=number, signed=signed, label=column_label)
     return env
 
 
@@ -77,22 +83,40 @@ def write_table(table: Table, csv_path: str | Path) -> tuple[Path, Path]:
     return csv_path, html_path
 
 
-def _table_cells(csv_paths: list[Path]) -> dict[tuple[int, str, str], dict]:
-    cells = {}
-    for path in csv_paths:
-        try:
-            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        except (OSError, ValueError) as error:
-            raise ReportError(f"{path}: cannot read it as a table CSV ({error})") from error
-        missing = set(RECORD_COLUMNS) - set(frame.columns)
-        if missing:
-            raise ReportError(f"{path}: not a table CSV of `star table` (no column {sorted(missing)})")
-        for record in frame.to_dict("records"):
-            record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
-            cells[int(record["table"]), str(record["row"]), str(record["column"])] = record
-    for (table, row, column), record in list(cells.items()):  # an "as run" row stands for the paper's row
-        cells.setdefault((table, paper_row(row), column), record)
-    return cells
+def claims_fragment(assessments: list[Assessment]) -> str:
+    return _environment(jinja2.FileSystemLoader(TEMPLATES)).get_template(CLAIMS_TEMPLATE.name).render(
+        assessments=assessments, smoke=any(a.smoke for a in assessments), measures=MEASURE_LABELS,
+        published_source=PUBLISHED_SOURCE)
+
+
+def write_claims(assessments: list[Assessment], csv_path: str | Path) -> tuple[Path, Path]:
+    """`claims.csv` (one row per figure of each claim, with its claim's verdict) and `claims.html` beside it."""
+    csv_path = Path(csv_path)
+    if csv_path.suffix != ".csv":
+        raise ReportError(f"claims output must end in .csv (the .html is written beside it): {csv_path}")
+    frame = pd.DataFrame([record for a in assessments for record in a.records()], columns=list(CLAIM_COLUMNS))
+    fragment = claims_fragment(assessments)
+    write_together({csv_path: lambda tmp: frame.to_csv(tmp, index=False),
+                    csv_path.with_suffix(".html"): lambda tmp: tmp.write_text(fragment)})
+    return csv_path, csv_path.with_suffix(".html")
+
+
+def _fragment(csv_path: Path, command: str) -> str:
+    fragment = csv_path.with_suffix(".html")
+    try:
+        return fragment.read_text()
+    except OSError as error:
+        raise ReportError(f"{fragment}: cannot read it ({error.strerror}); `{command}` writes it beside "
+                          f"{csv_path.name}") from error
+
+
+def _confusions(evaluations: list[Path]) -> list[dict]:
+    """Each model's most confused class pairs, from star evaluate's files (seeds pooled)."""
+    if not evaluations:
+        return []
+    return [{"model": counts.model, "benchmark": counts.benchmark, "seeds": counts.seeds,
+             "clips": int(counts.clips.sum()), "pairs": per_class.confused_pairs(counts)}
+            for counts in per_class.read_evaluations(evaluations)]
 
 
 def _inconsistencies(cells: dict) -> list[dict]:
@@ -181,15 +205,12 @@ def _fidelity(path: Path | None, runs: list[dict], profiles: list[dict]) -> dict
 
 def render_report(tables: list[Path], figures: list[Path], runs: list[Path], profiles: list[Path],
                   manifest: Path | None = None, config: Path | None = None, fidelity: Path | None = None,
-                  jobs: list[Path] = (), template: Path = REPORT_TEMPLATE) -> str:
+                  jobs: list[Path] = (), claims: Path | None = None, evaluations: list[Path] = (),
+                  template: Path = REPORT_TEMPLATE) -> str:
     tables, figures = [existing_file(p, "table CSV") for p in tables], [existing_file(p, "figure") for p in figures]
-    fragments = []
-    for csv_path in sorted(tables, key=lambda p: p.stem):
-        fragment = csv_path.with_suffix(".html")
-        if not fragment.exists():
-            raise ReportError(f"{fragment}: missing; `star table` writes it beside {csv_path.name}")
-        fragments.append({"table": csv_path.stem, "html": fragment.read_text()})
-    cells = _table_cells(tables)
+    fragments = [{"table": path.stem, "html": _fragment(path, "star table")}
+                 for path in sorted(tables, key=lambda p: p.stem)]
+    cells = read_cells(tables)
     run_rows = sorted((_run_row(Path(p)) for p in runs), key=lambda r: (r["benchmark"], r["model"], r["seed"]))
     profile_rows = [read_result(Path(p), "profile") for p in profiles]
     template = Path(template)
@@ -201,6 +222,7 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
             tables=fragments,
             figures=[_figure(p) for p in figures],
             inconsistencies=_inconsistencies(cells),
+            confusions=_confusions([existing_file(p, "evaluation JSON") for p in evaluations]),
             fidelity=_fidelity(fidelity, run_rows, profile_rows),
             runs=run_rows,
             total_run_hours=sum(r["wall_s"] for r in run_rows) / 3600,
@@ -209,7 +231,8 @@ def render_report(tables: list[Path], figures: list[Path], runs: list[Path], pro
             manifest=read_result(Path(manifest), "manifest") if manifest else None,
             config=json.dumps(read_json(Path(config)), indent=2) if config else None,
             versions=_versions(),
-            published_source="star/data/resources/paper_tables.yaml",
+            claims=_fragment(existing_file(Path(claims), "claims CSV"), "star claims") if claims else None,
+            published_source=PUBLISHED_SOURCE,
         )
     except jinja2.TemplateError as error:
         raise ReportError(f"{template}: {error} (a run, profile or manifest without what the report shows?)") from error

@@ -22,9 +22,13 @@ Choices the paper leaves open:
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
 
 from star.data.splits import BENCHMARKS
 from star.errors import StarError
@@ -39,8 +43,12 @@ TITLES = {
     4: "Sparse against full spatial attention: top-1 accuracy (%)",
     5: "Sparse against full spatial attention: latency and GMACs",
 }
+PAPER_TABLES = {1: "table1_accuracy_top1", 2: "table2_efficiency", 4: "table4_sparse_vs_full_accuracy",
+                5: "table5_sparse_vs_full_efficiency"}  # the grids of paper_tables.yaml (Table 3 is a ranking)
 # Table 2/5 columns: the profile summary's key -> the published column it stands beside (same unit)
 EFFICIENCY_COLUMNS = {"latency_ms": "cuda_time_ms", "params_m": "params_millions", "gmacs": "gmacs"}
+QUANTITY_LABELS = {"latency_ms": "latency (ms)", "params_m": "parameters (millions)", "gmacs": "GMACs"}
+RANK_WORDS = {1: "costliest", 2: "second", 3: "third"}
 # Table 3: the profile's top3 key -> the column quantity and the divisor giving its unit
 BREAKDOWN_QUANTITIES = {"macs": ("gmacs", 1e9), "params": ("params_m", 1e6), "latency_ms": ("latency_ms", 1.0)}
 RANKS = 3
@@ -103,6 +111,25 @@ RECORD_COLUMNS = ("table", "row", "column", "model", "reproduced", "spread", "se
                   "category", "published_category", "smoke")
 
 
+def column_label(column: str) -> str:
+    """A column as a reader names it: `gmacs #2` -> "GMACs, second", `ntu60/xsub` -> "NTU 60 X-sub"."""
+    quantity, _, rank = column.partition(" #")
+    if quantity in QUANTITY_LABELS:
+        return QUANTITY_LABELS[quantity] + (f", {RANK_WORDS[int(rank)]}" if rank else "")
+    if column in BENCHMARKS:
+        dataset, criterion = column.split("/")
+        return f"NTU {dataset.removeprefix('ntu')} X-{criterion.removeprefix('x')}"
+    return column
+
+
+def published_value(number: int, row: str, column: str) -> float | None:
+    """The paper's number for a cell of Table 1, 2, 4 or 5 (an "as run" row takes its paper row's), or None."""
+    paper = published()[PAPER_TABLES[number]]
+    values = paper["rows"].get(paper_row(row))
+    name = EFFICIENCY_COLUMNS.get(column, column)
+    return values[paper["columns"].index(name)] if values and name in paper["columns"] else None
+
+
 def _base(category: str | None) -> str | None:
     """The paper writes 'MatMul (attention)' where the profiler says 'MatMul'."""
     return None if category is None else category.split(" (")[0]
@@ -148,7 +175,7 @@ def accuracy_table(number: int, runs: list[dict], accuracy: str = "best", smoke:
         raise TableError(f"accuracy must be one of {sorted(ACCURACY_KEYS)}, not {accuracy!r}")
     _check_inputs(number, runs, "run", "runs' metrics.json (star train)")
     key = ACCURACY_KEYS[accuracy]
-    paper = published()["table1_accuracy_top1" if number == 1 else "table4_sparse_vs_full_accuracy"]
+    paper = published()[PAPER_TABLES[number]]
     _unique(runs, lambda r: (r["model"], r["benchmark"], r["seed"]), "runs")
     groups: dict[tuple[str, str], list[dict]] = {}
     models_of_row: dict[str, set[str]] = {}
@@ -162,13 +189,11 @@ def accuracy_table(number: int, runs: list[dict], accuracy: str = "best", smoke:
     cells = {}
     for (row, benchmark), group in groups.items():
         values = [float(r[key]) for r in group]
-        published_row = paper["rows"].get(paper_row(row))
-        column = paper["columns"].index(benchmark) if benchmark in paper["columns"] else None
         cells[row, benchmark] = Cell(
             reproduced=statistics.fmean(values),
             spread=statistics.stdev(values) if len(values) > 1 else None,
             seeds=len(values),
-            published=published_row[column] if published_row and column is not None else None,
+            published=published_value(number, row, benchmark),
             model=group[0]["model"])
     rows = _ordered((row for row, _ in groups), paper["rows"])
     columns = _ordered((b for _, b in groups), BENCHMARKS)
@@ -190,17 +215,14 @@ def _device_note(profiles: list[dict]) -> str:
 def efficiency_table(number: int, profiles: list[dict], smoke: bool = False) -> Table:
     """Table 2 (rows: models) or 5 (rows: star-sparse, star-full) from profile JSONs."""
     _check_inputs(number, profiles, "profile", "profile JSONs (star profile)")
-    paper = published()["table2_efficiency" if number == 2 else "table5_sparse_vs_full_efficiency"]
+    paper = published()[PAPER_TABLES[number]]
     by_row = _unique(profiles, lambda p: _row_of(number, p["model"]), "profiles")
     columns = [c for c in EFFICIENCY_COLUMNS if EFFICIENCY_COLUMNS[c] in paper["columns"]]
     cells = {}
     for row, profile in by_row.items():
-        published_row = paper["rows"].get(paper_row(row))
         for column in columns:
-            position = paper["columns"].index(EFFICIENCY_COLUMNS[column])
             cells[row, column] = Cell(reproduced=float(profile["summary"][column]),
-                                      published=published_row[position] if published_row else None,
-                                      model=profile["model"])
+                                      published=published_value(number, row, column), model=profile["model"])
     return Table(number, _ordered(by_row, paper["rows"]), columns, cells, smoke, [_device_note(profiles)])
 
 
@@ -238,3 +260,23 @@ def build(number: int, results: list[dict], accuracy: str = "best", smoke: bool 
         files = ", ".join(str(r.get("_path", "?")) for r in results)
         raise TableError(f"table {number}: an input lacks the key {error} (inputs: {files})") from error
     raise TableError(f"there is no table {number}: the paper has tables 1-5")
+
+
+def read_cells(csv_paths: Iterable[Path]) -> dict[tuple[int, str, str], dict]:
+    """Every cell of the table CSVs `star table` wrote, keyed (table, row, column); an "as run" row
+    (`star-64-code`) is found under its paper row (`star-64`) too."""
+    cells = {}
+    for path in csv_paths:
+        try:
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except (OSError, ValueError) as error:
+            raise TableError(f"{path}: cannot read it as a table CSV ({error})") from error
+        missing = set(RECORD_COLUMNS) - set(frame.columns)
+        if missing:
+            raise TableError(f"{path}: not a table CSV of `star table` (no column {sorted(missing)})")
+        for record in frame.to_dict("records"):
+            record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+            cells[int(record["table"]), str(record["row"]), str(record["column"])] = record
+    for (table, row, column), record in list(cells.items()):
+        cells.setdefault((table, paper_row(row), column), record)
+    return cells

@@ -2,7 +2,7 @@
 
 One schema per kind, `<kind>.schema.json` beside this module: `run` (a run's
 metrics.json), `profile` (star profile), `manifest` (a store's manifest.json),
-`fidelity` (star fidelity). Each names the keys its readers use and their types;
+`fidelity` (star fidelity), `evaluation` (star evaluate). Each names the keys its readers use and their types;
 other keys (the environment, the per-module breakdowns) may be added freely.
 Every file's format tag is `star-<name>-<version>`, its schema's `$id` (the manifest's is star-compact-1).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from star.errors import InputError
 
-KINDS = ("run", "profile", "manifest", "fidelity")
+KINDS = ("run", "profile", "manifest", "fidelity", "evaluation")
 
 
 class ResultFileError(InputError):

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 import star.io
 from star.names import BENCHMARKS, FIGURES, MODELS, NPZ_BENCHMARKS, PYSKL_CRITERIA, PYSKL_FILES
-from star.names import REPORT_TEMPLATE, TABLE_TEMPLATE
+from star.names import CLAIMS_TEMPLATE, REPORT_TEMPLATE, TABLE_TEMPLATE
 from star.paper import PUBLISHED
 
 STORE = "results/store"
@@ -19,6 +19,7 @@ REPORT = "reports/index.html"
 # the installed package's files that star table / report read, declared so that changing them reruns those jobs
 PUBLISHED_FILE = str(PUBLISHED)
 TABLE_TEMPLATE_FILE = str(TABLE_TEMPLATE)
+CLAIMS_TEMPLATE_FILE = str(CLAIMS_TEMPLATE)
 REPORT_TEMPLATE_FILE = config["report_template"] or str(REPORT_TEMPLATE)
 
 
@@ -103,6 +104,12 @@ def run_metrics(benchmark, model, seed):
     return f"results/runs/{benchmark}/{model}/seed{seed}/metrics.json"
 
 
+def evaluation_of(metrics):
+    """star evaluate's JSON for a run: its checkpoint of the epoch the tables report (best or last) on the test side."""
+    saved = "best" if config["accuracy"] == "best" else "last"
+    return metrics.replace("metrics.json", f"evaluation/{saved}-test.json")
+
+
 def runs_of(models, benchmarks=None):
     return [run_metrics(b, m, s) for b in benchmarks or config["benchmarks"] for m in models for s in config["seeds"]]
 
@@ -114,7 +121,9 @@ def profiles_of(models):
 ABLATION = [config["ablation"]["sparse"], config["ablation"]["full"]]
 CURVE_RUNS = runs_of(config["figures"]["curves_models"], [config["figures"]["curves_benchmark"]])
 DESCRIBED_RUNS = runs_of(config["described"]["models"], config["described"]["benchmarks"])
-RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + DESCRIBED_RUNS + CURVE_RUNS))
+PER_CLASS_RUNS = runs_of(config["models"], [config["figures"]["per_class_benchmark"]])
+EVALUATIONS = [evaluation_of(run) for run in PER_CLASS_RUNS]
+RUNS = sorted(set(runs_of(config["models"]) + runs_of(ABLATION) + DESCRIBED_RUNS + CURVE_RUNS + PER_CLASS_RUNS))
 PROFILES = profiles_of(config["models"] + ABLATION + config["described"]["models"])
 TABLE_INPUTS = {
     1: runs_of(config["models"]),
@@ -134,7 +143,10 @@ FIGURE_INPUTS = {
     "training-curves": CURVE_RUNS + [run.replace("metrics.json", "history.csv") for run in CURVE_RUNS],
     "storage": [MANIFEST],
     "latency-sweep": profiles_of(config["models"] + ABLATION),
+    "accuracy-cost": ["results/tables/table1.csv", "results/tables/table2.csv"],
+    "per-class": EVALUATIONS + [evaluation.replace(".json", "-confusion.csv") for evaluation in EVALUATIONS],
 }
+CLAIMS = "results/claims.csv"
 
 
 def all_cores():
@@ -191,3 +203,4 @@ wildcard_constraints:
     seed=r"\d+",
     number="[1-5]",
     figure="|".join(FIGURES),
+    checkpoint_name="best|last",

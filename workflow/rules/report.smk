@@ -1,9 +1,11 @@
-# Tables 1-5, the figures and the one-file HTML report. Changing a template reruns only what it renders:
-# table.html.j2 the tables (and the report), report.html.j2 the report alone.
+# Tables 1-5, the verdicts on the paper's claims, the figures and the one-file HTML report. Changing a template
+# reruns only what it renders: table.html.j2 the tables (and all after them), claims.html.j2 the claims (and the
+# report), report.html.j2 the report alone.
 
 # quick jobs that read and write a few files: on a cluster they run where Snakemake runs, not as sbatch jobs
 localrules:
     all,
+    claims,
     fidelity,
     resolved_config,
     table,
@@ -35,6 +37,21 @@ rule table:
         "star table {wildcards.number} {input.results} --out {output.csv} {params.flags} > {log} 2>&1"
 
 
+rule claims:
+    input:
+        tables=expand("results/tables/table{number}.csv", number=(1, 2, 4, 5)),
+        profiles=PROFILES,
+        published=PUBLISHED_FILE,
+        template=CLAIMS_TEMPLATE_FILE,
+    output:
+        csv=CLAIMS,
+        html=report(CLAIMS.replace(".csv", ".html"), caption="../report/claims.rst", category="Claims"),
+    log:
+        "logs/claims.log",
+    shell:
+        "star claims {input.tables} --profiles {input.profiles} --out {output.csv} > {log} 2>&1"
+
+
 rule figure:
     input:
         lambda wildcards: FIGURE_INPUTS[wildcards.figure],
@@ -45,10 +62,12 @@ rule figure:
     log:
         "logs/figures/{figure}.log",
     params:
-        # the training curves read each run's history.csv beside its metrics.json: only the latter is named
-        files=lambda wildcards, input: [f for f in input if not f.endswith("history.csv")],
+        # the training curves read each run's history.csv beside its metrics.json, the per-class figure each
+        # evaluation's confusion matrix beside its JSON: only the former are named
+        files=lambda wildcards, input: [f for f in input if not f.endswith(("history.csv", "-confusion.csv"))],
+        flags="--smoke" if config["smoke"] else "",
     shell:
-        "star figure {wildcards.figure} {params.files} --out {output.png} > {log} 2>&1"
+        "star figure {wildcards.figure} {params.files} --out {output.png} {params.flags} > {log} 2>&1"
 
 
 rule fidelity:
@@ -80,6 +99,10 @@ rule report:
         runs=RUNS,
         profiles=PROFILES,
         fidelity="results/fidelity.json",
+        claims=CLAIMS,
+        claims_fragment=CLAIMS.replace(".csv", ".html"),
+        evaluations=EVALUATIONS,
+        confusions=[evaluation.replace(".json", "-confusion.csv") for evaluation in EVALUATIONS],
         manifest=MANIFEST,
         config="results/config.json",
         published=PUBLISHED_FILE,
@@ -91,6 +114,7 @@ rule report:
     shell:
         "star report --out {output} --tables {input.tables} --figures {input.figures} --runs {input.runs}"
         " --profiles {input.profiles} --fidelity {input.fidelity} --manifest {input.manifest} --config {input.config}"
+        " --claims {input.claims} --evaluations {input.evaluations}"
         " --jobs {JOB_BENCHMARKS} --template {input.template} > {log} 2>&1"
 
 
@@ -111,3 +135,14 @@ for number in TABLE_INPUTS:
             f"table{number}"
         input:
             f"results/tables/table{number}.csv",
+
+
+# a target per figure, named with underscores: `snakemake --cores 8 accuracy_cost`
+for figure in FIGURES:
+
+    rule:
+        name:
+            figure.replace("-", "_")
+        localrule: True
+        input:
+            f"results/figures/{figure}.png",
