@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
 PAPER = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
 SMOKE = REPO / "workflow/config/smoke.yaml"
+SMOKE_CONFIG = yaml.safe_load(SMOKE.read_text())
 FIGURES = list(FIGURE_TITLES)
 
 
@@ -171,7 +172,11 @@ def test_smoke_workflow_end_to_end(tmp_path):
     assert {"claims", "confusions"} | {f"claim-{claim.key}" for claim in claims()} <= page.ids
     verdicts = (tmp_path / "results/claims.csv").read_text()
     assert "top1,star-64,st-gcn,ntu60/xsub" in verdicts and ",not measured here,smoke run" in verdicts
-    assert {"star-64-code", "st-gcn-code", "st-tr", "star-128-code"} <= set(page.text)
+    report_html = (tmp_path / "reports/index.html").read_text()
+    confusions = Page(report_html.split('id="confusions"')[1].split('id="inconsistencies"')[0])
+    headings = [text.strip() for text in confusions.text if text.strip().endswith("(smoke)")]
+    assert headings == [f"{model} (smoke)" for model in SMOKE_CONFIG["models"]]  # one table of pairs per model
+    assert "clips either way" in confusions.text
     # opened offline in headless Chromium: every image decodes, no script error, no request fails
     browser = find_browser()
     assert browser, "no Chromium: scripts/setup.sh installs Debian's chromium-headless-shell"
@@ -201,7 +206,8 @@ def test_smoke_workflow_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     snakemake_report = (tmp_path / "reports/snakemake.html").read_text()
     assert len(snakemake_report) > 100_000  # Snakemake's report, figures inside
-    assert all(name in snakemake_report for name in ("claims.html", "accuracy-cost.png", "per-class.png"))
+    assert all(path in snakemake_report for path in ("results/claims.html", "results/figures/accuracy-cost.png",
+                                                      "results/figures/per-class.png"))
 
     # Snakemake reruns a job whose input's content changed (a touched file with the same checksum is no change)
     template.write_text(template.read_text() + "<!-- changed -->\n")

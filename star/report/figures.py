@@ -15,8 +15,8 @@ and SVG, each under a temporary name (neither is left if either fails).
   size, from the profiles' sweep.
 - `accuracy-cost`: top-1 against GMACs and against latency (log x), a panel
   per benchmark, from the Table 1 and Table 2 CSVs: each model's reproduced
-  point joined to its published one, the Pareto front of each set drawn (no
-  other point has both lower cost and higher top-1).
+  point joined to its published one, the Pareto front of each set drawn
+  (`pareto_front`: the points no other costs no more and scores higher).
 - `per-class`: per-class top-1 of each STAR model minus each baseline's on one
   benchmark, classes sorted, from `star evaluate`'s files (star.report.per_class).
 """
@@ -36,7 +36,7 @@ from star.io import read_result, write_together
 from star.names import FIGURES
 from star.paper import paper_row
 from star.report import per_class
-from star.report.tables import column_label, read_cells
+from star.report.tables import column_label, published_value, read_cells
 
 SHOWN_CATEGORIES = 6
 SMOKE_MARK = "SMOKE RUN: not a reproduction"
@@ -151,7 +151,8 @@ COSTS = {"gmacs": "GMACs (log)", "latency_ms": "latency (ms, log)"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (cost, top-1) points no other point beats on both (lower or equal cost and higher top-1), by cost."""
+    """The (cost, top-1) points that no other point dominates, by cost: one dominates another when it costs no
+    more and reaches a higher top-1, or costs less and reaches the same (a repeated point is kept once)."""
     front, best = [], -float("inf")
     for cost, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
         if top1 > best:
@@ -177,15 +178,17 @@ def accuracy_cost(cells: dict) -> Figure:
                 accuracy, spent = cells.get((1, model, benchmark)), cells[2, model, cost]
                 if accuracy is None:
                     continue
-                ours = (spent["reproduced"], accuracy["reproduced"])
-                theirs = (spent["published"], accuracy["published"])
+                ours = (spent["reproduced"], accuracy["reproduced"])  # None: not run on this benchmark
+                theirs = (published_value(2, model, cost), published_value(1, model, benchmark))  # None: not published
                 colour = colours.get(model, "#333333")
-                axis.plot(*ours, "o", color=colour, label=spent["model"], markersize=7)
-                sets["reproduced"].append(ours)
+                if None not in ours:
+                    axis.plot(*ours, "o", color=colour, label=spent["model"], markersize=7)
+                    sets["reproduced"].append(ours)
                 if None not in theirs:
                     axis.plot(*theirs, "o", markerfacecolor="none", color=colour, markersize=7)
-                    axis.plot(*zip(ours, theirs, strict=True), "-", color=colour, alpha=0.4, linewidth=1)
                     sets["published"].append(theirs)
+                if None not in ours + theirs:
+                    axis.plot(*zip(ours, theirs, strict=True), "-", color=colour, alpha=0.4, linewidth=1)
             for name, style in (("reproduced", "-"), ("published", ":")):
                 front = pareto_front(sets[name])
                 if front:
@@ -196,8 +199,10 @@ def accuracy_cost(cells: dict) -> Figure:
             axis.set_ylabel("top-1 (%)")
             axis.set_title(f"{column_label(benchmark)}: top-1 against {column_label(cost)}", fontsize=10)
             axis.grid(alpha=0.3, which="both")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
+    legend = {}  # label -> handle, over every panel: a model may be missing from some
+    for axis in axes.flat:
+        legend.update(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+    figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(legend), 4), fontsize=8)
     figure.suptitle("Accuracy against cost: filled reproduced, hollow published (the paper's tables), "
                     "a line joining each model's pair", fontsize=10)
     return figure
@@ -223,8 +228,9 @@ def per_class_differences(counts: list[per_class.ClassCounts]) -> Figure:
         seeds = f"{len(model.seeds)} / {len(baseline.seeds)} seeds"
         axis.set_title(f"{model.model} − {baseline.model} ({seeds})", fontsize=9)
         axis.grid(alpha=0.3, axis="x")
-    figure.suptitle(f"Per-class top-1, STAR minus each baseline, {column_label(counts[0].benchmark)} test "
-                    "(classes with test clips; best above)", fontsize=10)
+    side = counts[0].split
+    figure.suptitle(f"Per-class top-1, STAR minus each baseline, {column_label(counts[0].benchmark)} {side} side "
+                    f"(classes with {side} clips; best above)", fontsize=10)
     return figure
 
 

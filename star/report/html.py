@@ -1,11 +1,13 @@
-"""Tables as CSV + HTML fragments, and the one-file HTML report (`reports/index.html`).
+"""Tables and claims as CSV + HTML fragments, and the one-file HTML report (`reports/index.html`).
 
 The report embeds everything it shows (figures as base64 PNG, styles inline)
-so it opens offline in any browser: the five tables from their fragments, the
-figures, where the paper contradicts itself beside the reproduced cells that
-bear on it (`inconsistencies` in the published-numbers file), and what was
-run: the configuration, every run and profile with its device, commit, date
-and run time, and the versions of the packages that made the report.
+so it opens offline in any browser: the verdicts on the paper's claims and the
+five tables from their fragments (`star claims`, `star table`), the figures,
+each model's most confused class pairs (from `star evaluate`'s files), where
+the paper contradicts itself beside the reproduced cells that bear on it
+(`inconsistencies` in the published-numbers file), and what was run: the
+configuration, every run and profile with its device, commit, date and run
+time, and the versions of the packages that made the report.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _confusions(evaluations: list[Path]) -> list[dict]:
     """Each model's most confused class pairs, from star evaluate's files (seeds pooled)."""
     if not evaluations:
         return []
-    return [{"model": counts.model, "benchmark": counts.benchmark, "seeds": counts.seeds,
+    return [{"model": counts.model, "benchmark": counts.benchmark, "split": counts.split, "seeds": counts.seeds,
              "clips": int(counts.clips.sum()), "pairs": per_class.confused_pairs(counts)}
             for counts in per_class.read_evaluations(evaluations)]
 

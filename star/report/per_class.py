@@ -1,12 +1,12 @@
 """Per-class evidence on one benchmark, from the files `star evaluate` writes for each run.
 
-A run's `RUN/evaluation/{checkpoint}-test.json` names the model, benchmark and
-seed; the `-confusion.csv` beside it holds the clip counts (true class x
-predicted class). Several seeds of one model pool their counts, so a class's
-top-1 is over every seed's test clips. From these:
+A run's `RUN/evaluation/{checkpoint}-{split}.json` names the model, benchmark,
+side and seed; the `-confusion.csv` beside it holds the clip counts (true class
+x predicted class). Several seeds of one model pool their counts, so a class's
+top-1 is over every seed's clips. The workflow evaluates the test side. From these:
 
 - per-class top-1 of each STAR model minus each baseline's, by class name,
-  over the classes with test clips in both (the per-class figure);
+  over the classes with clips in both (the per-class figure);
 - each model's most confused class pairs: a pair's count is the clips of
   either class predicted as the other, its share that count over both
   classes' clips (the report's table).
@@ -35,6 +35,7 @@ class PerClassError(StarError, ValueError):
 class ClassCounts:
     model: str
     benchmark: str
+    split: str
     seeds: tuple[int, ...]
     names: tuple[str, ...]
     confusion: np.ndarray  # (classes, classes) clip counts, true x predicted, summed over seeds
@@ -101,8 +102,9 @@ def read_evaluations(paths: list[str | Path]) -> list[ClassCounts]:
         if earlier is not None and seed in earlier.seeds:
             raise PerClassError(f"{path}: a second evaluation of {model} seed {seed}")
         names = tuple(row["name"] for row in evaluation["per_class"])
-        pooled[model] = ClassCounts(model, evaluation["benchmark"], (*earlier.seeds, seed) if earlier else (seed,),
-                                    names, confusion + (earlier.confusion if earlier else 0))
+        pooled[model] = ClassCounts(model, evaluation["benchmark"], evaluation["split"],
+                                    (*earlier.seeds, seed) if earlier else (seed,), names,
+                                    confusion + (earlier.confusion if earlier else 0))
     return list(pooled.values())
 
 
