@@ -146,6 +146,10 @@ def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradie
         for got, want in zip(torch.autograd.grad((out * weights).sum(), planes),
                              torch.autograd.grad((reference * weights).sum(), planes), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():  # no backward to come: the attention weights are not written, the output is the same
+            assert torch.equal(fused.sparse_attention(*planes, graph.rowptr, graph.key, keep if case else None), out)
+    _, weights_kept = torch.ops.star_fused.sparse_attention_forward(*planes, graph.rowptr, graph.key, None, 0.5, False)
+    assert weights_kept.shape == (0, 150)
 
 
 @needs_fused

@@ -90,8 +90,8 @@ def usable(x: torch.Tensor) -> bool:
 
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, keep, rowptr, keys, scale):
-        out, alpha = torch.ops.star_fused.sparse_attention_forward(q, k, v, rowptr, keys, keep, scale)
+    def forward(ctx, q, k, v, keep, rowptr, keys, scale, weights):
+        out, alpha = torch.ops.star_fused.sparse_attention_forward(q, k, v, rowptr, keys, keep, scale, weights)
         ctx.save_for_backward(q, k, v, keep, alpha, rowptr, keys)
         ctx.scale = scale
         return out
@@ -102,17 +102,19 @@ class _SparseAttention(torch.autograd.Function):
         q, k, v, keep, alpha, rowptr, keys = ctx.saved_tensors
         grads = torch.ops.star_fused.sparse_attention_backward(grad_out, q, k, v, alpha, rowptr, keys, keep,
                                                                ctx.scale)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2-3 on joint planes q, k, v (V, d, M) -> (V, d, M); the neighbourhood as CSR (rowptr, keys).
 
-    `keep` is the scaled dropout mask on the attention weights, (E, M) in edge order, or None.
+    `keep` is the scaled dropout mask on the attention weights, (E, M) in edge order, or None. The weights
+    (E, M) are written for the backward pass only where a gradient will be asked for.
     """
     _require(q)
-    return _SparseAttention.apply(q, k, v, keep, rowptr, keys, q.shape[1] ** -0.5)
+    weights = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _SparseAttention.apply(q, k, v, keep, rowptr, keys, q.shape[1] ** -0.5, weights)
 
 
 class _LinearAttention(torch.autograd.Function):

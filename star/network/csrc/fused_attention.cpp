@@ -120,8 +120,11 @@ void sparse_forward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, cons
       for (int64_t x = 0; x < w; ++x) oi[c * m + x] = 0;
     for (int64_t e = 0; e < degree; ++e) {  // v'_i = sum_j alpha_ij (times the dropout mask) v_j
       T* __restrict__ s = scores + e * kBlock;
-      T* __restrict__ a = alpha + (start + e) * m + c0;
-      for (int64_t x = 0; x < w; ++x) a[x] = s[x] = s[x] * total[x];
+      for (int64_t x = 0; x < w; ++x) s[x] *= total[x];
+      if (alpha) {  // kept for the backward pass only
+        T* __restrict__ a = alpha + (start + e) * m + c0;
+        for (int64_t x = 0; x < w; ++x) a[x] = s[x];
+      }
       if (keep) {
         const T* __restrict__ mask = keep + (start + e) * m + c0;
         for (int64_t x = 0; x < w; ++x) s[x] *= mask[x];
@@ -158,14 +161,16 @@ int64_t check_graph(const at::Tensor& rowptr, const at::Tensor& keys, int64_t jo
 std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
                                                             const at::Tensor& v, const at::Tensor& rowptr,
                                                             const at::Tensor& keys,
-                                                            const std::optional<at::Tensor>& keep, double scale) {
+                                                            const std::optional<at::Tensor>& keep, double scale,
+                                                            bool weights) {
   TORCH_CHECK(q.dim() == 3, "q must be (V, d, M), got ", q.sizes());
   check_planes(q, "q", q);
   check_planes(k, "k", q);
   check_planes(v, "v", q);
   const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
   auto out = at::empty({joints, d, m}, q.options());
-  auto alpha = at::empty({keys.size(0), m}, q.options());
+  // the attention weights (E, M), for the backward pass; without one, (0, M) and never written
+  auto alpha = at::empty({weights ? keys.size(0) : 0, m}, q.options());
   check_keep(keep, keys.size(0), q);
   at::Tensor mask = keep.has_value() ? keep->contiguous() : at::Tensor();
   const int64_t* ptr = rowptr.data_ptr<int64_t>();
@@ -175,7 +180,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q,
     over_blocks<scalar_t>(m, degree, [&](int64_t c0, int64_t width, scalar_t* scores) {
       auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
       run(planes_of<scalar_t>(q), planes_of<scalar_t>(k), planes_of<scalar_t>(v), d, ptr, key, joints, keep_data,
-          out.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), static_cast<scalar_t>(scale), c0, width, scores);
+          out.data_ptr<scalar_t>(), weights ? alpha.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale), c0,
+          width, scores);
     });
   });
   return {out, alpha};
@@ -516,7 +522,7 @@ at::Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, at::ScalarTy
 
 TORCH_LIBRARY(star_fused, library) {
   library.def("sparse_attention_forward(Tensor q, Tensor k, Tensor v, Tensor rowptr, Tensor keys, Tensor? keep, "
-              "float scale) -> (Tensor, Tensor)");
+              "float scale, bool weights) -> (Tensor, Tensor)");
   library.def("sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor alpha, "
               "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> (Tensor, Tensor, Tensor)");
   // no tensor argument, hence no device to dispatch on: one kernel for every call
