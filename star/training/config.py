@@ -36,7 +36,7 @@ class RunConfig:
     amp: bool = False  # mixed precision: float16 and a gradient scaler on CUDA, bfloat16 on the CPU
     device: str = defaults.DEVICE
     workers: int = 0  # loader processes
-    deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is deterministic anyway)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CUDA; the CPU is, on one thread: README)
     compile: bool = False  # torch.compile the network (star.device.compiled)
     max_clips: int | None = None  # use at most this many clips of each side, evenly spread (quick checks)
     # the store's content_sha256 (its manifest), filled in by the trainer: a store made again from other data
