@@ -182,25 +182,32 @@ def backend_table(samples, device, repeats: int) -> None:
 
 
 def dispatch_table(seed: int) -> None:
-    """Operators dispatched by STAR-64 in each form and by ST-GCN, counted on the CPU (the same on any device)."""
+    """Operators dispatched by STAR-64 in each form and by ST-GCN.
+
+    The CPU forms are counted on the CPU; the device form on the meta device,
+    which dispatches what CUDA does (torch's fused dropout included, where the
+    CPU draws its own masks) without a GPU.
+    """
     print("\noperators dispatched per call (all / launching a kernel, i.e. without views)")
-    print(f"{'model':8s} {'form':14s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
+    print(f"{'model':8s} {'form':14s} {'device':6s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
     for form, kernels in forms_on(torch.device("cpu")).items():
+        device = "meta" if kernels == FORMS["+".join(KERNEL_FORMS["device"])] else "cpu"
         for clips in (4, 16, 64):
             frames, persons = ntu_like_clips(clips, seed)
-            inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(random_samples(frames, persons)))
+            batch = collate_compact(random_samples(frames, persons)).to(device)
+            inputs = registry.model_inputs(registry.spec("star-64"), batch)
             torch.manual_seed(0)
-            model = STAR(STARConfig(**kernels)).eval()
+            model = STAR(STARConfig(**kernels)).to(device).eval()
             with torch.no_grad():
                 ahead = count_dispatches(lambda m=model, i=inputs: m(*i))
             model.train()
             both = count_dispatches(lambda m=model, i=inputs: m(*i).sum().backward())
-            print(f"{'star-64':8s} {form:14s} {clips:5d} {f'{ahead.total} / {ahead.launches}':>13s} "
+            print(f"{'star-64':8s} {form:14s} {device:6s} {clips:5d} {f'{ahead.total} / {ahead.launches}':>13s} "
                   f"{f'{both.total} / {both.launches}':>13s}", flush=True)
     model = registry.build("st-gcn").eval()
     with torch.no_grad():
         ahead = count_dispatches(lambda: model(torch.zeros(2, 3, 300, 25, 2)))
-    print(f"{'st-gcn':8s} {'padded':14s} {2:5d} {f'{ahead.total} / {ahead.launches}':>13s}")
+    print(f"{'st-gcn':8s} {'padded':14s} {'cpu':6s} {2:5d} {f'{ahead.total} / {ahead.launches}':>13s}")
 
 
 def main() -> None:

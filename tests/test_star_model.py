@@ -121,6 +121,12 @@ def test_gather_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(co
     keep = (torch.rand(graph.num_edges, h * n, generator=generator) > 0.4) / 0.6  # (E, M), M = (H, N)
     keep_slots = keep[graph.slot_edges()].view(25, -1, h, n).permute(3, 0, 1, 2)  # (N, V, D, H)
     dropped = gathered_attention(q, torch.stack([k, v], dim=2), graph, keep_slots)
+    torch.manual_seed(1)  # the model's form: torch's fused dropout draws the mask, as from ones of the weights' shape
+    native = gathered_attention(q, torch.stack([k, v], dim=2), graph, dropout=0.4)
+    torch.manual_seed(1)
+    drawn = torch.native_dropout(torch.ones(n, 25, graph.table.shape[1], h), 0.4, True)[0]  # (N, V, D, H)
+    torch.testing.assert_close(native, gathered_attention(q, torch.stack([k, v], dim=2), graph, drawn))
+    assert not torch.allclose(native, gathered)
     planes = [t.permute(1, 3, 2, 0).reshape(25, d, h * n) for t in (q, k, v)]  # (V, d, M)
     rows = row_attention(*planes, graph, keep).view(25, d, h, n).permute(3, 0, 2, 1)  # (N, V, H, d)
     torch.testing.assert_close(dropped, rows, atol=1e-5, rtol=1e-5)

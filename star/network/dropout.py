@@ -5,8 +5,9 @@ slower than uniform_ and a comparison when this module was written, and STAR
 applies dropout 36 times per training step. Where the fused kernels are built
 (`star.network.fused`), a counter-based hash of one seed and each element's
 index draws the mask instead, faster again; otherwise u >= p for u uniform in
-[0, 1). Either keeps each element with probability 1 - p. On CUDA the fused
-native kernel is used.
+[0, 1). Either keeps each element with probability 1 - p. Off the CPU (CUDA,
+and the meta device that counts a GPU's operators) torch's own dropout runs:
+one fused operator forward and one backward.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def keep_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Ten
 
 class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.is_cuda:
-            return super().forward(x)
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":  # what nn.Dropout runs on CUDA, called as such so that meta runs it too
+            return torch.native_dropout(x, self.p, True)[0]
         return x * keep_mask(x.shape, self.p, x)

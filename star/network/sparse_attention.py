@@ -226,16 +226,21 @@ def edge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: Nei
 
 
 def gathered_attention(q: torch.Tensor, kv: torch.Tensor, graph: NeighbourhoodGraph,
-                       keep: torch.Tensor | None = None) -> torch.Tensor:
+                       keep: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
     """The `gather` kernel: q (N, V, H, d) and kv (N, V, 2, H, d) -> (N, V, H, d).
 
-    `keep` is the scaled dropout mask per slot (N, V, D, H); padded slots have weight 0 whatever it holds.
+    The weights are dropped by `keep`, a scaled dropout mask per slot (N, V, D,
+    H), where given, else at rate `dropout` by torch's fused dropout (one
+    operator forward and one backward, the model's form); padded slots have
+    weight 0 whatever is drawn for them.
     """
     neighbours = kv[:, graph.table]  # (N, V, D, 2, H, d): every slot's key and value
     scores = (q.unsqueeze(2) * neighbours[:, :, :, 0]).sum(-1)  # (N, V, D, H)
     alpha = torch.softmax(torch.add(graph.bias.to(q.dtype), scores, alpha=q.shape[-1] ** -0.5), dim=2)
     if keep is not None:
         alpha = alpha * keep
+    elif dropout:
+        alpha = torch.native_dropout(alpha, dropout, True)[0]
     return (alpha.unsqueeze(-1) * neighbours[:, :, :, 1]).sum(2)  # (N, V, H, d)
 
 
@@ -303,8 +308,8 @@ class SpatialAttention(nn.Module):
         kernel, dropping = self.kernel_for(x), self.training and self.attention_dropout > 0
         if kernel == "gather":
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
-            keep = keep_mask((n, v, graph.table.shape[1], h), self.attention_dropout, x) if dropping else None
-            return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, keep).view(n, v, c)  # (N, V, H*d)
+            dropout = self.attention_dropout if dropping else 0.0
+            return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, dropout=dropout).view(n, v, c)  # (N, V, H*d)
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
         if kernel in ("fused", "rows"):
             q, k, val = self.qkv(x).view(v, 3, d, h * n).unbind(1)  # (V, d, M) each, M = (H, N)
