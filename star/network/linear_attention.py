@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from star.network import fused
-from star.network.projection import PlaneProjection
+from star.network.projection import PlaneProjection, planes_to_rows
 from star.network.segments import ClipSegments
 from star.network.sparse_attention import device_form
 
@@ -157,4 +157,4 @@ class TemporalAttention(nn.Module):
         else:
             q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
             out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
-        return out.view(v, h, d, n).permute(3, 0, 1, 2).reshape(n, v, c)  # (N, V, H*d)
+        return planes_to_rows(out, n, v, h)  # (N, V, H*d)

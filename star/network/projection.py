@@ -35,3 +35,16 @@ class PlaneProjection(nn.Linear):
         h = self.heads
         weight = self.weight.view(3, h, c // h, c).permute(*self.permutation, 3).reshape(3 * c, c)  # rows in order
         return torch.bmm(weight.expand(v, 3 * c, c), x.permute(1, 2, 0))  # (V, 3C, N), x^T read in place
+
+
+def planes_to_rows(out: torch.Tensor, n: int, joints: int, heads: int) -> torch.Tensor:
+    """An attention's output planes back to rows: (V, d, H*N) or (V*H, d, N) -> (N, V, H*d), contiguous.
+
+    Both planes layouts are (V, H, N) x d once depth and time swap places,
+    so this is two copies: a batched 2-D transpose, then a permutation that
+    moves whole d-long runs. One strided copy straight to (N, V, H*d) reads
+    each output row's V*H*d values from as many places a plane apart.
+    """
+    d = out.shape[1]
+    by_head = out.transpose(1, 2).contiguous().view(joints, heads, n, d)  # (V, H, N, d)
+    return by_head.permute(2, 0, 1, 3).reshape(n, joints, heads * d)  # (N, V, H*d)

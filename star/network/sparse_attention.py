@@ -71,7 +71,7 @@ from torch import nn
 
 from star.network import fused
 from star.network.dropout import keep_mask
-from star.network.projection import PlaneProjection
+from star.network.projection import PlaneProjection, planes_to_rows
 from star.network.scatter import SegmentOps
 
 KERNELS = ("auto", "fused", "rows", "gather", "edges")
@@ -317,7 +317,7 @@ class SpatialAttention(nn.Module):
                 out = fused.sparse_attention(q, k, val, graph.rowptr, graph.key, keep)  # (V, d, M)
             else:
                 out = row_attention(q, k, val, graph, keep)  # (V, d, M)
-            return out.view(v, d, h, n).permute(3, 0, 2, 1).reshape(n, v, c)  # (N, V, H*d)
+            return planes_to_rows(out, n, v, h)  # (N, V, H*d)
         qkv = F.linear(x, self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
         q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)
         out = edge_attention(q, k, val, graph, self.ops, keep)  # (V, M, d)
