@@ -299,6 +299,20 @@ def test_attention_dropout_drops_only_in_training():
     assert torch.equal(module(x), module(x))
 
 
+@needs_fused
+def test_fused_dropout_multiplies_by_the_seeds_mask_forward_and_backward_without_keeping_it():
+    x = torch.randn(30, 70).t().requires_grad_()  # not contiguous: the mask follows the logical order
+    grad = torch.randn(70, 30)
+    torch.manual_seed(3)
+    out = fused.dropout(x, 0.4)
+    torch.manual_seed(3)
+    mask = fused.keep_mask((70, 30), 0.4, x.dtype)
+    assert torch.equal(out, x * mask) and 0.3 < (mask == 0).float().mean() < 0.5
+    assert out.grad_fn.saved_tensors == ()  # nothing but the seed kept for the backward pass
+    (got,) = torch.autograd.grad(out, x, grad)
+    assert torch.equal(got, grad * mask)
+
+
 @pytest.mark.parametrize("p", [0.0, 0.4], ids=["keep all", "drop 0.4"])
 @pytest.mark.parametrize("form", [FUSED, "uniform"])
 def test_dropout_masks_keep_each_element_independently_with_probability_1_minus_p(form, p, monkeypatch):

@@ -4,8 +4,9 @@ On the CPU, torch's dropout draws its mask with bernoulli_, which measured
 slower than uniform_ and a comparison when this module was written, and STAR
 applies dropout 36 times per training step. Where the fused kernels are built
 (`star.network.fused`), a counter-based hash of one seed and each element's
-index draws the mask instead, faster again; otherwise u >= p for u uniform in
-[0, 1). Either keeps each element with probability 1 - p. Off the CPU (CUDA,
+index draws the mask instead, faster again, and `Dropout` multiplies by it as
+it draws, and draws it again for the backward pass: no mask is written or
+kept. Otherwise u >= p for u uniform in [0, 1). Either keeps each element with probability 1 - p. Off the CPU (CUDA,
 and the meta device that counts a GPU's operators) torch's own dropout runs:
 one fused operator forward and one backward.
 """
@@ -38,4 +39,6 @@ class Dropout(nn.Dropout):
             return x
         if x.device.type != "cpu":  # what nn.Dropout runs on CUDA, called as such so that meta runs it too
             return torch.native_dropout(x, self.p, True)[0]
+        if fused.usable(x):
+            return fused.dropout(x, self.p)
         return x * keep_mask(x.shape, self.p, x)

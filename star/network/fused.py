@@ -140,8 +140,30 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: 
     return _LinearAttention.apply(q, k, v, list(bounds), scale, eps)
 
 
+def _seed() -> int:
+    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.long))
+
+
 def keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
     """Inverted-dropout multipliers on the CPU, 0 with probability p and 1 / (1 - p) otherwise, each element an
     independent draw from a hash of one seed and its index; the seed comes from torch's default generator."""
-    seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.long))
-    return torch.ops.star_fused.keep_mask(list(shape), p, seed, dtype)
+    return torch.ops.star_fused.keep_mask(list(shape), p, _seed(), dtype)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):
+        ctx.p, ctx.seed = p, seed
+        return torch.ops.star_fused.apply_keep_mask(x, p, seed)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return torch.ops.star_fused.apply_keep_mask(grad_out, ctx.p, ctx.seed), None, None
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x * keep_mask(x.shape, p, x.dtype) without writing the mask: the multipliers are drawn again from the
+    seed in the backward pass, so nothing but the seed is kept for it."""
+    _require(x)
+    return _Dropout.apply(x, p, _seed())

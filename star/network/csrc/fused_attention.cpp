@@ -494,25 +494,61 @@ inline uint32_t mix32(uint32_t h) {
   return h;
 }
 
-template <typename T>
-void fill_keep_mask(T* __restrict__ out, int64_t first, int64_t last, uint32_t low, uint32_t high,
-                    uint32_t threshold, T kept) {
-  for (int64_t i = first; i < last; ++i) {
-    const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ low) + high + static_cast<uint32_t>(i >> 32));
-    out[i] = h >= threshold ? kept : T(0);
+// The multiplier of element i: kept (1 / (1 - p)) where hash(seed, i) >= threshold (p 2^32), else 0.
+struct KeepDraw {
+  uint32_t low, high, threshold;
+
+  KeepDraw(double p, int64_t seed)
+      : low(static_cast<uint32_t>(seed)),
+        high(static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32)),
+        threshold(static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0))) {
+    TORCH_CHECK(p >= 0 && p < 1, "dropout probability must be in [0, 1), got ", p);
   }
-}
+
+  // body(i, multiplier) for every i in [first, last): in runs within which i's high 32 bits stay the same, so
+  // that the hash is 32-bit arithmetic on a 32-bit counter, which the compiler vectorises
+  template <typename T, typename Body>
+  void each(int64_t first, int64_t last, T kept, const Body& body) const {
+    for (int64_t start = first; start < last;) {
+      const int64_t stop = std::min(last, ((start >> 32) + 1) << 32);
+      const uint32_t counter = static_cast<uint32_t>(start), added = high + static_cast<uint32_t>(start >> 32);
+#pragma omp simd
+      for (int64_t j = 0; j < stop - start; ++j) {
+        const uint32_t h = mix32(mix32((counter + static_cast<uint32_t>(j)) ^ low) + added);
+        body(start + j, h >= threshold ? kept : T(0));
+      }
+      start = stop;
+    }
+  }
+};
 
 at::Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, at::ScalarType dtype) {
-  TORCH_CHECK(p >= 0 && p < 1, "dropout probability must be in [0, 1), got ", p);
+  const KeepDraw draw(p, seed);
   auto out = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
-  const auto low = static_cast<uint32_t>(seed), high = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
   AT_DISPATCH_FLOATING_TYPES(dtype, "keep_mask", [&] {
-    scalar_t* data = out.data_ptr<scalar_t>();
+    scalar_t* __restrict__ data = out.data_ptr<scalar_t>();
     const auto kept = static_cast<scalar_t>(1.0 / (1.0 - p));
     at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t first, int64_t last) {
-      fill_keep_mask<scalar_t>(data, first, last, low, high, threshold, kept);
+      draw.each(first, last, kept, [&](int64_t i, scalar_t multiplier) { data[i] = multiplier; });
+    });
+  });
+  return out;
+}
+
+// x times keep_mask(x.shape, p, seed) in one pass, the mask never written: dropout's forward, and with the
+// output's gradient for x its backward (the same multipliers). x * m, not a select, so that a dropped NaN
+// stays NaN and a dropped negative is -0, as the product with a written mask gives.
+at::Tensor apply_keep_mask(const at::Tensor& x, double p, int64_t seed) {
+  TORCH_CHECK(x.device().is_cpu(), "x must be on the CPU");
+  const KeepDraw draw(p, seed);
+  const auto input = x.contiguous();
+  auto out = at::empty_like(input);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "apply_keep_mask", [&] {
+    const scalar_t* __restrict__ in = input.data_ptr<scalar_t>();
+    scalar_t* __restrict__ data = out.data_ptr<scalar_t>();
+    const auto kept = static_cast<scalar_t>(1.0 / (1.0 - p));
+    at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t first, int64_t last) {
+      draw.each(first, last, kept, [&](int64_t i, scalar_t multiplier) { data[i] = in[i] * multiplier; });
     });
   });
   return out;
@@ -527,6 +563,7 @@ TORCH_LIBRARY(star_fused, library) {
               "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> (Tensor, Tensor, Tensor)");
   // no tensor argument, hence no device to dispatch on: one kernel for every call
   library.def("keep_mask(int[] shape, float p, int seed, ScalarType dtype) -> Tensor", &keep_mask);
+  library.def("apply_keep_mask(Tensor x, float p, int seed) -> Tensor");
   library.def("linear_attention_forward(Tensor q, Tensor k, Tensor v, int[] bounds, float scale, float eps) -> Tensor");
   library.def("linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, int[] bounds, "
               "float scale, float eps) -> (Tensor, Tensor, Tensor)");
@@ -537,4 +574,5 @@ TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
   library.impl("sparse_attention_backward", &sparse_attention_backward);
   library.impl("linear_attention_forward", &linear_attention_forward);
   library.impl("linear_attention_backward", &linear_attention_backward);
+  library.impl("apply_keep_mask", &apply_keep_mask);
 }
