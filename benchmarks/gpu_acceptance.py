@@ -168,8 +168,8 @@ def check_kernels(device: torch.device) -> list[dict]:
             "edges": edge_attention(*edges, graph, get_backend("torch")).view(25, h, n, d).permute(2, 0, 1, 3),
         }
         if device.type == "cpu" and fused.available():  # the fused kernels are CPU operators
-            forms["fused"] = fused.sparse_attention(*planes, graph.rowptr, graph.key).view(25, d, h, n).permute(
-                3, 0, 2, 1)
+            forms["fused"] = fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key).view(
+                25, d, h, n).permute(3, 0, 2, 1)
         want = torch.autograd.grad((reference * weights).sum(), (q, k, v))
         for form, out in forms.items():
             got = torch.autograd.grad((out * weights).sum(), (q, k, v))
@@ -189,8 +189,8 @@ def check_kernels(device: torch.device) -> list[dict]:
         split = segmented_linear_attention(phi_q.mT, phi_k.mT, groups[2].mT, bounds, eps).mT
         forms = {"split": as_rows(split), "padded": padded_linear_attention(qkv, segments, scale, eps)}
         if device.type == "cpu" and fused.available():
-            raw = [t.mT.contiguous() for t in groups]  # (G, d, N) each, time innermost as the kernel reads it
-            forms["fused"] = as_rows(fused.linear_attention(*raw, bounds, scale, eps).mT)
+            raw = groups.mT.transpose(0, 1).contiguous()  # (G, 3, d, N), time innermost as the kernel reads it
+            forms["fused"] = as_rows(fused.linear_attention(raw, bounds, scale, eps).mT)
         (want,) = torch.autograd.grad((reference * weights).sum(), qkv, retain_graph=True)
         for form, out in forms.items():
             (got,) = torch.autograd.grad((out * weights).sum(), qkv, retain_graph=True)

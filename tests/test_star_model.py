@@ -147,13 +147,14 @@ def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradie
     references = {None: dense_attention(*as_rows, mask=torch.as_tensor(counts)).permute(1, 2, 0),
                   "dropout": row_attention(*planes, graph, keep)}
     for case, reference in references.items():
-        out = fused.sparse_attention(*planes, graph.rowptr, graph.key, keep if case else None)
+        out = fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key, keep if case else None)
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
         for got, want in zip(torch.autograd.grad((out * weights).sum(), planes),
                              torch.autograd.grad((reference * weights).sum(), planes), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         with torch.no_grad():  # no backward to come: the attention weights are not written, the output is the same
-            assert torch.equal(fused.sparse_attention(*planes, graph.rowptr, graph.key, keep if case else None), out)
+            assert torch.equal(fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key,
+                                                      keep if case else None), out)
     _, weights_kept = torch.ops.star_fused.sparse_attention_forward(*planes, graph.rowptr, graph.key, None, 0.5, False)
     assert weights_kept.shape == (0, 150)
 
@@ -167,7 +168,7 @@ def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps):
     projection = (torch.randn(6, 3, 5, 20, generator=generator) * 2).requires_grad_()  # (G, 3, d, N)
     q, k, v = projection.unbind(1)  # (G, d, N) each, rows 3 d N apart as the module's views are
     weights = torch.randn(6, 5, 20, generator=generator)
-    out = fused.linear_attention(q, k, v, bounds, 0.7, eps)
+    out = fused.linear_attention(projection, bounds, 0.7, eps)
     segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
     reference = quadratic_linear_attention(elu_feature_map(q.mT * 0.7), elu_feature_map(k.mT * 0.7), v.mT,
                                            segment_ids, eps).mT  # (G, d, N)
@@ -180,31 +181,31 @@ def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps):
 @needs_fused
 def test_fused_kernel_gradients_match_finite_differences():
     graph = NeighbourhoodGraph.from_mask(MASK)
-    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=2))
+    planes = torch.stack(_planes(d=3, m=2), 1).requires_grad_()  # (V, 3, d, M)
     keep = (torch.rand(graph.num_edges, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
-    assert torch.autograd.gradcheck(lambda a, b, c: fused.sparse_attention(a, b, c, graph.rowptr, graph.key,
-                                                                            keep.double()), (q, k, v))
+    assert torch.autograd.gradcheck(lambda p: fused.sparse_attention(p, graph.rowptr, graph.key, keep.double()),
+                                    (planes,))
     projection = torch.randn(2, 3, 3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    assert torch.autograd.gradcheck(lambda p: fused.linear_attention(*p.unbind(1), [0, 2, 7], 0.8, 1e-6),
+    assert torch.autograd.gradcheck(lambda p: fused.linear_attention(p, [0, 2, 7], 0.8, 1e-6),
                                     (projection.requires_grad_(),))
 
 
 @needs_fused
 def test_fused_kernels_refuse_what_they_cannot_take_and_auto_falls_back(monkeypatch):
     graph = NeighbourhoodGraph.from_mask(MASK)
-    q, k, v = _planes(dtype=torch.float32)
+    planes = torch.stack(_planes(dtype=torch.float32), 1)  # (V, 3, d, M)
     with pytest.raises(RuntimeError, match="joint planes must be contiguous"):
-        fused.sparse_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), graph.rowptr, graph.key)
+        fused.sparse_attention(planes.transpose(2, 3), graph.rowptr, graph.key)
     with pytest.raises(RuntimeError, match=r"keep must be \(E, M\) = \(191, 6\) in q's dtype"):
-        fused.sparse_attention(q, k, v, graph.rowptr, graph.key, torch.ones(191, 6, dtype=torch.float64))
+        fused.sparse_attention(planes, graph.rowptr, graph.key, torch.ones(191, 6, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="keys must be joints in"):
-        fused.sparse_attention(q, k, v, graph.rowptr, graph.key + 1)
+        fused.sparse_attention(planes, graph.rowptr, graph.key + 1)
     with pytest.raises(RuntimeError, match="rowptr must have V"):
-        fused.sparse_attention(q, k, v, graph.rowptr[:-1], graph.key)
+        fused.sparse_attention(planes, graph.rowptr[:-1], graph.key)
     with pytest.raises(ValueError, match="CPU operators, got a tensor on meta"):
-        fused.sparse_attention(*(t.to("meta") for t in (q, k, v)), graph.rowptr, graph.key)
+        fused.sparse_attention(planes.to("meta"), graph.rowptr, graph.key)
     with pytest.raises(RuntimeError, match="bounds must run from 0 to 6"):
-        fused.linear_attention(q, k, v, [0, 5], 1.0, 0.0)
+        fused.linear_attention(planes, [0, 5], 1.0, 0.0)
     spatial, temporal = SpatialAttention(16, 4, MASK), TemporalAttention(16, 4)
     x = torch.empty(1, 25, 16)
     assert (spatial.kernel_for(x), temporal.kernel_for(x.double())) == ("fused", "fused")
@@ -225,7 +226,7 @@ def test_sparse_scores_are_stable_for_large_logits():
     graph = NeighbourhoodGraph.from_mask(MASK)
     q, k, v = (t * 1000 for t in _planes(dtype=torch.float32))
     assert torch.isfinite(row_attention(q, k, v, graph)).all()
-    assert torch.isfinite(fused.sparse_attention(q, k, v, graph.rowptr, graph.key)).all()
+    assert torch.isfinite(fused.sparse_attention(torch.stack((q, k, v), 1), graph.rowptr, graph.key)).all()
     as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # exp(score) alone would overflow for these
     for backend in BACKENDS:
         assert torch.isfinite(edge_attention(*as_edges, graph, get_backend(backend))).all()

@@ -90,54 +90,59 @@ def usable(x: torch.Tensor) -> bool:
 
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, keep, rowptr, keys, scale, weights):
-        out, alpha = torch.ops.star_fused.sparse_attention_forward(q, k, v, rowptr, keys, keep, scale, weights)
-        ctx.save_for_backward(q, k, v, keep, alpha, rowptr, keys)
+    def forward(ctx, qkv, keep, rowptr, keys, scale, weights):
+        out, alpha = torch.ops.star_fused.sparse_attention_forward(*qkv.unbind(1), rowptr, keys, keep, scale, weights)
+        ctx.save_for_backward(qkv, keep, alpha, rowptr, keys)
         ctx.scale = scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, keep, alpha, rowptr, keys = ctx.saved_tensors
-        grads = torch.ops.star_fused.sparse_attention_backward(grad_out, q, k, v, alpha, rowptr, keys, keep,
-                                                               ctx.scale)
-        return *grads, None, None, None, None, None
+        qkv, keep, alpha, rowptr, keys = ctx.saved_tensors
+        grad = torch.ops.star_fused.sparse_attention_backward(grad_out, *qkv.unbind(1), alpha, rowptr, keys, keep,
+                                                              ctx.scale)
+        return grad, None, None, None, None, None
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
+def sparse_attention(qkv: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 2-3 on joint planes q, k, v (V, d, M) -> (V, d, M); the neighbourhood as CSR (rowptr, keys).
+    """Eq. 2-3 on joint planes qkv (V, 3, d, M), each joint's q, k and v planes -> (V, d, M); the neighbourhood
+    as CSR (rowptr, keys).
 
-    `keep` is the scaled dropout mask on the attention weights, (E, M) in edge order, or None. The weights
-    (E, M) are written for the backward pass only where a gradient will be asked for.
+    q, k and v come in and their gradient goes out as one tensor, the layout
+    of the projection that makes them, so the backward pass copies nothing
+    to join them. `keep` is the scaled dropout mask on the attention weights,
+    (E, M) in edge order, or None. The weights (E, M) are written for the
+    backward pass only where a gradient will be asked for.
     """
-    _require(q)
-    weights = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return _SparseAttention.apply(q, k, v, keep, rowptr, keys, q.shape[1] ** -0.5, weights)
+    _require(qkv)
+    weights = torch.is_grad_enabled() and qkv.requires_grad
+    return _SparseAttention.apply(qkv, keep, rowptr, keys, qkv.shape[2] ** -0.5, weights)
 
 
 class _LinearAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bounds, scale, eps):
-        ctx.save_for_backward(q, k, v)
+    def forward(ctx, qkv, bounds, scale, eps):
+        ctx.save_for_backward(qkv)
         ctx.bounds, ctx.scale, ctx.eps = bounds, scale, eps
-        return torch.ops.star_fused.linear_attention_forward(q, k, v, bounds, scale, eps)
+        return torch.ops.star_fused.linear_attention_forward(*qkv.unbind(1), bounds, scale, eps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v = ctx.saved_tensors
-        grads = torch.ops.star_fused.linear_attention_backward(grad_out, q, k, v, ctx.bounds, ctx.scale, ctx.eps)
-        return *grads, None, None, None
+        (qkv,) = ctx.saved_tensors
+        grad = torch.ops.star_fused.linear_attention_backward(grad_out, *qkv.unbind(1), ctx.bounds, ctx.scale,
+                                                              ctx.eps)
+        return grad, None, None, None
 
 
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float,
-                     eps: float) -> torch.Tensor:
-    """Eq. 6 on the raw projections q, k, v (G, d, N), time innermost -> (G, d, N): phi(scale x) is taken of q
-    and k inside; clip m is rows bounds[m]:bounds[m+1]."""
-    _require(q)
-    return _LinearAttention.apply(q, k, v, list(bounds), scale, eps)
+def linear_attention(qkv: torch.Tensor, bounds: list[int], scale: float, eps: float) -> torch.Tensor:
+    """Eq. 6 on the raw projections qkv (G, 3, d, N), time innermost -> (G, d, N): phi(scale x) is taken of q
+    and k inside; clip m is rows bounds[m]:bounds[m+1]. q, k and v, and their gradient, as one tensor, as in
+    `sparse_attention`."""
+    _require(qkv)
+    return _LinearAttention.apply(qkv, list(bounds), scale, eps)
 
 
 def _seed() -> int:

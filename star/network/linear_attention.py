@@ -151,10 +151,11 @@ class TemporalAttention(nn.Module):
         if kernel == "padded":
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
             return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)
-        q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
+        qkv = self.qkv(x).view(v * h, 3, d, n)  # (G, 3, d, N), G = (V, H)
         if kernel == "fused":
-            out = fused.linear_attention(q, k, val, segments.bounds, scale, self.eps)  # (G, d, N)
+            out = fused.linear_attention(qkv, segments.bounds, scale, self.eps)  # (G, d, N)
         else:
+            q, k, val = qkv.unbind(1)  # (G, d, N) each
             q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
             out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
         return planes_to_rows(out, n, v, h)  # (N, V, H*d)

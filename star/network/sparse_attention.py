@@ -312,11 +312,11 @@ class SpatialAttention(nn.Module):
             return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, dropout=dropout).view(n, v, c)  # (N, V, H*d)
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
         if kernel in ("fused", "rows"):
-            q, k, val = self.qkv(x).view(v, 3, d, h * n).unbind(1)  # (V, d, M) each, M = (H, N)
+            planes = self.qkv(x).view(v, 3, d, h * n)  # (V, 3, d, M): q, k, v planes, M = (H, N)
             if kernel == "fused":
-                out = fused.sparse_attention(q, k, val, graph.rowptr, graph.key, keep)  # (V, d, M)
+                out = fused.sparse_attention(planes, graph.rowptr, graph.key, keep)  # (V, d, M)
             else:
-                out = row_attention(q, k, val, graph, keep)  # (V, d, M)
+                out = row_attention(*planes.unbind(1), graph, keep)  # (V, d, M)
             return planes_to_rows(out, n, v, h)  # (N, V, H*d)
         qkv = F.linear(x, self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
         q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)

@@ -190,7 +190,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q,
 template <typename T, int64_t W>
 void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, const int64_t* rowptr,
                            const int64_t* keys, int64_t joints, const T* keep, const T* alpha, const T* grad_out,
-                           T* grad_q, T* grad_k, T* grad_v, T scale, int64_t c0, int64_t width, T* grad_weights) {
+                           T* grad_q, T* grad_k, T* grad_v, int64_t gs, T scale, int64_t c0, int64_t width,
+                           T* grad_weights) {
   const int64_t m = q.m, w = W > 0 ? W : width;
   for (int64_t i = 0; i < joints; ++i) {
     const int64_t start = rowptr[i], degree = rowptr[i + 1] - rowptr[i];
@@ -200,7 +201,7 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
       const T* __restrict__ vj = v.at(j, c0);
-      T* __restrict__ gvj = grad_v + j * d * m + c0;
+      T* __restrict__ gvj = grad_v + j * gs + c0;
       const T* __restrict__ a = alpha + (start + e) * m + c0;
       const T* __restrict__ mask = keep ? keep + (start + e) * m + c0 : nullptr;
       T* __restrict__ gw = grad_weights + e * kBlock;
@@ -224,13 +225,13 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
       for (int64_t x = 0; x < w; ++x) g[x] = a[x] * (g[x] - dot[x]) * scale;
     }
     const T* __restrict__ qi = q.at(i, c0);
-    T* __restrict__ gqi = grad_q + i * d * m + c0;
+    T* __restrict__ gqi = grad_q + i * gs + c0;
     for (int64_t c = 0; c < d; ++c)
       for (int64_t x = 0; x < w; ++x) gqi[c * m + x] = 0;
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
       const T* __restrict__ kj = k.at(j, c0);
-      T* __restrict__ gkj = grad_k + j * d * m + c0;
+      T* __restrict__ gkj = grad_k + j * gs + c0;
       const T* __restrict__ gs = grad_weights + e * kBlock;
       for (int64_t c = 0; c < d; ++c)
         for (int64_t x = 0; x < w; ++x) {
@@ -241,15 +242,17 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward(
+// The gradients of q, k and v as one (V, 3, d, M) tensor, the layout the three come from in the model (views of
+// one projection), so that autograd hands it back whole instead of stacking three.
+at::Tensor sparse_attention_backward(
     const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& alpha, const at::Tensor& rowptr, const at::Tensor& keys,
     const std::optional<at::Tensor>& keep, double scale) {
   const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
   auto grad_out = grad_out_in.contiguous();
-  auto grad_q = at::empty({joints, d, m}, q.options());
-  auto grad_k = at::zeros({joints, d, m}, q.options());
-  auto grad_v = at::zeros({joints, d, m}, q.options());
+  auto grad = at::empty({joints, 3, d, m}, q.options());  // q's planes are all written, k's and v's added to
+  grad.select(1, 1).zero_();
+  grad.select(1, 2).zero_();
   at::Tensor mask = keep.has_value() ? keep->contiguous() : at::Tensor();
   const int64_t* ptr = rowptr.data_ptr<int64_t>();
   const int64_t* key = keys.data_ptr<int64_t>();
@@ -258,12 +261,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward(
     over_blocks<scalar_t>(m, degree, [&](int64_t c0, int64_t width, scalar_t* grad_weights) {
       auto run = width == kBlock ? sparse_backward_block<scalar_t, kBlock> : sparse_backward_block<scalar_t, 0>;
       run(planes_of<scalar_t>(q), planes_of<scalar_t>(k), planes_of<scalar_t>(v), d, ptr, key, joints, keep_data,
-          alpha.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
-          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(), static_cast<scalar_t>(scale), c0, width,
-          grad_weights);
+          alpha.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+          grad.data_ptr<scalar_t>() + d * m, grad.data_ptr<scalar_t>() + 2 * d * m, 3 * d * m,
+          static_cast<scalar_t>(scale), c0, width, grad_weights);
     });
   });
-  return {grad_q, grad_k, grad_v};
+  return grad;
 }
 
 void check_matrices(const at::Tensor& t, const char* name, const at::Tensor& like) {
@@ -457,28 +460,26 @@ void linear_backward_task(const Segment<T>& seg, const T* go, int64_t n, T eps, 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward(
+// The gradients of q, k and v as one (G, 3, d, N) tensor, as the sparse attention's.
+at::Tensor linear_attention_backward(
     const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     at::IntArrayRef bounds, double scale, double eps) {
   const int64_t groups = q.size(0), d = q.size(1), n = q.size(2), clips = static_cast<int64_t>(bounds.size()) - 1;
   auto grad_out = grad_out_in.contiguous();
-  auto grad_q = at::empty({groups, d, n}, q.options());
-  auto grad_k = at::empty({groups, d, n}, q.options());
-  auto grad_v = at::empty({groups, d, n}, q.options());
+  auto grad = at::empty({groups, 3, d, n}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_backward", [&] {
     at::parallel_for(0, groups * clips, 1, [&](int64_t first, int64_t last) {
       BackwardBuffers<scalar_t> buffers;
       for (int64_t task = first; task < last; ++task) {
         const int64_t g = task / clips, m = task % clips, t0 = bounds[m], length = bounds[m + 1] - t0;
-        const int64_t at = g * d * n + t0;
+        scalar_t* gq = grad.data_ptr<scalar_t>() + g * 3 * d * n + t0;  // q's rows; k's and v's d n further
         linear_backward_task<scalar_t>(segment_of<scalar_t>(q, k, v, g, t0, length, scale),
-                                       grad_out.data_ptr<scalar_t>() + at, n, static_cast<scalar_t>(eps),
-                                       grad_q.data_ptr<scalar_t>() + at, grad_k.data_ptr<scalar_t>() + at,
-                                       grad_v.data_ptr<scalar_t>() + at, buffers);
+                                       grad_out.data_ptr<scalar_t>() + g * d * n + t0, n, static_cast<scalar_t>(eps),
+                                       gq, gq + d * n, gq + 2 * d * n, buffers);
       }
     });
   });
-  return {grad_q, grad_k, grad_v};
+  return grad;
 }
 
 // Inverted-dropout multipliers from a counter-based hash: element i is kept iff hash(seed, i) >= p 2^32, so
@@ -560,13 +561,13 @@ TORCH_LIBRARY(star_fused, library) {
   library.def("sparse_attention_forward(Tensor q, Tensor k, Tensor v, Tensor rowptr, Tensor keys, Tensor? keep, "
               "float scale, bool weights) -> (Tensor, Tensor)");
   library.def("sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor alpha, "
-              "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> (Tensor, Tensor, Tensor)");
+              "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> Tensor");
   // no tensor argument, hence no device to dispatch on: one kernel for every call
   library.def("keep_mask(int[] shape, float p, int seed, ScalarType dtype) -> Tensor", &keep_mask);
   library.def("apply_keep_mask(Tensor x, float p, int seed) -> Tensor");
   library.def("linear_attention_forward(Tensor q, Tensor k, Tensor v, int[] bounds, float scale, float eps) -> Tensor");
   library.def("linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, int[] bounds, "
-              "float scale, float eps) -> (Tensor, Tensor, Tensor)");
+              "float scale, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
