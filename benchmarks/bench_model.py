@@ -191,7 +191,7 @@ def dispatch_table(seed: int) -> None:
     print("\noperators dispatched per call (all / launching a kernel, i.e. without views)")
     print(f"{'model':8s} {'form':14s} {'device':6s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
     for form, kernels in forms_on(torch.device("cpu")).items():
-        device = "meta" if kernels == FORMS["+".join(KERNEL_FORMS["device"])] else "cpu"
+        device = "meta" if form == "+".join(KERNEL_FORMS["device"]) else "cpu"
         for clips in (4, 16, 64):
             frames, persons = ntu_like_clips(clips, seed)
             batch = collate_compact(random_samples(frames, persons)).to(device)

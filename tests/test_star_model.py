@@ -303,7 +303,7 @@ def test_attention_dropout_drops_only_in_training():
 @needs_fused
 def test_fused_dropout_multiplies_by_the_seeds_mask_forward_and_backward_without_keeping_it():
     x = torch.randn(30, 70).t().requires_grad_()  # not contiguous: the mask follows the logical order
-    grad = torch.randn(70, 30)
+    grad = torch.randn(30, 70).t()
     torch.manual_seed(3)
     out = fused.dropout(x, 0.4)
     torch.manual_seed(3)
@@ -312,6 +312,29 @@ def test_fused_dropout_multiplies_by_the_seeds_mask_forward_and_backward_without
     assert out.grad_fn.saved_tensors == ()  # nothing but the seed kept for the backward pass
     (got,) = torch.autograd.grad(out, x, grad)
     assert torch.equal(got, grad * mask)
+    again = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: (torch.manual_seed(0), fused.dropout(t, 0.4))[1], (again,))
+
+
+@needs_fused
+@pytest.mark.parametrize("seed", [12345, -2**63 + 7, 2**40 + 3])  # high words 0, 2^31 and 256
+def test_fused_keep_mask_is_the_counter_hash_of_seed_and_index(seed):
+    """An independent numpy reference: keep i iff mix(mix(i ^ low) + high + (i >> 32)) >= p 2^32, mix being
+    MurmurHash3's 32-bit finaliser; fixed, so that a run's masks stay what they were for its seed."""
+    def mix(h):
+        h = h ^ (h >> 16)
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> 13)
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> 16)
+
+    index = np.arange(5000, dtype=np.uint64)
+    low, high = np.uint32(seed & 0xFFFFFFFF), np.uint32((seed >> 32) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        hashed = mix(mix(index.astype(np.uint32) ^ low) + high + (index >> np.uint64(32)).astype(np.uint32))
+    expected = np.where(hashed >= np.uint32(0.3 * 2**32), np.float32(1 / 0.7), np.float32(0))
+    mask = torch.ops.star_fused.keep_mask([5000], 0.3, seed, torch.float32)
+    assert np.array_equal(mask.numpy(), expected)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.4], ids=["keep all", "drop 0.4"])

@@ -4,12 +4,12 @@ On the CPU, torch's dropout draws its mask with bernoulli_, which measured
 slower than uniform_ and a comparison when this module was written, and STAR
 applies dropout 36 times per training step. Where the fused kernels are built
 (`star.network.fused`), a counter-based hash of one seed and each element's
-index draws the mask instead, faster again, and `Dropout` multiplies by it as
-it draws, and draws it again for the backward pass: no mask is written or
-kept. Otherwise u >= p for u uniform in [0, 1). Either keeps each element with probability 1 - p. Off the CPU (CUDA,
-and the meta device that counts a GPU's operators) torch's own dropout runs:
-one fused operator forward and one backward.
-"""
+index draws the mask instead, faster again; `dropout` multiplies by it as it
+draws and draws it again for the backward pass, so no mask is written or
+kept. Otherwise u >= p for u uniform in [0, 1). Either keeps each element
+with probability 1 - p. Off the CPU (CUDA, and the meta device that counts a
+GPU's operators) torch's own dropout runs: one fused operator forward and one
+backward."""
 
 from __future__ import annotations
 
@@ -33,12 +33,26 @@ def keep_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Ten
     return (uniform >= p).to(like.dtype) / (1 - p)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout of `x` at rate `p` in training, else `x` itself.
+
+    Off the CPU torch's fused operator, called by name so that the meta device
+    dispatches what CUDA does; on the CPU the hashed mask, multiplied in as it
+    is drawn where the fused kernels are built, else a uniform draw.
+    """
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return torch.native_dropout(x, p, True)[0]
+    if fused.usable(x):
+        return fused.dropout(x, p)
+    return x * keep_mask(x.shape, p, x)
+
+
 class Dropout(nn.Dropout):
+    """nn.Dropout by `dropout` above; `inplace` is honoured off the CPU only (torch's own in-place form)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":  # what nn.Dropout runs on CUDA, called as such so that meta runs it too
-            return torch.native_dropout(x, self.p, True)[0]
-        if fused.usable(x):
-            return fused.dropout(x, self.p)
-        return x * keep_mask(x.shape, self.p, x)
+        if self.inplace and x.device.type != "cpu":
+            return super().forward(x)
+        return dropout(x, self.p, self.training)

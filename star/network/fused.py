@@ -162,9 +162,8 @@ class _Dropout(torch.autograd.Function):
         return torch.ops.star_fused.apply_keep_mask(x, p, seed)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        return torch.ops.star_fused.apply_keep_mask(grad_out, ctx.p, ctx.seed), None, None
+    def backward(ctx, grad_out):  # the same multiplication, so differentiable again
+        return _Dropout.apply(grad_out, ctx.p, ctx.seed), None, None
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:

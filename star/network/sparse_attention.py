@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from star.network import fused
+from star.network.dropout import dropout as drop
 from star.network.dropout import keep_mask
 from star.network.projection import PlaneProjection, planes_to_rows
 from star.network.scatter import SegmentOps
@@ -237,6 +238,8 @@ def gathered_attention(q: torch.Tensor, kv: torch.Tensor, graph: NeighbourhoodGr
     neighbours = kv[:, graph.table]  # (N, V, D, 2, H, d): every slot's key and value
     scores = (q.unsqueeze(2) * neighbours[:, :, :, 0]).sum(-1)  # (N, V, D, H)
     alpha = torch.softmax(torch.add(graph.bias.to(q.dtype), scores, alpha=q.shape[-1] ** -0.5), dim=2)
+    if keep is not None and dropout:
+        raise ValueError("give the gathered attention a dropout mask or a dropout rate, not both")
     if keep is not None:
         alpha = alpha * keep
     elif dropout:
@@ -255,7 +258,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (..., V, V)
     if mask is not None:
         scores = scores + mask.to(scores.dtype).log()  # -inf off the mask, log(count) on it
-    alpha = F.dropout(torch.softmax(scores, dim=-1), dropout, training)
+    alpha = drop(torch.softmax(scores, dim=-1), dropout, training)
     return alpha @ v
 
 

@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q,
 template <typename T, int64_t W>
 void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, const int64_t* rowptr,
                            const int64_t* keys, int64_t joints, const T* keep, const T* alpha, const T* grad_out,
-                           T* grad_q, T* grad_k, T* grad_v, int64_t gs, T scale, int64_t c0, int64_t width,
+                           T* grad_q, T* grad_k, T* grad_v, int64_t grad_stride, T scale, int64_t c0, int64_t width,
                            T* grad_weights) {
   const int64_t m = q.m, w = W > 0 ? W : width;
   for (int64_t i = 0; i < joints; ++i) {
@@ -201,7 +201,7 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
       const T* __restrict__ vj = v.at(j, c0);
-      T* __restrict__ gvj = grad_v + j * gs + c0;
+      T* __restrict__ gvj = grad_v + j * grad_stride + c0;
       const T* __restrict__ a = alpha + (start + e) * m + c0;
       const T* __restrict__ mask = keep ? keep + (start + e) * m + c0 : nullptr;
       T* __restrict__ gw = grad_weights + e * kBlock;
@@ -225,13 +225,13 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
       for (int64_t x = 0; x < w; ++x) g[x] = a[x] * (g[x] - dot[x]) * scale;
     }
     const T* __restrict__ qi = q.at(i, c0);
-    T* __restrict__ gqi = grad_q + i * gs + c0;
+    T* __restrict__ gqi = grad_q + i * grad_stride + c0;
     for (int64_t c = 0; c < d; ++c)
       for (int64_t x = 0; x < w; ++x) gqi[c * m + x] = 0;
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
       const T* __restrict__ kj = k.at(j, c0);
-      T* __restrict__ gkj = grad_k + j * gs + c0;
+      T* __restrict__ gkj = grad_k + j * grad_stride + c0;
       const T* __restrict__ gs = grad_weights + e * kBlock;
       for (int64_t c = 0; c < d; ++c)
         for (int64_t x = 0; x < w; ++x) {
@@ -502,8 +502,11 @@ struct KeepDraw {
   KeepDraw(double p, int64_t seed)
       : low(static_cast<uint32_t>(seed)),
         high(static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32)),
-        threshold(static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0))) {
+        threshold(threshold_of(p)) {}
+
+  static uint32_t threshold_of(double p) {  // checked before the conversion, which p < 0 or NaN would make undefined
     TORCH_CHECK(p >= 0 && p < 1, "dropout probability must be in [0, 1), got ", p);
+    return static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
   }
 
   // body(i, multiplier) for every i in [first, last): in runs within which i's high 32 bits stay the same, so
