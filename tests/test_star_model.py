@@ -11,7 +11,7 @@ from star import registry
 from star.data.batching import collate_compact
 from star.data.synthetic import random_samples
 from star.network import STAR, STARConfig, fused
-from star.network.dropout import keep_mask
+from star.network.dropout import dropout, keep_mask
 from star.network.encoding import sinusoidal_encoding
 from star.network.features import bone_vectors, parent_index, segment_motion, segment_starts
 from star.network.linear_attention import (
@@ -121,12 +121,14 @@ def test_gather_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(co
     keep = (torch.rand(graph.num_edges, h * n, generator=generator) > 0.4) / 0.6  # (E, M), M = (H, N)
     keep_slots = keep[graph.slot_edges()].view(25, -1, h, n).permute(3, 0, 1, 2)  # (N, V, D, H)
     dropped = gathered_attention(q, torch.stack([k, v], dim=2), graph, keep_slots)
-    torch.manual_seed(1)  # the model's form: torch's fused dropout draws the mask, as from ones of the weights' shape
-    native = gathered_attention(q, torch.stack([k, v], dim=2), graph, dropout=0.4)
+    torch.manual_seed(1)  # the model's form: the suite's dropout draws the mask, as it would from ones of that shape
+    by_rate = gathered_attention(q, torch.stack([k, v], dim=2), graph, dropout=0.4)
     torch.manual_seed(1)
-    drawn = torch.native_dropout(torch.ones(n, 25, graph.table.shape[1], h), 0.4, True)[0]  # (N, V, D, H)
-    torch.testing.assert_close(native, gathered_attention(q, torch.stack([k, v], dim=2), graph, drawn))
-    assert not torch.allclose(native, gathered)
+    drawn = dropout(torch.ones(n, 25, graph.table.shape[1], h), 0.4, True)  # (N, V, D, H)
+    torch.testing.assert_close(by_rate, gathered_attention(q, torch.stack([k, v], dim=2), graph, drawn))
+    assert not torch.allclose(by_rate, gathered)
+    with pytest.raises(ValueError, match="a dropout mask or a dropout rate, not both"):
+        gathered_attention(q, torch.stack([k, v], dim=2), graph, drawn, dropout=0.4)
     planes = [t.permute(1, 3, 2, 0).reshape(25, d, h * n) for t in (q, k, v)]  # (V, d, M)
     rows = row_attention(*planes, graph, keep).view(25, d, h, n).permute(3, 0, 2, 1)  # (N, V, H, d)
     torch.testing.assert_close(dropped, rows, atol=1e-5, rtol=1e-5)

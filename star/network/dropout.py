@@ -9,7 +9,8 @@ draws and draws it again for the backward pass, so no mask is written or
 kept. Otherwise u >= p for u uniform in [0, 1). Either keeps each element
 with probability 1 - p. Off the CPU (CUDA, and the meta device that counts a
 GPU's operators) torch's own dropout runs: one fused operator forward and one
-backward."""
+backward.
+"""
 
 from __future__ import annotations
 

@@ -231,8 +231,8 @@ def gathered_attention(q: torch.Tensor, kv: torch.Tensor, graph: NeighbourhoodGr
     """The `gather` kernel: q (N, V, H, d) and kv (N, V, 2, H, d) -> (N, V, H, d).
 
     The weights are dropped by `keep`, a scaled dropout mask per slot (N, V, D,
-    H), where given, else at rate `dropout` by torch's fused dropout (one
-    operator forward and one backward, the model's form); padded slots have
+    H), where given, else at rate `dropout` by star.network.dropout.dropout
+    (off the CPU torch's fused operator, the model's form); padded slots have
     weight 0 whatever is drawn for them.
     """
     neighbours = kv[:, graph.table]  # (N, V, D, 2, H, d): every slot's key and value
@@ -243,7 +243,7 @@ def gathered_attention(q: torch.Tensor, kv: torch.Tensor, graph: NeighbourhoodGr
     if keep is not None:
         alpha = alpha * keep
     elif dropout:
-        alpha = torch.native_dropout(alpha, dropout, True)[0]
+        alpha = drop(alpha, dropout, True)
     return (alpha.unsqueeze(-1) * neighbours[:, :, :, 1]).sum(2)  # (N, V, H, d)
 
 
