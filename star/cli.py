@@ -43,7 +43,8 @@ def _synth(args: argparse.Namespace) -> None:
 
     from star.data.synthetic import TINY, generate
 
-    spec = replace(TINY, seed=args.seed, clips_per_action=args.clips_per_action)
+    spec = replace(TINY, seed=args.seed, clips_per_action=args.clips_per_action, min_frames=args.frames[0],
+                   max_frames=args.frames[1])
     if args.format == "raw":
         paths = generate(args.out, spec)
         print(f"wrote {len(paths)} synthetic .skeleton files to {args.out} (seed {args.seed})")
@@ -157,7 +158,8 @@ def _profile(args: argparse.Namespace) -> None:
     result = profile(args.store, args.benchmark, args.model, clips=args.clips, seed=args.seed, device=device,
                      compile=args.compile,
                      repeats=args.repeats, warmup=args.warmup, profiler_runs=args.profiler_runs,
-                     sweep_frames=args.sweep_frames, sweep_clips=args.sweep_clips, sweep_repeats=args.sweep_repeats)
+                     sweep_frames=args.sweep_frames, sweep_clips=args.sweep_clips, sweep_repeats=args.sweep_repeats,
+                     padded_frames=args.padded_frames)
     write_result(args.out, result, "profile")
     summary, batch = result["summary"], result["batch"]
     print(f"{args.model} on {batch['clips']} clips ({batch['total_frames']} frames, {batch['rows']} rows), "
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="raw .skeleton files, or preprocessed as pyskl's two pickles or CTR-GCN's four .npz")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--clips-per-action", type=int, default=24, metavar="N")
+    synth.add_argument("--frames", type=int, nargs=2, default=list(defaults.SYNTH_FRAMES), metavar=("MIN", "MAX"),
+                       help="shortest and longest clip (default: %(default)s, about NTU's range; the smoke "
+                            "configuration's short clips make its jobs quick)")
     synth.set_defaults(handler=_synth)
 
     models = commands.add_parser("models", help="list the registered models",
@@ -360,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--sweep-clips", type=int, nargs="*", default=None, metavar="B",
                       help="batch sizes of the sweep (default: 1 and --clips)")
     prof.add_argument("--sweep-repeats", type=int, default=defaults.SWEEP_REPEATS, metavar="N")
+    prof.add_argument("--padded-frames", type=int, default=defaults.PADDED_FRAMES, metavar="T",
+                      help=f"padded layout (the baselines): frames per clip (default {defaults.PADDED_FRAMES}, "
+                           "their papers')")
     prof.set_defaults(handler=_profile)
 
     from star.names import FIGURES

@@ -12,7 +12,7 @@ def test_help_lists_the_subcommands():
 
 
 def test_synth_then_preprocess_prints_the_summary(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "raw"), "--clips-per-action", "3"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "raw"), "--clips-per-action", "3", "--frames", "26", "40"]) == 0
     assert main(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "store"),
                  "--workers", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -20,6 +20,8 @@ def test_synth_then_preprocess_prints_the_summary(tmp_path, capsys):
     assert "read 24 files: 24 clips kept (9 with two persons)" in out
     assert f"wrote {tmp_path / 'store'}" in out
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["clips"] == 24
+    frames = CompactStore(tmp_path / "store").clips["frames"]
+    assert 26 <= frames.min() and frames.max() <= 40 and frames.max() > frames.min()
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
@@ -89,6 +91,9 @@ def test_a_damaged_store_an_unwritable_output_and_a_bad_pickle_are_one_line_erro
     (tmp_path / "file").touch()
     assert main(["synth", "--out", str(tmp_path / "file" / "raw"), "--clips-per-action", "1"]) == 2
     assert capsys.readouterr().err.startswith("star synth: error: [Errno 20] Not a directory")
+    assert main(["synth", "--out", str(tmp_path / "short"), "--frames", "20", "40"]) == 2
+    assert "synthetic clip lengths 20-40: the shortest must be at least 25 frames" in capsys.readouterr().err
+    assert not (tmp_path / "short").exists()
     (tmp_path / "new.pkl").write_bytes(b"\x80\x09rest")  # a pickle protocol no Python has
     assert main(["import", "--format", "pyskl", str(tmp_path / "new.pkl"), "--out", str(tmp_path / "s")]) == 2
     assert "new.pkl: not a readable pickle (ValueError: unsupported pickle protocol: 9)" in capsys.readouterr().err

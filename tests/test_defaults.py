@@ -7,6 +7,7 @@ import yaml
 
 from star import defaults, names
 from star.cli import build_parser
+from star.data.synthetic import TINY
 from star.training.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,7 +16,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text
 
 PROFILING = {"benchmark": defaults.PROFILE_BENCHMARK, "clips": defaults.PROFILE_CLIPS, "seed": defaults.PROFILE_SEED,
              "repeats": defaults.PROFILE_REPEATS, "warmup": defaults.PROFILE_WARMUP,
-             "profiler_runs": defaults.PROFILER_RUNS}
+             "profiler_runs": defaults.PROFILER_RUNS, "padded_frames": defaults.PADDED_FRAMES}
 
 
 def test_the_profiling_settings_of_the_config_and_its_schema_are_the_packages_defaults():
@@ -31,6 +32,13 @@ def test_every_benchmark_list_of_the_schema_is_the_packages():
                        SCHEMA["profiling"]["properties"]["benchmark"]["enum"],
                        SCHEMA["figures"]["properties"]["curves_benchmark"]["enum"], CONFIG["benchmarks"]]
     assert all(listed == list(names.BENCHMARKS) for listed in benchmark_lists)
+
+
+def test_the_synthetic_clip_lengths_of_the_cli_the_generator_and_the_config_are_the_packages_defaults():
+    lengths = list(defaults.SYNTH_FRAMES)
+    assert CONFIG["data"]["synthetic_frames"] == SCHEMA["data"]["properties"]["synthetic_frames"]["default"] == lengths
+    assert _defaults_of("synth")["frames"] == lengths == [TINY.min_frames, TINY.max_frames]
+    assert SCHEMA["data"]["properties"]["synthetic_frames"]["items"]["minimum"] == defaults.SYNTH_MIN_FRAMES
 
 
 def _defaults_of(command: str) -> dict:

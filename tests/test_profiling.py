@@ -196,7 +196,8 @@ def test_star_profile_writes_a_models_json(tiny_store, tmp_path, name):
     profiles every model of the tables."""
     out = tmp_path / f"{name}.json"
     assert main(["profile", "--store", str(tiny_store.path), "--model", name, "--out", str(out), "--clips", "2",
-                 "--repeats", "2", "--warmup", "1", "--profiler-runs", "1", "--threads", "2"]) == 0
+                 "--repeats", "2", "--warmup", "1", "--profiler-runs", "1", "--threads", "2",
+                 "--padded-frames", "32"]) == 0
     result = json.loads(out.read_text())
     model = registry.build(name, get_benchmark("ntu60/xsub").num_classes)
     summary, macs = result["summary"], result["macs"]
@@ -211,6 +212,10 @@ def test_star_profile_writes_a_models_json(tiny_store, tmp_path, name):
     assert len(latency["times_ms"]) == 2 and summary["latency_ms"] == latency["median_ms"]
     assert latency["profiled_total_ms"] == pytest.approx(sum(latency["by_category_ms"].values()))
     assert result["batch"]["clips"] == 2 and len(result["batch"]["clip_list"]) == 2
+    assert result["batch"]["padded"]["shape"] == [2, 3, 32, 25, 2]
+    fill = registry.spec(name).fill
+    assert result["batch"]["fed_as"] == ("compact" if name.startswith("star") else
+                                         f"padded to 32 frames x 2 persons, fill {fill}")
     assert result["memory"]["peak_bytes"] > result["memory"]["input_bytes"] > 0
 
 
@@ -229,9 +234,11 @@ def test_sweep_pads_the_baselines_and_not_star():
     star = sweep("star-64", frames=[8, 16], clips=[1, 2], num_classes=60, device=CPU, repeats=1, warmup=0)
     assert [(p["clips"], p["frames"], p["rows"]) for p in star] == [(1, 8, 8), (1, 16, 16), (2, 8, 16), (2, 16, 32)]
     assert star[0]["gmacs"] < star[1]["gmacs"] < star[3]["gmacs"]
-    gcn = sweep("st-gcn", frames=[8, 16], clips=[1, 2], num_classes=60, device=CPU, repeats=1, warmup=0)
-    assert gcn[0] == {**gcn[1], "frames": 8}  # padded to 300 frames: measured once per batch size
-    assert gcn[2]["gmacs"] == pytest.approx(2 * gcn[0]["gmacs"])
+    gcn = sweep("st-gcn", frames=[8, 16], clips=[1, 2], num_classes=60, device=CPU, repeats=1, warmup=0,
+                padded_frames=32)
+    assert gcn[0] == {**gcn[1], "frames": 8}  # padded to 32 frames whatever the length: measured once per batch size
+    assert [p["rows"] for p in gcn] == [64, 64, 128, 128]
+    assert gcn[2]["gmacs"] == pytest.approx(2 * gcn[0]["gmacs"], rel=1e-5)  # all but the once-per-pass adjacency
 
 
 def test_bad_input_is_named(tiny_store, tiny_raw, tmp_path, capsys):

@@ -21,6 +21,7 @@ import numpy as np
 
 from star.data.batching import ClipSample
 from star.data.ntu import SampleName
+from star.defaults import SYNTH_FRAMES, SYNTH_MIN_FRAMES
 from star.errors import InputError
 from star.skeleton import NUM_JOINTS
 
@@ -54,11 +55,16 @@ class SynthSpec:
 
     actions: tuple[int, ...]
     clips_per_action: int
-    min_frames: int = 32
-    max_frames: int = 300
+    min_frames: int = SYNTH_FRAMES[0]
+    max_frames: int = SYNTH_FRAMES[1]
     seed: int = 0
     noise_m: float = 0.01
     spurious_bodies: bool = True
+
+    def __post_init__(self):
+        if not SYNTH_MIN_FRAMES <= self.min_frames <= self.max_frames:
+            raise InputError(f"synthetic clip lengths {self.min_frames}-{self.max_frames}: the shortest must be at "
+                             f"least {SYNTH_MIN_FRAMES} frames (a two-phase action) and at most the longest")
 
 
 # The tiny set: four NTU 60 single-person actions, two NTU 60 mutual ones, one NTU 120

@@ -26,12 +26,13 @@ class ProfilingBatch:
     samples: list[ClipSample]
     names: list[str]
     source: dict  # store, benchmark, split, seed; empty for synthetic batches
+    padded_frames: int = PADDED_FRAMES  # frames per clip of the padded layout (the papers': 300)
 
     def compact(self) -> CompactBatch:
         return collate_compact(self.samples)
 
     def padded(self, fill: str = "repeat") -> PaddedBatch:
-        return PaddedCollate(fill=fill)(self.samples)
+        return PaddedCollate(self.padded_frames, fill=fill)(self.samples)
 
     @property
     def num_clips(self) -> int:
@@ -49,7 +50,7 @@ class ProfilingBatch:
         compact_bytes = sum(t.numel() * t.element_size() for t in (compact.x, compact.clip_offsets, compact.clip_ids,
                                                                    compact.steps, compact.person_ids,
                                                                    compact.positions))
-        padded_shape = [len(self.samples), 3, PADDED_FRAMES, 25, PADDED_PERSONS]
+        padded_shape = [len(self.samples), 3, self.padded_frames, 25, PADDED_PERSONS]
         return {
             **self.source,
             "clips": len(self.samples),
@@ -64,11 +65,13 @@ class ProfilingBatch:
         }
 
 
-def draw_batch(store: CompactStore, benchmark: str, clips: int = PROFILE_CLIPS,
-               seed: int = PROFILE_SEED) -> ProfilingBatch:
+def draw_batch(store: CompactStore, benchmark: str, clips: int = PROFILE_CLIPS, seed: int = PROFILE_SEED,
+               padded_frames: int = PADDED_FRAMES) -> ProfilingBatch:
     """`clips` test clips of `benchmark`, chosen with `seed`; a StoreError if the split is empty or too small."""
     if clips < 1:
         raise InputError(f"a profiling batch needs at least one clip, got --clips {clips}")
+    if padded_frames < 1:
+        raise InputError(f"the padded layout needs at least one frame, got --padded-frames {padded_frames}")
     test = store.split(benchmark, "test")
     if clips > len(test):
         raise StoreError(f"{store.path}: the test side of {benchmark} has {len(test)} clips, fewer than the "
@@ -76,12 +79,13 @@ def draw_batch(store: CompactStore, benchmark: str, clips: int = PROFILE_CLIPS,
     chosen = np.sort(np.random.default_rng(seed).choice(test, size=clips, replace=False))
     dataset = ClipDataset(store, chosen)
     return ProfilingBatch([dataset[i] for i in range(len(chosen))], [str(n) for n in store.clips["name"][chosen]],
-                          {"store": str(store.path), "benchmark": benchmark, "split": "test", "seed": seed})
+                          {"store": str(store.path), "benchmark": benchmark, "split": "test", "seed": seed},
+                          padded_frames)
 
 
-def uniform_batch(clips: int, frames: int, persons: int = 1) -> ProfilingBatch:
+def uniform_batch(clips: int, frames: int, persons: int = 1, padded_frames: int = PADDED_FRAMES) -> ProfilingBatch:
     """`clips` synthetic clips of exactly `frames` frames and `persons` persons (for the sweep: only sizes matter)."""
     rows = frames * persons
     xyz = np.random.default_rng(0).standard_normal((rows, 25, 3)).astype(np.float32)
     sample = ClipSample(xyz, np.repeat(np.arange(persons), frames), np.tile(np.arange(frames), persons), frames, 0)
-    return ProfilingBatch([sample] * clips, [f"uniform-{frames}x{persons}"] * clips, {})
+    return ProfilingBatch([sample] * clips, [f"uniform-{frames}x{persons}"] * clips, {}, padded_frames)

@@ -138,7 +138,7 @@ def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: to
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "batch": {**description, "fed_as": spec.layout if spec.layout == "compact" else
-                  f"padded to {PADDED_FRAMES} frames x {PADDED_PERSONS} persons, fill {spec.fill}"},
+                  f"padded to {batch.padded_frames} frames x {PADDED_PERSONS} persons, fill {spec.fill}"},
         "summary": {
             "latency_ms": latency["median_ms"],
             "params": params["total"],
@@ -160,12 +160,12 @@ def profile_model(name: str, batch: ProfilingBatch, num_classes: int, device: to
 
 
 def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, device: torch.device,
-          repeats: int = SWEEP_REPEATS, warmup: int = 1) -> list[dict]:
+          repeats: int = SWEEP_REPEATS, warmup: int = 1, padded_frames: int = PADDED_FRAMES) -> list[dict]:
     """Latency and GMACs against clip length and batch size: one-person clips of exactly `frames` frames.
 
     A compact model gets the clips as they are; a padded model always gets
-    300 x 2, so its cost depends on the batch size alone and is measured
-    once per batch size.
+    `padded_frames` x 2 (300 x 2 as in its paper), so its cost depends on the
+    batch size alone and is measured once per batch size.
     """
     spec = registry.spec(name)
     torch.manual_seed(0)
@@ -174,7 +174,7 @@ def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, devi
     for count in clips:
         padded_point = None
         for length in frames:
-            batch = uniform_batch(count, length)
+            batch = uniform_batch(count, length, padded_frames=padded_frames)
             if spec.layout == "padded" and padded_point is not None:
                 points.append({**padded_point, "frames": length})
                 continue
@@ -182,7 +182,7 @@ def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, devi
             latency = forward_latency(_forward(model, inputs), device, repeats, warmup)
             point = {
                 "clips": count, "frames": length, "layout": spec.layout,
-                "rows": batch.rows if spec.layout == "compact" else count * PADDED_FRAMES * PADDED_PERSONS,
+                "rows": batch.rows if spec.layout == "compact" else count * padded_frames * PADDED_PERSONS,
                 "latency_ms": latency["median_ms"], "latency_min_ms": latency["min_ms"],
                 "latency_max_ms": latency["max_ms"],
                 "gmacs": count_macs(model, spec, batch, device, ("fvcore",))["fvcore"].total / 1e9,
@@ -196,13 +196,15 @@ def sweep(name: str, frames: list[int], clips: list[int], num_classes: int, devi
 def profile(store: str, benchmark: str, model: str, clips: int = PROFILE_CLIPS, seed: int = PROFILE_SEED,
             device: torch.device | None = None, repeats: int = PROFILE_REPEATS, warmup: int = PROFILE_WARMUP,
             profiler_runs: int = PROFILER_RUNS, sweep_frames: list[int] | None = None,
-            sweep_clips: list[int] | None = None, sweep_repeats: int = SWEEP_REPEATS, compile: bool = False) -> dict:
+            sweep_clips: list[int] | None = None, sweep_repeats: int = SWEEP_REPEATS, compile: bool = False,
+            padded_frames: int = PADDED_FRAMES) -> dict:
     """`star profile`: the model's profile on the profiling batch of `store`, with the sweep if frames are given."""
     registry.spec(model)  # an unknown name fails before the store is read
     device = device or resolve_device("auto")
     num_classes = get_benchmark(benchmark).num_classes
-    batch = draw_batch(CompactStore(store), benchmark, clips, seed)
+    batch = draw_batch(CompactStore(store), benchmark, clips, seed, padded_frames)
     result = profile_model(model, batch, num_classes, device, repeats, warmup, profiler_runs, compile)
     if sweep_frames:
-        result["sweep"] = sweep(model, sweep_frames, sweep_clips or [1, clips], num_classes, device, sweep_repeats)
+        result["sweep"] = sweep(model, sweep_frames, sweep_clips or [1, clips], num_classes, device, sweep_repeats,
+                                padded_frames=padded_frames)
     return result

@@ -189,7 +189,7 @@ def profile_options():
     p = config["profiling"]
     flags = [f"--benchmark {p['benchmark']}", f"--clips {p['clips']}", f"--seed {p['seed']}",
              f"--repeats {p['repeats']}", f"--warmup {p['warmup']}", f"--profiler-runs {p['profiler_runs']}",
-             f"--device {p['device']}"]
+             f"--device {p['device']}", f"--padded-frames {p['padded_frames']}"]
     if p["sweep_frames"]:
         flags.append("--sweep-frames " + " ".join(map(str, p["sweep_frames"])))
         flags.append("--sweep-clips " + " ".join(map(str, p["sweep_clips"])))

@@ -10,8 +10,9 @@ if DATA["synthetic"]:
             "logs/synth.log",
         params:
             folder=DATA["raw_dirs"][0] if DATA["source"] == "raw" else os.path.dirname(DATA["files"][0]),
+            frames=" ".join(map(str, DATA["synthetic_frames"])),
         shell:
-            "star synth --format {DATA[source]} --out {params.folder} > {log} 2>&1"
+            "star synth --format {DATA[source]} --out {params.folder} --frames {params.frames} > {log} 2>&1"
 
 
 if DATA["source"] == "raw":
