@@ -9,6 +9,13 @@ import pytest
 from star.data.preprocess import preprocess
 from star.data.store import CompactStore
 from star.data.synthetic import TINY, generate
+from star.runtime import keep_freed_memory
+
+
+def pytest_configure(config):
+    """The test process allocates as the `star` command does (star.runtime), so the in-process training and
+    profiling tests run as fast as the commands they stand for."""
+    keep_freed_memory()
 
 
 @pytest.fixture(scope="session")
