@@ -230,6 +230,15 @@ def test_figure_bad_input_names_the_file_and_writes_nothing(tmp_path, capsys):
         figures.latency_sweep([{**PROFILES["star-64"], "sweep": []}])
 
 
+def test_the_latency_sweep_names_the_padding_the_baselines_were_profiled_with():
+    gcn = PROFILES["st-gcn"]
+    padded = {**gcn, "batch": {**gcn["batch"], "padded": {"shape": [4, 3, 32, 25, 2], "bytes": 1}}}
+    labels = {axis.get_xlabel() for axis in figures.latency_sweep([padded, PROFILES["star-64"]]).axes}
+    assert labels == {"frames per clip (baselines always padded to 32)"}
+    labels = {axis.get_xlabel() for axis in figures.latency_sweep([PROFILES["star-64"]]).axes}
+    assert labels == {"frames per clip"}
+
+
 def test_table_command_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     profile_path = tmp_path / "star-64.json"
     profile_path.write_text(json.dumps(PROFILES["star-64"]))

@@ -131,6 +131,10 @@ def latency_sweep(profiles: list[dict]) -> Figure:
     if not swept:
         raise FigureError("latency-sweep needs profiles made with --sweep-frames")
     batch_sizes = sorted({point["clips"] for p in swept for point in p["sweep"]})
+    # the baselines' padding: a profile's batch.padded.shape is (clips, 3, frames, 25, persons)
+    padded = sorted({p["batch"]["padded"]["shape"][2] for p in swept
+                     if p["layout"] == "padded" and "padded" in p["batch"]})
+    label = "frames per clip" + (f" (baselines always padded to {' or '.join(map(str, padded))})" if padded else "")
     figure, axes = _panels(len(batch_sizes))
     for axis, clips in zip(axes, batch_sizes, strict=True):
         for profile in swept:
@@ -138,7 +142,7 @@ def latency_sweep(profiles: list[dict]) -> Figure:
             style = "-o" if profile["layout"] == "compact" else "--s"
             axis.plot([f for f, _ in points], [ms for _, ms in points], style, label=profile["model"], markersize=4)
         axis.set_title(f"{clips} clip{'s' if clips > 1 else ''} per batch")
-        axis.set_xlabel("frames per clip (baselines always padded to 300)")
+        axis.set_xlabel(label)
         axis.set_ylabel("latency (ms)")
         axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
