@@ -186,8 +186,11 @@ def _claims(args: argparse.Namespace) -> None:
     from star.report.html import write_claims
     from star.report.tables import read_cells
 
-    devices = {profile["model"]: profile["device"] for profile in (read_result(p, "profile") for p in args.profiles)}
-    assessments = assess_all(read_cells(args.tables), devices)
+    profiles = [read_result(p, "profile") for p in args.profiles]
+    devices = {profile["model"]: profile["device"] for profile in profiles}
+    padding = {p["model"]: p["batch"]["padded"]["shape"][2]  # (clips, 3, frames, 25, persons)
+               for p in profiles if p["layout"] == "padded" and "padded" in p["batch"]}
+    assessments = assess_all(read_cells(args.tables), devices, padding)
     csv_path, html_path = write_claims(assessments, args.out)
     for a in assessments:
         print(f"{a.claim.key:16s} {a.verdict:17s} {a.reason}")

@@ -12,7 +12,7 @@ ACCUMULATE = 1  # micro-batches per optimiser step
 PADDED_FRAMES = 300  # frames per clip of the padded layout the baselines get (their papers')
 PADDED_PERSONS = 2  # persons per frame of the padded layout
 SYNTH_FRAMES = (32, 300)  # shortest and longest synthetic clip: about NTU's own range
-SYNTH_MIN_FRAMES = 25  # the generator's shortest clip: a two-phase action needs that many frames
+SYNTH_MIN_FRAMES = 25  # the generator's shortest clip: a switched tracking ID keeps 12 frames either side
 
 PROFILE_BENCHMARK = "ntu60/xsub"  # its test side gives the profiling batch
 PROFILE_CLIPS = 16  # clips in the profiling batch: the paper's efficiency figures match 16

@@ -37,7 +37,7 @@ def tiny_store(tiny_raw, tmp_path_factory) -> CompactStore:
 @pytest.fixture(scope="session")
 def short_store(tmp_path_factory) -> CompactStore:
     """The tiny set with clips of 26-40 frames instead of 32-300: the same classes, cheaper to train on
-    (the generator needs 25 frames for a two-phase action)."""
+    (the generator's shortest: a switched tracking ID keeps 12 frames either side)."""
     raw = tmp_path_factory.mktemp("short_raw")
     generate(raw, replace(TINY, min_frames=26, max_frames=40))
     out = tmp_path_factory.mktemp("stores") / "short"

@@ -108,9 +108,12 @@ def test_what_was_not_measured_here_says_why(tmp_path):
     found = {a.claim.key: a for a in claims.assess_all(cells, cpu)}
     assert found["speed-up"].verdict == claims.NOT_MEASURED and "timed on cpu" in found["speed-up"].reason
     assert found["speed-up"].span("reproduced") is not None and found["model-size"].verdict == claims.HOLDS
-    smoke = claims.assess_all(cells_of(tmp_path, runs, profiles, smoke=True), CUDA)
+    smoke = claims.assess_all(cells_of(tmp_path, runs, profiles, smoke=True), CUDA, {"st-gcn": 32, "st-tr": 300})
     assert {a.verdict for a in smoke if a.claim.measure == "top1"} == {claims.NOT_MEASURED}
     assert all(a.smoke for a in smoke)
+    found = {a.claim.key: a for a in smoke}
+    assert found["gmacs"].verdict == claims.NOT_MEASURED and found["model-size"].verdict == claims.HOLDS
+    assert found["gmacs"].reason.startswith("profiled with padded frames st-gcn 32, not the papers' 300")
 
 
 def test_top1_differences_carry_the_standard_error_over_seeds(tmp_path):

@@ -55,6 +55,7 @@ def test_counters_agree_on_what_each_counts(name):
     spec = registry.spec(name)
     model = registry.build(name).eval()
     batch = _small_batch()
+    assert batch.padded().x.shape[2] == 16  # what the padded models are fed
     counts = count_macs(model, spec, batch, CPU)
     fv, ds, an = counts["fvcore"], counts["deepspeed"], counts["analytic"]
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
@@ -241,6 +242,9 @@ def test_sweep_pads_the_baselines_and_not_star():
     assert gcn[0] == {**gcn[1], "frames": 8}  # padded to 32 frames whatever the length: measured once per batch size
     assert [p["rows"] for p in gcn] == [64, 64, 128, 128]
     assert gcn[2]["gmacs"] == pytest.approx(2 * gcn[0]["gmacs"], rel=1e-5)  # all but the once-per-pass adjacency
+    # the model was fed 32 frames: half of it costs half (ST-GCN's convolutions are linear in the frames)
+    half = sweep("st-gcn", frames=[8], clips=[1], num_classes=60, device=CPU, repeats=1, warmup=0, padded_frames=16)
+    assert half[0]["gmacs"] == pytest.approx(gcn[0]["gmacs"] / 2, rel=1e-4)
 
 
 def test_bad_input_is_named(tiny_store, tiny_raw, tmp_path, capsys):
@@ -252,6 +256,9 @@ def test_bad_input_is_named(tiny_store, tiny_raw, tmp_path, capsys):
     assert main(["profile", "--store", str(tiny_store.path), "--model", "star-64", "--out", out,
                  "--clips", "1000"]) == 2
     assert "fewer than the 1000 asked for" in capsys.readouterr().err
+    assert main(["profile", "--store", str(tiny_store.path), "--model", "st-gcn", "--out", out,
+                 "--padded-frames", "0"]) == 2
+    assert "the padded layout needs at least one frame, got --padded-frames 0" in capsys.readouterr().err
     # a store of training subjects only: the cross-subject test side is empty
     raw = tmp_path / "train_only"
     raw.mkdir()

@@ -3,6 +3,8 @@ before any job runs, and (slow) the whole smoke configuration end to end."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -110,6 +112,8 @@ def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders):
     assert "'ntu90/xsub' is not one of" in output
     output = _refused(ntu_folders, "ablation={sparse: star-64-full, full: star-64}")
     assert "config key ablation" in output
+    output = _refused(ntu_folders, "data={synthetic: true, synthetic_frames: [40, 26]}")
+    assert "config key data.synthetic_frames: [40, 26] is [shortest, longest]" in output
 
 
 def test_missing_raw_folder_stops_at_once_with_how_to_get_the_data(tmp_path):
@@ -158,8 +162,8 @@ def test_smoke_workflow_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     for number in range(1, 6):
-        csv = (tmp_path / f"results/tables/table{number}.csv").read_text().splitlines()
-        assert len(csv) > 2 and all(line.endswith(",True") for line in csv[1:])  # every cell marked smoke
+        lines = (tmp_path / f"results/tables/table{number}.csv").read_text().splitlines()
+        assert len(lines) > 2 and all(line.endswith(",True") for line in lines[1:])  # every cell marked smoke
         assert "smoke run: not a reproduction" in (tmp_path / f"results/tables/table{number}.html").read_text()
     for name in FIGURES:
         assert (tmp_path / f"results/figures/{name}.png").stat().st_size > 10_000
@@ -172,6 +176,10 @@ def test_smoke_workflow_end_to_end(tmp_path):
     assert {"claims", "confusions"} | {f"claim-{claim.key}" for claim in claims()} <= page.ids
     verdicts = (tmp_path / "results/claims.csv").read_text()
     assert "top1,star-64,st-gcn,ntu60/xsub" in verdicts and ",not measured here,smoke run" in verdicts
+    # its baselines were profiled on 32 padded frames, so their GMACs are not the paper's either
+    gmacs = [row for row in csv.DictReader(io.StringIO(verdicts)) if row["claim"] == "gmacs"]
+    assert gmacs and all(row["verdict"] == "not measured here" for row in gmacs)
+    assert gmacs[0]["reason"].startswith("profiled with padded frames st-gcn-code 32, st-tr 32")
     report_html = (tmp_path / "reports/index.html").read_text()
     confusions = Page(report_html.split('id="confusions"')[1].split('id="inconsistencies"')[0])
     headings = [text.strip() for text in confusions.text if text.strip().endswith("(smoke)")]

@@ -64,7 +64,8 @@ class SynthSpec:
     def __post_init__(self):
         if not SYNTH_MIN_FRAMES <= self.min_frames <= self.max_frames:
             raise InputError(f"synthetic clip lengths {self.min_frames}-{self.max_frames}: the shortest must be at "
-                             f"least {SYNTH_MIN_FRAMES} frames (a two-phase action) and at most the longest")
+                             f"least {SYNTH_MIN_FRAMES} frames (a switched tracking ID keeps 12 either side) and "
+                             "at most the longest")
 
 
 # The tiny set: four NTU 60 single-person actions, two NTU 60 mutual ones, one NTU 120

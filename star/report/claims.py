@@ -23,7 +23,8 @@ the bound. The rules that judge them are written once, here:
   counter-example refutes a claim about every pair); "holds" when every figure
   is measured and meets it; otherwise "not measured here", with the reason:
   figures this run did not make, latency timed on another device type than
-  CUDA (the paper's CUDA time), top-1 from a smoke run.
+  CUDA (the paper's CUDA time), top-1 from a smoke run, GMACs or latency of a
+  baseline profiled on other than the papers' 300 padded frames.
 - Top-1 differences carry the standard error of a difference of two means over
   seeds, sqrt(s1^2/n1 + s2^2/n2), where both sides have several seeds; the
   reason says when the deciding figure lies within two standard errors of the bound.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from star.data.splits import BENCHMARKS
+from star.defaults import PADDED_FRAMES
 from star.errors import StarError
 from star.paper import published
 from star.report.tables import column_label, published_value
@@ -200,8 +202,10 @@ def _show(claim: Claim, comparison: Comparison) -> str:
     return f"{comparison.label}: {value:.3g}x" if claim.ratio else f"{comparison.label}: {value:+.3g}"
 
 
-def assess(claim: Claim, cells: dict, devices: dict[str, str], smoke: bool = False) -> Assessment:
-    """`cells`: the table CSVs' cells (tables.read_cells); `devices`: model -> the device its profile ran on."""
+def assess(claim: Claim, cells: dict, devices: dict[str, str], smoke: bool = False,
+           padding: dict[str, int] | None = None) -> Assessment:
+    """`cells`: the table CSVs' cells (tables.read_cells); `devices`: model -> the device its profile ran on;
+    `padding`: padded model -> the frames per clip its profile fed it."""
     benchmarks = list(BENCHMARKS) if claim.measure == "top1" else [None]
     comparisons = [_compare(claim, cells, model, other, benchmark)
                    for model in claim.models for other in claim.against for benchmark in benchmarks]
@@ -216,6 +220,11 @@ def assess(claim: Claim, cells: dict, devices: dict[str, str], smoke: bool = Fal
 
     if claim.measure == "top1" and smoke:
         return judged(NOT_MEASURED, "smoke run: top-1 after a few epochs on the tiny generated set")
+    short = sorted({f"{name} {(padding or {})[name]}" for c in measured for name in (c.measured_model, c.measured_other)
+                    if (padding or {}).get(name, PADDED_FRAMES) != PADDED_FRAMES})
+    if claim.measure in ("gmacs", "latency") and short:
+        return judged(NOT_MEASURED, f"profiled with padded frames {', '.join(short)}, not the papers' "
+                                    f"{PADDED_FRAMES}: their cost is not the one the paper compares")
     if claim.measure == "latency" and measured and timed_on != ["cuda"]:
         return judged(NOT_MEASURED, f"latency timed on {' and '.join(timed_on)}; the claim is CUDA time on the "
                                     "paper's GPU (the ratio beside it is this device's)")
@@ -237,7 +246,8 @@ def _close_call(claim: Claim, comparisons: Iterable[Comparison]) -> str:
     return f"; within two standard errors of the bound: {'; '.join(close)}" if close else ""
 
 
-def assess_all(cells: dict, devices: dict[str, str]) -> list[Assessment]:
-    """Every claim, from the table CSVs' cells (a smoke run's cells say so) and the profiles' devices."""
+def assess_all(cells: dict, devices: dict[str, str], padding: dict[str, int] | None = None) -> list[Assessment]:
+    """Every claim, from the table CSVs' cells (a smoke run's cells say so), the profiles' devices and the
+    padded models' frames per clip."""
     smoke = any(record["smoke"] for record in cells.values())
-    return [assess(claim, cells, devices, smoke) for claim in claims()]
+    return [assess(claim, cells, devices, smoke, padding) for claim in claims()]

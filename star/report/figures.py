@@ -134,7 +134,8 @@ def latency_sweep(profiles: list[dict]) -> Figure:
     # the baselines' padding: a profile's batch.padded.shape is (clips, 3, frames, 25, persons)
     padded = sorted({p["batch"]["padded"]["shape"][2] for p in swept
                      if p["layout"] == "padded" and "padded" in p["batch"]})
-    label = "frames per clip" + (f" (baselines always padded to {' or '.join(map(str, padded))})" if padded else "")
+    padding = f" (baselines always padded or cut to {' or '.join(map(str, padded))})" if padded else ""
+    label = "frames per clip" + padding
     figure, axes = _panels(len(batch_sizes))
     for axis, clips in zip(axes, batch_sizes, strict=True):
         for profile in swept:

@@ -45,6 +45,10 @@ PYSKL_DATASETS = {file: dataset for dataset, file in PYSKL_FILES.items()}
 
 def check_data_source():
     """The data the configuration names exists (or is generated), in a form the benchmarks can come from."""
+    shortest, longest = DATA["synthetic_frames"]
+    if DATA["synthetic"] and shortest > longest:
+        raise WorkflowError(f"config key data.synthetic_frames: [{shortest}, {longest}] is [shortest, longest], "
+                            "the shortest first")
     if DATA["source"] != "raw":
         check_source_files()
     elif not DATA["synthetic"]:
