@@ -43,11 +43,13 @@ def _synth(args: argparse.Namespace) -> None:
 
     from star.data.synthetic import TINY, generate
 
-    spec = replace(TINY, seed=args.seed, clips_per_action=args.clips_per_action, min_frames=args.frames[0],
-                   max_frames=args.frames[1])
+    shortest, longest = args.frames
+    spec = replace(TINY, seed=args.seed, clips_per_action=args.clips_per_action, min_frames=shortest,
+                   max_frames=longest)
     if args.format == "raw":
         paths = generate(args.out, spec)
-        print(f"wrote {len(paths)} synthetic .skeleton files to {args.out} (seed {args.seed})")
+        print(f"wrote {len(paths)} synthetic .skeleton files of {shortest}-{longest} frames to {args.out} "
+              f"(seed {args.seed})")
         return
     from star.data.padded_arrays import write_npz_files
     from star.data.preprocess import preprocess

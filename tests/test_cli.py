@@ -16,7 +16,7 @@ def test_synth_then_preprocess_prints_the_summary(tmp_path, capsys):
     assert main(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "store"),
                  "--workers", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "wrote 24 synthetic .skeleton files" in out
+    assert "wrote 24 synthetic .skeleton files of 26-40 frames" in out
     assert "read 24 files: 24 clips kept (9 with two persons)" in out
     assert f"wrote {tmp_path / 'store'}" in out
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["clips"] == 24

@@ -220,8 +220,9 @@ def assess(claim: Claim, cells: dict, devices: dict[str, str], smoke: bool = Fal
 
     if claim.measure == "top1" and smoke:
         return judged(NOT_MEASURED, "smoke run: top-1 after a few epochs on the tiny generated set")
-    short = sorted({f"{name} {(padding or {})[name]}" for c in measured for name in (c.measured_model, c.measured_other)
-                    if (padding or {}).get(name, PADDED_FRAMES) != PADDED_FRAMES})
+    padding = padding or {}
+    short = sorted({f"{name} {padding[name]}" for c in measured for name in (c.measured_model, c.measured_other)
+                    if padding.get(name, PADDED_FRAMES) != PADDED_FRAMES})  # baselines profiled on short padding
     if claim.measure in ("gmacs", "latency") and short:
         return judged(NOT_MEASURED, f"profiled with padded frames {', '.join(short)}, not the papers' "
                                     f"{PADDED_FRAMES}: their cost is not the one the paper compares")
