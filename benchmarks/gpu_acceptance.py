@@ -168,8 +168,8 @@ def check_kernels(device: torch.device) -> list[dict]:
             "edges": edge_attention(*edges, graph, get_backend("torch")).view(25, h, n, d).permute(2, 0, 1, 3),
         }
         if device.type == "cpu" and fused.available():  # the fused kernels are CPU operators
-            forms["fused"] = fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key).view(
-                25, d, h, n).permute(3, 0, 2, 1)
+            rows_dh = torch.stack((q, k, v), 2).transpose(3, 4).contiguous()  # (N, V, 3, d, H), as the kernel reads
+            forms["fused"] = fused.sparse_attention(rows_dh, graph.rowptr, graph.key)
         want = torch.autograd.grad((reference * weights).sum(), (q, k, v))
         for form, out in forms.items():
             got = torch.autograd.grad((out * weights).sum(), (q, k, v))
@@ -189,8 +189,7 @@ def check_kernels(device: torch.device) -> list[dict]:
         split = segmented_linear_attention(phi_q.mT, phi_k.mT, groups[2].mT, bounds, eps).mT
         forms = {"split": as_rows(split), "padded": padded_linear_attention(qkv, segments, scale, eps)}
         if device.type == "cpu" and fused.available():
-            raw = groups.mT.transpose(0, 1).contiguous()  # (G, 3, d, N), time innermost as the kernel reads it
-            forms["fused"] = as_rows(fused.linear_attention(raw, bounds, scale, eps).mT)
+            forms["fused"] = fused.linear_attention(qkv, bounds, scale, eps)
         (want,) = torch.autograd.grad((reference * weights).sum(), qkv, retain_graph=True)
         for form, out in forms.items():
             (got,) = torch.autograd.grad((out * weights).sum(), qkv, retain_graph=True)

@@ -137,77 +137,97 @@ def test_gather_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(co
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def _token_rows(n, d, h, dtype=torch.float32, seed=0, heads_last=True):
+    """Projections as F.linear writes them: (N, V, 3, d, H), or (N, V, 3, H, d) with heads_last False."""
+    shape = (n, 25, 3, d, h) if heads_last else (n, 25, 3, h, d)
+    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _as_planes(qkv):
+    """(N, V, 3, d, H) -> the rows kernel's q, k, v planes (V, d, M), M = (H, N)."""
+    n, v, _, d, h = qkv.shape
+    return qkv.permute(2, 1, 3, 4, 0).reshape(3, v, d, h * n).unbind(0)
+
+
 @needs_fused
 @pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
-def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts):
-    """float32 to 1e-5; 150 columns: two full blocks of the kernel's 64 and a partial one."""
+@pytest.mark.parametrize(("n", "d", "h"), [(75, 4, 2), (9, 8, 8)], ids=["3-blocks", "star-64"])
+def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts, n, d, h):
+    """float32 to 1e-5 of the references in float64, on rows in the model's layout; 75 rows of 2 heads: two
+    full blocks of the kernel's 64 columns and a partial one; 8 heads of depth 8 as STAR-64's."""
     graph = NeighbourhoodGraph.from_mask(counts)
-    planes = [t.requires_grad_() for t in _planes(d=4, m=150, dtype=torch.float32)]  # (V, d, M)
-    weights = torch.randn(25, 4, 150, generator=torch.Generator().manual_seed(2))
-    keep = (torch.rand(graph.num_edges, 150, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6  # (E, M)
-    as_rows = [t.permute(2, 0, 1) for t in planes]  # (M, V, d)
-    references = {None: dense_attention(*as_rows, mask=torch.as_tensor(counts)).permute(1, 2, 0),
-                  "dropout": row_attention(*planes, graph, keep)}
+    qkv = _token_rows(n, d, h).requires_grad_()  # (N, V, 3, d, H)
+    exact = qkv.detach().double().requires_grad_()
+    weights = torch.randn(n, 25, h, d, generator=torch.Generator().manual_seed(2))
+    keep = (torch.rand(graph.num_edges, n * h, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6  # (E, N H)
+    q, k, v = exact.permute(2, 0, 4, 1, 3)  # (N, H, V, d) each
+    by_head = keep.double().view(-1, n, h).transpose(1, 2).reshape(-1, h * n)  # the rows kernel's columns: (H, N)
+    rows = row_attention(*_as_planes(exact), graph, by_head).view(25, d, h, n).permute(3, 0, 2, 1)  # (N, V, H, d)
+    references = {None: dense_attention(q, k, v, mask=torch.as_tensor(counts)).transpose(1, 2), "dropout": rows}
     for case, reference in references.items():
-        out = fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key, keep if case else None)
-        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
-        for got, want in zip(torch.autograd.grad((out * weights).sum(), planes),
-                             torch.autograd.grad((reference * weights).sum(), planes), strict=True):
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        out = fused.sparse_attention(qkv, graph.rowptr, graph.key, keep if case else None)  # (N, V, H, d)
+        torch.testing.assert_close(out, reference.float(), atol=1e-5, rtol=1e-5)
+        (got,) = torch.autograd.grad((out * weights).sum(), qkv)
+        (want,) = torch.autograd.grad((reference * weights.double()).sum(), exact)
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
         with torch.no_grad():  # no backward to come: the attention weights are not written, the output is the same
-            assert torch.equal(fused.sparse_attention(torch.stack(planes, 1), graph.rowptr, graph.key,
-                                                      keep if case else None), out)
-    _, weights_kept = torch.ops.star_fused.sparse_attention_forward(*planes, graph.rowptr, graph.key, None, 0.5, False)
-    assert weights_kept.shape == (0, 150)
+            assert torch.equal(fused.sparse_attention(qkv, graph.rowptr, graph.key, keep if case else None), out)
+    _, weights_kept = torch.ops.star_fused.sparse_attention_forward(qkv.detach(), graph.rowptr, graph.key, None,
+                                                                    0.5, False)
+    assert weights_kept.shape == (0, n * h)
 
 
 @needs_fused
 @pytest.mark.parametrize("eps", [1e-6, 0.0])
-def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps):
-    """float32 to 1e-5 on the raw projections (phi inside the kernel), clips of 1 to 9 rows, strided inputs."""
-    generator = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize(("h", "d"), [(2, 5), (8, 8), (8, 16)], ids=["any", "star-64", "star-128"])
+def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps, h, d):
+    """float32 to 1e-5 of the quadratic form in float64 on the raw projections (phi inside the kernel), clips of
+    1 to 9 rows; the kernel's general form and its two specialised ones (8 heads of depth 8 and 16)."""
     bounds = [0, 3, 4, 13, 20]
-    projection = (torch.randn(6, 3, 5, 20, generator=generator) * 2).requires_grad_()  # (G, 3, d, N)
-    q, k, v = projection.unbind(1)  # (G, d, N) each, rows 3 d N apart as the module's views are
-    weights = torch.randn(6, 5, 20, generator=generator)
-    out = fused.linear_attention(projection, bounds, 0.7, eps)
+    qkv = _token_rows(20, d, h, heads_last=False).requires_grad_()  # (N, V, 3, H, d)
+    exact = qkv.detach().double().requires_grad_()
+    weights = torch.randn(20, 25, h, d, generator=torch.Generator().manual_seed(1))
+    out = fused.linear_attention(qkv, bounds, 0.7, eps)  # (N, V, H, d)
     segment_ids = torch.repeat_interleave(torch.arange(4), torch.tensor(bounds).diff())
-    reference = quadratic_linear_attention(elu_feature_map(q.mT * 0.7), elu_feature_map(k.mT * 0.7), v.mT,
-                                           segment_ids, eps).mT  # (G, d, N)
-    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
-    (got,) = torch.autograd.grad((out * weights).sum(), projection)
-    (want,) = torch.autograd.grad((reference * weights).sum(), projection)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    q, k, v = exact.permute(2, 1, 3, 0, 4).reshape(3, 25 * h, 20, d)  # (G, N, d) each
+    reference = quadratic_linear_attention(elu_feature_map(q * 0.7), elu_feature_map(k * 0.7), v, segment_ids, eps)
+    reference = reference.view(25, h, 20, d).permute(2, 0, 1, 3)  # (N, V, H, d)
+    torch.testing.assert_close(out, reference.float(), atol=1e-5, rtol=1e-5)
+    (got,) = torch.autograd.grad((out * weights).sum(), qkv)
+    (want,) = torch.autograd.grad((reference * weights.double()).sum(), exact)
+    torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
 
 
 @needs_fused
 def test_fused_kernel_gradients_match_finite_differences():
     graph = NeighbourhoodGraph.from_mask(MASK)
-    planes = torch.stack(_planes(d=3, m=2), 1).requires_grad_()  # (V, 3, d, M)
-    keep = (torch.rand(graph.num_edges, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
-    assert torch.autograd.gradcheck(lambda p: fused.sparse_attention(p, graph.rowptr, graph.key, keep.double()),
-                                    (planes,))
-    projection = torch.randn(2, 3, 3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    assert torch.autograd.gradcheck(lambda p: fused.linear_attention(p, [0, 2, 7], 0.8, 1e-6),
-                                    (projection.requires_grad_(),))
+    qkv = _token_rows(1, 3, 2, torch.float64).requires_grad_()  # 450 inputs: gradcheck perturbs each in turn
+    keep = (torch.rand(graph.num_edges, 2, generator=torch.Generator().manual_seed(1)) > 0.4).double() / 0.6
+    assert torch.autograd.gradcheck(lambda p: fused.sparse_attention(p, graph.rowptr, graph.key, keep), (qkv,))
+    qkv = torch.randn(7, 2, 3, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.autograd.gradcheck(lambda p: fused.linear_attention(p, [0, 2, 7], 0.8, 1e-6), (qkv.requires_grad_(),))
 
 
 @needs_fused
 def test_fused_kernels_refuse_what_they_cannot_take_and_auto_falls_back(monkeypatch):
     graph = NeighbourhoodGraph.from_mask(MASK)
-    planes = torch.stack(_planes(dtype=torch.float32), 1)  # (V, 3, d, M)
-    with pytest.raises(RuntimeError, match="joint planes must be contiguous"):
-        fused.sparse_attention(planes.transpose(2, 3), graph.rowptr, graph.key)
-    with pytest.raises(RuntimeError, match=r"keep must be \(E, M\) = \(191, 6\) in q's dtype"):
-        fused.sparse_attention(planes, graph.rowptr, graph.key, torch.ones(191, 6, dtype=torch.float64))
+    qkv = _token_rows(6, 4, 2)  # (N, V, 3, d, H)
+    with pytest.raises(RuntimeError, match="qkv must be contiguous"):
+        fused.sparse_attention(qkv.transpose(3, 4), graph.rowptr, graph.key)
+    with pytest.raises(RuntimeError, match=r"keep must be \(E, N H\) = \(191, 12\) in qkv's dtype"):
+        fused.sparse_attention(qkv, graph.rowptr, graph.key, torch.ones(191, 12, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="keys must be joints in"):
-        fused.sparse_attention(planes, graph.rowptr, graph.key + 1)
+        fused.sparse_attention(qkv, graph.rowptr, graph.key + 1)
     with pytest.raises(RuntimeError, match="rowptr must have V"):
-        fused.sparse_attention(planes, graph.rowptr[:-1], graph.key)
+        fused.sparse_attention(qkv, graph.rowptr[:-1], graph.key)
+    with pytest.raises(RuntimeError, match="at most 64 heads"):
+        fused.sparse_attention(_token_rows(1, 1, 65), graph.rowptr, graph.key)
     with pytest.raises(ValueError, match="CPU operators, got a tensor on meta"):
-        fused.sparse_attention(planes.to("meta"), graph.rowptr, graph.key)
+        fused.sparse_attention(qkv.to("meta"), graph.rowptr, graph.key)
     with pytest.raises(RuntimeError, match="bounds must run from 0 to 6"):
-        fused.linear_attention(planes, [0, 5], 1.0, 0.0)
+        fused.linear_attention(qkv, [0, 5], 1.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"qkv must be \(N, V, 3, H, d\)"):
+        fused.linear_attention(qkv[:, :, :2], [0, 6], 1.0, 0.0)
     spatial, temporal = SpatialAttention(16, 4, MASK), TemporalAttention(16, 4)
     x = torch.empty(1, 25, 16)
     assert (spatial.kernel_for(x), temporal.kernel_for(x.double())) == ("fused", "fused")
@@ -228,7 +248,7 @@ def test_sparse_scores_are_stable_for_large_logits():
     graph = NeighbourhoodGraph.from_mask(MASK)
     q, k, v = (t * 1000 for t in _planes(dtype=torch.float32))
     assert torch.isfinite(row_attention(q, k, v, graph)).all()
-    assert torch.isfinite(fused.sparse_attention(torch.stack((q, k, v), 1), graph.rowptr, graph.key)).all()
+    assert torch.isfinite(fused.sparse_attention(_token_rows(3, 4, 2) * 1000, graph.rowptr, graph.key)).all()
     as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # exp(score) alone would overflow for these
     for backend in BACKENDS:
         assert torch.isfinite(edge_attention(*as_edges, graph, get_backend(backend))).all()

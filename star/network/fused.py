@@ -91,7 +91,7 @@ def usable(x: torch.Tensor) -> bool:
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, keep, rowptr, keys, scale, weights):
-        out, alpha = torch.ops.star_fused.sparse_attention_forward(*qkv.unbind(1), rowptr, keys, keep, scale, weights)
+        out, alpha = torch.ops.star_fused.sparse_attention_forward(qkv, rowptr, keys, keep, scale, weights)
         ctx.save_for_backward(qkv, keep, alpha, rowptr, keys)
         ctx.scale = scale
         return out
@@ -100,25 +100,24 @@ class _SparseAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         qkv, keep, alpha, rowptr, keys = ctx.saved_tensors
-        grad = torch.ops.star_fused.sparse_attention_backward(grad_out, *qkv.unbind(1), alpha, rowptr, keys, keep,
-                                                              ctx.scale)
+        grad = torch.ops.star_fused.sparse_attention_backward(grad_out, qkv, alpha, rowptr, keys, keep, ctx.scale)
         return grad, None, None, None, None, None
 
 
 def sparse_attention(qkv: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 2-3 on joint planes qkv (V, 3, d, M), each joint's q, k and v planes -> (V, d, M); the neighbourhood
-    as CSR (rowptr, keys).
+    """Eq. 2-3 on the projections as F.linear writes them with channels in (3, d, H) order, qkv (N, V, 3, d, H)
+    contiguous -> (N, V, H, d); the neighbourhood as CSR (rowptr, keys).
 
-    q, k and v come in and their gradient goes out as one tensor, the layout
-    of the projection that makes them, so the backward pass copies nothing
-    to join them. `keep` is the scaled dropout mask on the attention weights,
-    (E, M) in edge order, or None. The weights (E, M) are written for the
-    backward pass only where a gradient will be asked for.
+    The gradient comes back in qkv's layout, so the projection's backward
+    pass is two plain matrix products. `keep` is the scaled dropout mask on
+    the attention weights, (E, N H) in edge order with columns (row, head),
+    or None. The weights (E, N H) are written for the backward pass only
+    where a gradient will be asked for.
     """
     _require(qkv)
     weights = torch.is_grad_enabled() and qkv.requires_grad
-    return _SparseAttention.apply(qkv, keep, rowptr, keys, qkv.shape[2] ** -0.5, weights)
+    return _SparseAttention.apply(qkv, keep, rowptr, keys, qkv.shape[3] ** -0.5, weights)
 
 
 class _LinearAttention(torch.autograd.Function):
@@ -126,21 +125,20 @@ class _LinearAttention(torch.autograd.Function):
     def forward(ctx, qkv, bounds, scale, eps):
         ctx.save_for_backward(qkv)
         ctx.bounds, ctx.scale, ctx.eps = bounds, scale, eps
-        return torch.ops.star_fused.linear_attention_forward(*qkv.unbind(1), bounds, scale, eps)
+        return torch.ops.star_fused.linear_attention_forward(qkv, bounds, scale, eps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         (qkv,) = ctx.saved_tensors
-        grad = torch.ops.star_fused.linear_attention_backward(grad_out, *qkv.unbind(1), ctx.bounds, ctx.scale,
-                                                              ctx.eps)
+        grad = torch.ops.star_fused.linear_attention_backward(grad_out, qkv, ctx.bounds, ctx.scale, ctx.eps)
         return grad, None, None, None
 
 
 def linear_attention(qkv: torch.Tensor, bounds: list[int], scale: float, eps: float) -> torch.Tensor:
-    """Eq. 6 on the raw projections qkv (G, 3, d, N), time innermost -> (G, d, N): phi(scale x) is taken of q
-    and k inside; clip m is rows bounds[m]:bounds[m+1]. q, k and v, and their gradient, as one tensor, as in
-    `sparse_attention`."""
+    """Eq. 6 on the raw projections as F.linear writes them, qkv (N, V, 3, H, d) contiguous -> (N, V, H, d):
+    phi(scale x) is taken of q and k inside; clip m is rows bounds[m]:bounds[m+1]. The gradient comes back in
+    qkv's layout, so the projection's backward pass is two plain matrix products."""
     _require(qkv)
     return _LinearAttention.apply(qkv, list(bounds), scale, eps)
 

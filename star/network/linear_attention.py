@@ -18,10 +18,13 @@ it cannot be built, for half-precision tensors and under autocast; `padded` on
 any other device and under `torch.compile`):
 
 - `fused`: one C++ operator (`star.network.fused`) per call, forward and
-  backward, that takes the raw projections and applies phi itself, one task
-  per clip and joint and head: U and Z as d x d dot products along the clip's
-  rows, then every output row. The backward pass recomputes phi, U and Z
-  instead of keeping them, so training keeps no phi(Q), phi(K) tensors.
+  backward, on the projections as one nn.Linear product writes them, rows
+  (N, V, 3, H, d), applying phi itself: one task per clip and group of joints
+  walks the clip's rows in memory order, sums U and Z of each joint and head
+  as rank-one updates, then writes every output row. The backward pass
+  recomputes phi, U and Z instead of keeping them, so training keeps no
+  phi(Q), phi(K) tensors, and gives the gradient back as rows, so neither the
+  projection nor its gradient is ever turned around.
 
 - `split`: one (d x L) @ (L x d) product per clip and head and joint, a batched
   matrix product over a (G, d, L) slice of the joint-and-head-major layout with
@@ -148,14 +151,12 @@ class TemporalAttention(nn.Module):
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
         scale, kernel = d ** -0.25, self.kernel_for(x)
-        if kernel == "padded":
+        if kernel in ("padded", "fused"):
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+            if kernel == "fused":
+                return fused.linear_attention(qkv, segments.bounds, scale, self.eps).view(n, v, c)  # (N, V, H*d)
             return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)
-        qkv = self.qkv(x).view(v * h, 3, d, n)  # (G, 3, d, N), G = (V, H)
-        if kernel == "fused":
-            out = fused.linear_attention(qkv, segments.bounds, scale, self.eps)  # (G, d, N)
-        else:
-            q, k, val = qkv.unbind(1)  # (G, d, N) each
-            q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
-            out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
+        q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
+        q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)
+        out = segmented_linear_attention(q, k, val, list(segments.bounds), self.eps)  # (G, d, N)
         return planes_to_rows(out, n, v, h)  # (N, V, H*d)

@@ -1,15 +1,17 @@
 """The query, key and value projection (the paper's Eq. 1), written straight into an attention's layout.
 
-Both attentions work joint-major with time innermost: the sparse attention on
-one (d, M) plane per joint, the temporal attention on one (d, N) matrix per
-joint and head. nn.Linear gives (N, V, 3, H, d), time outermost, and turning
-that around is a strided copy of three times the activations, which cost
-more than either attention's own arithmetic on a CPU. `PlaneProjection`
-holds the weights of nn.Linear(width, 3 width, bias=False), under the same
-name, and applies them as one batched product per joint, W' x_j^T, reading
-the (N, V, C) input in place as a transposed operand and writing
-(V, 3C, N). W' is W with its 3C output rows reordered (a 3C x C copy, not an
-activation copy), so each attention finds its q, k and v as views.
+The ATen forms of both attentions work joint-major with time innermost: the
+sparse attention's `rows` on one (d, M) plane per joint, the linear
+attention's `split` on one (d, N) matrix per joint and head. nn.Linear gives
+(N, V, 3, H, d), time outermost, and turning that around is a strided copy
+of three times the activations, which cost more than either attention's own
+arithmetic on a CPU. `PlaneProjection` holds the weights of
+nn.Linear(width, 3 width, bias=False), under the same name, and applies them
+as one batched product per joint, W' x_j^T, reading the (N, V, C) input in
+place as a transposed operand and writing (V, 3C, N). W' is W with its 3C
+output rows reordered (`ordered_weight`, a 3C x C copy, not an activation
+copy), so each attention finds its q, k and v as views. The fused kernels
+read rows instead: one plain product by W (or W') feeds them.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ class PlaneProjection(nn.Linear):
         self.heads = heads
         self.permutation = tuple(AXES.index(axis) for axis in order)
 
+    def ordered_weight(self) -> torch.Tensor:
+        """W with its 3C output rows in `order` (3C, C)."""
+        c, h = self.in_features, self.heads
+        return self.weight.view(3, h, c // h, c).permute(*self.permutation, 3).reshape(3 * c, c)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, v, c = x.shape
-        h = self.heads
-        weight = self.weight.view(3, h, c // h, c).permute(*self.permutation, 3).reshape(3 * c, c)  # rows in order
-        return torch.bmm(weight.expand(v, 3 * c, c), x.permute(1, 2, 0))  # (V, 3C, N), x^T read in place
+        return torch.bmm(self.ordered_weight().expand(v, 3 * c, c), x.permute(1, 2, 0))  # (V, 3C, N), x^T in place
 
 
 def planes_to_rows(out: torch.Tensor, n: int, joints: int, heads: int) -> torch.Tensor:

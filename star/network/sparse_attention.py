@@ -22,10 +22,12 @@ autocast) and
 `torch.compile`:
 
 - `fused` (`auto` on the CPU): the `rows` form below as one C++ operator
-  (`star.network.fused`), forward and backward: threads split M into blocks of
-  64 columns, and within a block every query joint's scores, softmax and
-  weighted sum stay in the L1 cache, so each key and value plane is read once
-  per block instead of once per edge.
+  (`star.network.fused`), forward and backward, on the projections as one
+  nn.Linear product writes them, rows (N, V, 3, d, H): threads split the rows
+  into blocks of 64 columns (row, head), gather each block into joint planes
+  in the cache, and within a block every query joint's scores, softmax and
+  weighted sum run there, so each key and value plane is read once per block
+  instead of once per edge; output and gradient go back as rows.
 - `rows`: the neighbourhood as CSR rows, one query joint at a
   time, in a joint-major layout (V, d, M) where M = frames x heads is the
   innermost, contiguous axis, so each joint's key and value is one contiguous
@@ -314,13 +316,12 @@ class SpatialAttention(nn.Module):
             dropout = self.attention_dropout if dropping else 0.0
             return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, dropout=dropout).view(n, v, c)  # (N, V, H*d)
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
-        if kernel in ("fused", "rows"):
-            planes = self.qkv(x).view(v, 3, d, h * n)  # (V, 3, d, M): q, k, v planes, M = (H, N)
-            if kernel == "fused":
-                out = fused.sparse_attention(planes, graph.rowptr, graph.key, keep)  # (V, d, M)
-            else:
-                out = row_attention(*planes.unbind(1), graph, keep)  # (V, d, M)
-            return planes_to_rows(out, n, v, h)  # (N, V, H*d)
+        if kernel == "fused":  # M = (N, H)
+            qkv = F.linear(x.view(n * v, c), self.qkv.ordered_weight()).view(n, v, 3, d, h)  # (N, V, 3, d, H)
+            return fused.sparse_attention(qkv, graph.rowptr, graph.key, keep).view(n, v, c)  # (N, V, H*d)
+        if kernel == "rows":  # M = (H, N)
+            planes = self.qkv(x).view(v, 3, d, h * n)  # (V, 3, d, M): q, k, v planes
+            return planes_to_rows(row_attention(*planes.unbind(1), graph, keep), n, v, h)  # (N, V, H*d)
         qkv = F.linear(x, self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
         q, k, val = qkv.permute(2, 1, 0, 3, 4).reshape(3, v, n * h, d)  # (3, V, M, d)
         out = edge_attention(q, k, val, graph, self.ops, keep)  # (V, M, d)

@@ -1,17 +1,20 @@
 // STAR's two attentions as single CPU kernels, forward and backward, and dropout masks drawn without a
 // generator's serial state (star.network.fused builds and loads them).
 //
-// Sparse attention (Eq. 2-3) on joint planes: q, k, v are (V, d, M), each joint's (d, M) plane contiguous
-// (the joints may lie apart, one joint stride shared by q, k and v), M = heads x rows innermost. Threads split
-// M into column blocks; within a block every query joint's scores, softmax and weighted sum run over
-// block-sized rows that stay in the L1 cache, so each key and value plane is read from memory once per block,
-// not once per edge. Columns never interact, so
-// the backward pass adds into the key and value gradients of its own block without races.
+// Both take the query, key and value projections as one F.linear writes them, rows of tokens (N, V, 3, ., .),
+// and give their output and gradients back as rows, so the projection before them and the layers after them
+// are plain matrix products and no layout is copied between them.
 //
-// Segmented linear attention (Eq. 6) on (G, d, N) matrices, time innermost, G = joints x heads: one task per
-// (g, clip) applies phi to its rows of the raw projections, forms U = phi(K) V^T and Z over the clip's rows as
-// d x d dot products along time, then every output row; the backward pass recomputes phi, U, Z and the
-// normaliser instead of keeping them.
+// Sparse attention (Eq. 2-3) on qkv (N, V, 3, d, H): threads split the rows into blocks of kBlock / H rows and
+// gather each block into joint planes (V, 3, d, kBlock), columns (row, head) innermost, H contiguous values of
+// each row at a time. Within a block every query joint's scores, softmax and weighted sum run along the
+// columns in the cache, so each key and value plane is read once per block, not once per edge; the output
+// planes go back to rows (N, V, H, d). Blocks never interact, so the backward pass adds into its own block's
+// key and value gradients without races.
+//
+// Segmented linear attention (Eq. 6) on qkv (N, V, 3, H, d): one task per clip and group of joints walks the
+// clip's rows in memory order, sums U_h = phi(K_h)^T V_h and Z_h for each of its joints and heads, then
+// every output row; the backward pass recomputes phi, U and Z instead of keeping them.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,7 +27,7 @@
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // columns of a sparse-attention block
+constexpr int64_t kBlock = 64;  // columns (row, head) of a sparse-attention block
 
 // exp that the compiler vectorises: Cephes' expf (range reduction by ln 2, degree-6 polynomial, within 2 ulp
 // of std::exp on [-87.3, 88], to which it clamps: the softmax feeds it scores minus their maximum, <= 0, so a
@@ -51,54 +54,107 @@ inline float exp_of<float>(float x) {
   return input == input ? value : input;  // NaN stays NaN
 }
 
-void check_planes(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.sizes() == like.sizes(), name, " must be (V, d, M) like q, got ", t.sizes());
-  TORCH_CHECK(t.stride(2) == 1 && t.stride(1) == t.size(2), name, "'s joint planes must be contiguous");
-  TORCH_CHECK(t.stride(0) == like.stride(0), "q, k and v must share a joint stride");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "q, k and v must share a dtype");
-}
-
-// the planes of one column block: joint i's row c starts at plane(i) + c * m
-template <typename T>
-struct Planes {
-  const T* data;
-  int64_t joint_stride, m;
-  const T* at(int64_t joint, int64_t c0) const { return data + joint * joint_stride + c0; }
+// The rows of the query, key and value projections as F.linear writes them, (N, V, 3, H, d) or (N, V, 3, d, H),
+// contiguous: one token of 3 H d values per joint of a row.
+struct RowLayout {
+  int64_t rows, joints, heads, d;
+  int64_t channels() const { return heads * d; }
+  int64_t token() const { return 3 * heads * d; }
+  int64_t row_stride() const { return joints * token(); }
 };
 
-template <typename T>
-Planes<T> planes_of(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), t.size(2)};
+RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
+  TORCH_CHECK(qkv.device().is_cpu(), "qkv must be on the CPU");
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "qkv must be (N, V, 3, ", heads_last ? "d, H" : "H, d",
+              "), got ", qkv.sizes());
+  TORCH_CHECK(qkv.is_contiguous(), "qkv must be contiguous, as F.linear writes it");
+  return heads_last ? RowLayout{qkv.size(0), qkv.size(1), qkv.size(4), qkv.size(3)}
+                    : RowLayout{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)};
 }
 
-// block(c0, width, buffer) for every column block of M, threads splitting the blocks; `buffer` holds
-// degree x kBlock values, one per thread
-template <typename T, typename Block>
-void over_blocks(int64_t m, int64_t degree, const Block& block) {
-  at::parallel_for(0, (m + kBlock - 1) / kBlock, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> buffer(degree * kBlock);
-    for (int64_t index = first; index < last; ++index) {
-      const int64_t c0 = index * kBlock;
-      block(c0, std::min(kBlock, m - c0), buffer.data());
+// A block of the sparse attention: rows n0..n0+count, laid out as joint planes with kBlock columns (row, head)
+// innermost. Each row's qkv is one token of (3, d, H) values per joint, so a plane row gathers H contiguous
+// values from each of the block's rows.
+struct Block {
+  int64_t n0, count;
+};
+
+int64_t block_rows(const RowLayout& l) {
+  TORCH_CHECK(l.heads <= kBlock, "the sparse attention takes at most ", kBlock, " heads, got ", l.heads);
+  return kBlock / l.heads;
+}
+
+// qkv rows -> planes (V, 3, d, kBlock)
+template <typename T>
+void gather_planes(const T* qkv, const RowLayout& l, const Block& b, T* planes) {
+  const int64_t heads = l.heads, lines = 3 * l.d;
+  for (int64_t r = 0; r < b.count; ++r)
+    for (int64_t j = 0; j < l.joints; ++j) {
+      const T* __restrict__ from = qkv + (b.n0 + r) * l.row_stride() + j * l.token();
+      T* __restrict__ to = planes + j * lines * kBlock + r * heads;
+      for (int64_t line = 0; line < lines; ++line) std::copy_n(from + line * heads, heads, to + line * kBlock);
     }
+}
+
+// planes (V, 3, d, kBlock) -> rows of the gradient, in qkv's layout
+template <typename T>
+void scatter_planes(const T* planes, const RowLayout& l, const Block& b, T* grad) {
+  const int64_t heads = l.heads, lines = 3 * l.d;
+  for (int64_t r = 0; r < b.count; ++r)
+    for (int64_t j = 0; j < l.joints; ++j) {
+      const T* __restrict__ from = planes + j * lines * kBlock + r * heads;
+      T* __restrict__ to = grad + (b.n0 + r) * l.row_stride() + j * l.token();
+      for (int64_t line = 0; line < lines; ++line) std::copy_n(from + line * kBlock, heads, to + line * heads);
+    }
+}
+
+// (N, V, H, d) rows <-> planes (V, d, kBlock): the attention's output and its gradient, heads concatenated as
+// the model's channels are
+template <typename T, bool ToPlanes>
+void move_outputs(T* rows, const RowLayout& l, const Block& b, T* planes) {
+  const int64_t heads = l.heads, d = l.d;
+  for (int64_t r = 0; r < b.count; ++r)
+    for (int64_t i = 0; i < l.joints; ++i) {
+      T* row = rows + ((b.n0 + r) * l.joints + i) * heads * d;
+      T* plane = planes + i * d * kBlock + r * heads;
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t c = 0; c < d; ++c) {
+          if constexpr (ToPlanes)
+            plane[c * kBlock + h] = row[h * d + c];
+          else
+            row[h * d + c] = plane[c * kBlock + h];
+        }
+    }
+}
+
+// block(b, buffer) for every block of rows, threads splitting them; `buffer` is one thread's, reused
+template <typename T, typename Run>
+void over_row_blocks(const RowLayout& l, const Run& run) {
+  const int64_t rows = block_rows(l);
+  at::parallel_for(0, (l.rows + rows - 1) / rows, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> buffer;
+    for (int64_t index = first; index < last; ++index)
+      run(Block{index * rows, std::min(rows, l.rows - index * rows)}, buffer);
   });
 }
 
+// One block's attention on its planes (V, 3, d, kBlock) (q, k, v of joint i at plane + i 3 d kBlock, then d kBlock
+// and 2 d kBlock further), columns 0..width; the output into planes (V, d, kBlock). The weights (and the dropout
+// mask) are (E, M) in edge order, this block's columns from c0 on, one edge a row of `edge_stride`.
 template <typename T, int64_t W>
-void sparse_forward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, const int64_t* rowptr,
-                          const int64_t* keys, int64_t joints, const T* keep, T* out, T* alpha, T scale,
-                          int64_t c0, int64_t width, T* scores) {
-  const int64_t m = q.m, w = W > 0 ? W : width;
+void sparse_forward_block(const T* planes, int64_t d, const int64_t* rowptr, const int64_t* keys, int64_t joints,
+                          const T* keep, T* alpha, int64_t edge_stride, int64_t c0, T scale, int64_t width,
+                          T* out, T* scores) {
+  const int64_t w = W > 0 ? W : width, joint_stride = 3 * d * kBlock;
   for (int64_t i = 0; i < joints; ++i) {
     const int64_t start = rowptr[i], degree = rowptr[i + 1] - rowptr[i];
-    const T* __restrict__ qi = q.at(i, c0);
+    const T* __restrict__ qi = planes + i * joint_stride;
     for (int64_t e = 0; e < degree; ++e) {  // scores q_i . k_j / sqrt(d)
-      const T* __restrict__ kj = k.at(keys[start + e], c0);
+      const T* __restrict__ kj = planes + keys[start + e] * joint_stride + d * kBlock;
       T* __restrict__ s = scores + e * kBlock;
       for (int64_t x = 0; x < w; ++x) s[x] = 0;
       for (int64_t c = 0; c < d; ++c)
-        for (int64_t x = 0; x < w; ++x) s[x] += qi[c * m + x] * kj[c * m + x];
+        for (int64_t x = 0; x < w; ++x) s[x] += qi[c * kBlock + x] * kj[c * kBlock + x];
     }
     T top[kBlock], total[kBlock];  // softmax over the row's edges, column by column
     for (int64_t x = 0; x < w; ++x) top[x] = scores[x];
@@ -115,32 +171,33 @@ void sparse_forward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, cons
       }
     }
     for (int64_t x = 0; x < w; ++x) total[x] = T(1) / total[x];
-    T* __restrict__ oi = out + i * d * m + c0;
+    T* __restrict__ oi = out + i * d * kBlock;
     for (int64_t c = 0; c < d; ++c)
-      for (int64_t x = 0; x < w; ++x) oi[c * m + x] = 0;
+      for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] = 0;
     for (int64_t e = 0; e < degree; ++e) {  // v'_i = sum_j alpha_ij (times the dropout mask) v_j
       T* __restrict__ s = scores + e * kBlock;
       for (int64_t x = 0; x < w; ++x) s[x] *= total[x];
       if (alpha) {  // kept for the backward pass only
-        T* __restrict__ a = alpha + (start + e) * m + c0;
+        T* __restrict__ a = alpha + (start + e) * edge_stride + c0;
         for (int64_t x = 0; x < w; ++x) a[x] = s[x];
       }
       if (keep) {
-        const T* __restrict__ mask = keep + (start + e) * m + c0;
+        const T* __restrict__ mask = keep + (start + e) * edge_stride + c0;
         for (int64_t x = 0; x < w; ++x) s[x] *= mask[x];
       }
-      const T* __restrict__ vj = v.at(keys[start + e], c0);
+      const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * d * kBlock;
       for (int64_t c = 0; c < d; ++c)
-        for (int64_t x = 0; x < w; ++x) oi[c * m + x] += s[x] * vj[c * m + x];
+        for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] += s[x] * vj[c * kBlock + x];
     }
   }
 }
 
-void check_keep(const std::optional<at::Tensor>& keep, int64_t edges, const at::Tensor& q) {
-  TORCH_CHECK(!keep.has_value() || (keep->sizes() == at::IntArrayRef{edges, q.size(2)} &&
-                                    keep->scalar_type() == q.scalar_type() && keep->device().is_cpu()),
-              "keep must be (E, M) = (", edges, ", ", q.size(2), ") in q's dtype, got ",
-              keep.has_value() ? keep->sizes() : at::IntArrayRef{}, " ", keep.has_value() ? keep->dtype() : q.dtype());
+void check_keep(const std::optional<at::Tensor>& keep, int64_t edges, int64_t columns, const at::Tensor& qkv) {
+  TORCH_CHECK(!keep.has_value() || (keep->sizes() == at::IntArrayRef{edges, columns} &&
+                                    keep->scalar_type() == qkv.scalar_type() && keep->device().is_cpu()),
+              "keep must be (E, N H) = (", edges, ", ", columns, ") in qkv's dtype, got ",
+              keep.has_value() ? keep->sizes() : at::IntArrayRef{}, " ",
+              keep.has_value() ? keep->dtype() : qkv.dtype());
 }
 
 // the neighbourhood as CSR over the V joints: rowptr (V + 1) from 0 to E, keys (E) in [0, V); its largest degree
@@ -158,52 +215,56 @@ int64_t check_graph(const at::Tensor& rowptr, const at::Tensor& keys, int64_t jo
   return std::max<int64_t>(degrees.max().item<int64_t>(), 1);  // 1: a row of no edges still gets a buffer
 }
 
-std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                            const at::Tensor& v, const at::Tensor& rowptr,
+// Eq. 2-3 on qkv (N, V, 3, d, H) -> the output (N, V, H, d) and, where `weights`, the attention weights (E, N H)
+// for the backward pass (else (0, N H), never written); `keep` the dropout mask on the weights, (E, N H)
+std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qkv, const at::Tensor& rowptr,
                                                             const at::Tensor& keys,
                                                             const std::optional<at::Tensor>& keep, double scale,
                                                             bool weights) {
-  TORCH_CHECK(q.dim() == 3, "q must be (V, d, M), got ", q.sizes());
-  check_planes(q, "q", q);
-  check_planes(k, "k", q);
-  check_planes(v, "v", q);
-  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
-  auto out = at::empty({joints, d, m}, q.options());
-  // the attention weights (E, M), for the backward pass; without one, (0, M) and never written
-  auto alpha = at::empty({weights ? keys.size(0) : 0, m}, q.options());
-  check_keep(keep, keys.size(0), q);
+  const RowLayout l = check_rows(qkv, true);
+  const int64_t degree = check_graph(rowptr, keys, l.joints), columns = l.rows * l.heads;
+  check_keep(keep, keys.size(0), columns, qkv);
+  auto out = at::empty({l.rows, l.joints, l.heads, l.d}, qkv.options());
+  auto alpha = at::empty({weights ? keys.size(0) : 0, columns}, qkv.options());
   at::Tensor mask = keep.has_value() ? keep->contiguous() : at::Tensor();
   const int64_t* ptr = rowptr.data_ptr<int64_t>();
   const int64_t* key = keys.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sparse_attention_forward", [&] {
     const scalar_t* keep_data = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
-    over_blocks<scalar_t>(m, degree, [&](int64_t c0, int64_t width, scalar_t* scores) {
+    scalar_t* alpha_data = weights ? alpha.data_ptr<scalar_t>() : nullptr;
+    const int64_t plane_size = l.joints * l.d * kBlock;
+    over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
+      buffer.resize(4 * plane_size + degree * kBlock);  // q, k, v planes, the output's, the scores
+      scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
+      const int64_t width = b.count * l.heads;
+      gather_planes(qkv.data_ptr<scalar_t>(), l, b, planes);
       auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
-      run(planes_of<scalar_t>(q), planes_of<scalar_t>(k), planes_of<scalar_t>(v), d, ptr, key, joints, keep_data,
-          out.data_ptr<scalar_t>(), weights ? alpha.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale), c0,
-          width, scores);
+      run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
+          static_cast<scalar_t>(scale), width, out_planes, scores);
+      move_outputs<scalar_t, false>(out.data_ptr<scalar_t>(), l, b, out_planes);
     });
   });
   return {out, alpha};
 }
 
+// One block's gradients: grad_out planes (V, d, kBlock) in, q's planes written and k's and v's added to in
+// `grads` (V, 3, d, kBlock), zero on entry; the rest as sparse_forward_block
 template <typename T, int64_t W>
-void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, const int64_t* rowptr,
-                           const int64_t* keys, int64_t joints, const T* keep, const T* alpha, const T* grad_out,
-                           T* grad_q, T* grad_k, T* grad_v, int64_t grad_stride, T scale, int64_t c0, int64_t width,
-                           T* grad_weights) {
-  const int64_t m = q.m, w = W > 0 ? W : width;
+void sparse_backward_block(const T* planes, int64_t d, const int64_t* rowptr, const int64_t* keys, int64_t joints,
+                           const T* keep, const T* alpha, int64_t edge_stride, int64_t c0, T scale, int64_t width,
+                           const T* grad_out, T* grads, T* grad_weights) {
+  const int64_t w = W > 0 ? W : width, joint_stride = 3 * d * kBlock;
   for (int64_t i = 0; i < joints; ++i) {
     const int64_t start = rowptr[i], degree = rowptr[i + 1] - rowptr[i];
-    const T* __restrict__ go = grad_out + i * d * m + c0;
+    const T* __restrict__ go = grad_out + i * d * kBlock;
     T dot[kBlock], kept[kBlock];
     for (int64_t x = 0; x < w; ++x) dot[x] = 0;
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
-      const T* __restrict__ vj = v.at(j, c0);
-      T* __restrict__ gvj = grad_v + j * grad_stride + c0;
-      const T* __restrict__ a = alpha + (start + e) * m + c0;
-      const T* __restrict__ mask = keep ? keep + (start + e) * m + c0 : nullptr;
+      const T* __restrict__ vj = planes + j * joint_stride + 2 * d * kBlock;
+      T* __restrict__ gvj = grads + j * joint_stride + 2 * d * kBlock;
+      const T* __restrict__ a = alpha + (start + e) * edge_stride + c0;
+      const T* __restrict__ mask = keep ? keep + (start + e) * edge_stride + c0 : nullptr;
       T* __restrict__ gw = grad_weights + e * kBlock;
       for (int64_t x = 0; x < w; ++x) {
         gw[x] = 0;
@@ -211,8 +272,8 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
       }
       for (int64_t c = 0; c < d; ++c)
         for (int64_t x = 0; x < w; ++x) {
-          gw[x] += go[c * m + x] * vj[c * m + x];
-          gvj[c * m + x] += kept[x] * go[c * m + x];
+          gw[x] += go[c * kBlock + x] * vj[c * kBlock + x];
+          gvj[c * kBlock + x] += kept[x] * go[c * kBlock + x];
         }
       if (mask)
         for (int64_t x = 0; x < w; ++x) gw[x] *= mask[x];
@@ -220,123 +281,59 @@ void sparse_backward_block(Planes<T> q, Planes<T> k, Planes<T> v, int64_t d, con
     }
     // softmax backward with the score scale: dS = scale * A * (dA - sum_e dA_e A_e), written over dA
     for (int64_t e = 0; e < degree; ++e) {
-      const T* __restrict__ a = alpha + (start + e) * m + c0;
+      const T* __restrict__ a = alpha + (start + e) * edge_stride + c0;
       T* __restrict__ g = grad_weights + e * kBlock;
       for (int64_t x = 0; x < w; ++x) g[x] = a[x] * (g[x] - dot[x]) * scale;
     }
-    const T* __restrict__ qi = q.at(i, c0);
-    T* __restrict__ gqi = grad_q + i * grad_stride + c0;
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t x = 0; x < w; ++x) gqi[c * m + x] = 0;
+    const T* __restrict__ qi = planes + i * joint_stride;
+    T* __restrict__ gqi = grads + i * joint_stride;
     for (int64_t e = 0; e < degree; ++e) {
       const int64_t j = keys[start + e];
-      const T* __restrict__ kj = k.at(j, c0);
-      T* __restrict__ gkj = grad_k + j * grad_stride + c0;
+      const T* __restrict__ kj = planes + j * joint_stride + d * kBlock;
+      T* __restrict__ gkj = grads + j * joint_stride + d * kBlock;
       const T* __restrict__ gs = grad_weights + e * kBlock;
       for (int64_t c = 0; c < d; ++c)
         for (int64_t x = 0; x < w; ++x) {
-          gqi[c * m + x] += gs[x] * kj[c * m + x];
-          gkj[c * m + x] += gs[x] * qi[c * m + x];
+          gqi[c * kBlock + x] += gs[x] * kj[c * kBlock + x];
+          gkj[c * kBlock + x] += gs[x] * qi[c * kBlock + x];
         }
     }
   }
 }
 
-// The gradients of q, k and v as one (V, 3, d, M) tensor, the layout the three come from in the model (views of
-// one projection), so that autograd hands it back whole instead of stacking three.
-at::Tensor sparse_attention_backward(
-    const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& alpha, const at::Tensor& rowptr, const at::Tensor& keys,
-    const std::optional<at::Tensor>& keep, double scale) {
-  const int64_t joints = q.size(0), d = q.size(1), m = q.size(2), degree = check_graph(rowptr, keys, joints);
+// The gradient of qkv, in its layout (N, V, 3, d, H), so that the projection's backward pass is two plain
+// matrix products.
+at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, const at::Tensor& alpha,
+                                     const at::Tensor& rowptr, const at::Tensor& keys,
+                                     const std::optional<at::Tensor>& keep, double scale) {
+  const RowLayout l = check_rows(qkv, true);
+  const int64_t degree = check_graph(rowptr, keys, l.joints), columns = l.rows * l.heads;
   auto grad_out = grad_out_in.contiguous();
-  auto grad = at::empty({joints, 3, d, m}, q.options());  // q's planes are all written, k's and v's added to
-  grad.select(1, 1).zero_();
-  grad.select(1, 2).zero_();
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({l.rows, l.joints, l.heads, l.d}), "grad_out must be (N, V, H, d)");
+  TORCH_CHECK(alpha.sizes() == at::IntArrayRef({keys.size(0), columns}) && alpha.is_contiguous(),
+              "alpha must be the forward pass's (E, N H) weights");
+  check_keep(keep, keys.size(0), columns, qkv);
+  auto grad = at::empty_like(qkv);
   at::Tensor mask = keep.has_value() ? keep->contiguous() : at::Tensor();
   const int64_t* ptr = rowptr.data_ptr<int64_t>();
   const int64_t* key = keys.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sparse_attention_backward", [&] {
     const scalar_t* keep_data = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
-    over_blocks<scalar_t>(m, degree, [&](int64_t c0, int64_t width, scalar_t* grad_weights) {
+    const int64_t plane_size = l.joints * l.d * kBlock;
+    over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
+      buffer.resize(7 * plane_size + degree * kBlock);  // q, k, v planes, their gradients, grad_out's, dA
+      scalar_t *planes = buffer.data(), *grads = planes + 3 * plane_size, *go = grads + 3 * plane_size;
+      const int64_t width = b.count * l.heads;
+      gather_planes(qkv.data_ptr<scalar_t>(), l, b, planes);
+      move_outputs<scalar_t, true>(grad_out.data_ptr<scalar_t>(), l, b, go);
+      std::fill(grads, grads + 3 * plane_size, scalar_t(0));
       auto run = width == kBlock ? sparse_backward_block<scalar_t, kBlock> : sparse_backward_block<scalar_t, 0>;
-      run(planes_of<scalar_t>(q), planes_of<scalar_t>(k), planes_of<scalar_t>(v), d, ptr, key, joints, keep_data,
-          alpha.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-          grad.data_ptr<scalar_t>() + d * m, grad.data_ptr<scalar_t>() + 2 * d * m, 3 * d * m,
-          static_cast<scalar_t>(scale), c0, width, grad_weights);
+      run(planes, l.d, ptr, key, l.joints, keep_data, alpha.data_ptr<scalar_t>(), columns, b.n0 * l.heads,
+          static_cast<scalar_t>(scale), width, go, grads, go + plane_size);
+      scatter_planes(grads, l, b, grad.data_ptr<scalar_t>());
     });
   });
   return grad;
-}
-
-void check_matrices(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.dim() == 3 && t.sizes() == like.sizes(), name, " must be (G, d, N) like q, got ", t.sizes());
-  TORCH_CHECK(t.stride(2) == 1, name, " must have time innermost");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "q, k and v must share a dtype");
-}
-
-// One (g, clip) task of the linear attention: where its rows of the raw projections lie, and the steps on them.
-template <typename T>
-struct Segment {
-  const T *q, *k, *v;  // row a of each at q + a * stride, `length` values along time
-  int64_t qs, ks, vs, d, length;
-  T scale;
-
-  // phi(scale x) = elu(scale x) + 1 of every row of `raw` into `phi` (d x length, contiguous)
-  void feature_map(const T* raw, int64_t stride, T* __restrict__ phi) const {
-    for (int64_t a = 0; a < d; ++a) {
-      const T* __restrict__ row = raw + a * stride;
-#pragma omp simd
-      for (int64_t t = 0; t < length; ++t) {
-        const T y = row[t] * scale;
-        phi[a * length + t] = y > 0 ? y + 1 : exp_of<T>(y);
-      }
-    }
-  }
-
-  // U = phi(K) V^T (row a = key channel) and Z = phi(K) summed over time
-  void sums(const T* __restrict__ kp, T* __restrict__ u, T* __restrict__ z) const {
-    for (int64_t a = 0; a < d; ++a) {
-      const T* __restrict__ ka = kp + a * length;
-      T total = 0;
-#pragma omp simd reduction(+ : total)
-      for (int64_t t = 0; t < length; ++t) total += ka[t];
-      z[a] = total;
-      for (int64_t b = 0; b < d; ++b) {
-        const T* __restrict__ vb = v + b * vs;
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t t = 0; t < length; ++t) sum += ka[t] * vb[t];
-        u[a * d + b] = sum;
-      }
-    }
-  }
-
-  // den_t = phi(Q_t)^T Z + eps and num_t = phi(Q_t)^T U for every row (num: d rows of `length`, `stride` apart)
-  void rows(const T* __restrict__ qp, const T* __restrict__ u, const T* __restrict__ z, T eps, T* __restrict__ den,
-            T* __restrict__ num, int64_t stride) const {
-    for (int64_t t = 0; t < length; ++t) den[t] = eps;
-    for (int64_t a = 0; a < d; ++a)
-      for (int64_t t = 0; t < length; ++t) den[t] += z[a] * qp[a * length + t];
-    for (int64_t c = 0; c < d; ++c) {
-      T* __restrict__ row = num + c * stride;
-      for (int64_t t = 0; t < length; ++t) row[t] = 0;
-      for (int64_t a = 0; a < d; ++a) {
-        const T weight = u[a * d + c];
-        const T* __restrict__ qa = qp + a * length;
-        for (int64_t t = 0; t < length; ++t) row[t] += weight * qa[t];
-      }
-    }
-  }
-};
-
-template <typename T>
-Segment<T> segment_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t g, int64_t t0,
-                      int64_t length, double scale) {
-  return {q.data_ptr<T>() + g * q.stride(0) + t0, k.data_ptr<T>() + g * k.stride(0) + t0,
-          v.data_ptr<T>() + g * v.stride(0) + t0, q.stride(1), k.stride(1), v.stride(1), q.size(1), length,
-          static_cast<T>(scale)};
 }
 
 void check_bounds(at::IntArrayRef bounds, int64_t n) {
@@ -344,139 +341,248 @@ void check_bounds(at::IntArrayRef bounds, int64_t n) {
   for (size_t m = 1; m < bounds.size(); ++m) TORCH_CHECK(bounds[m] > bounds[m - 1], "every clip needs a row");
 }
 
-at::Tensor linear_attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                    at::IntArrayRef bounds, double scale, double eps) {
-  check_matrices(q, "q", q);
-  check_matrices(k, "k", q);
-  check_matrices(v, "v", q);
-  const int64_t groups = q.size(0), d = q.size(1), n = q.size(2), clips = static_cast<int64_t>(bounds.size()) - 1;
-  check_bounds(bounds, n);
-  auto out = at::empty({groups, d, n}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_forward", [&] {
-    at::parallel_for(0, groups * clips, 1, [&](int64_t first, int64_t last) {
-      std::vector<scalar_t> u(d * d), z(d), den, qp, kp;
-      for (int64_t task = first; task < last; ++task) {
-        const int64_t g = task / clips, m = task % clips, t0 = bounds[m], length = bounds[m + 1] - t0;
-        const auto seg = segment_of<scalar_t>(q, k, v, g, t0, length, scale);
-        den.resize(length);
-        qp.resize(d * length);
-        kp.resize(d * length);
-        seg.feature_map(seg.q, seg.qs, qp.data());
-        seg.feature_map(seg.k, seg.ks, kp.data());
-        seg.sums(kp.data(), u.data(), z.data());
-        scalar_t* og = out.data_ptr<scalar_t>() + g * d * n + t0;
-        seg.rows(qp.data(), u.data(), z.data(), static_cast<scalar_t>(eps), den.data(), og, n);
-        for (int64_t t = 0; t < length; ++t) den[t] = scalar_t(1) / den[t];
-        for (int64_t c = 0; c < d; ++c)
-          for (int64_t t = 0; t < length; ++t) og[c * n + t] *= den[t];
+// phi(s x) = elu(s x) + 1 of `count` values: a token's H heads at once
+template <typename T>
+inline void feature_map(const T* __restrict__ raw, T s, int64_t count, T* __restrict__ phi) {
+#pragma omp simd
+  for (int64_t c = 0; c < count; ++c) {
+    const T y = raw[c] * s;
+    phi[c] = y > 0 ? y + 1 : exp_of<T>(y);
+  }
+}
+
+// A task: one clip's rows t0..t1 and a group of joints j0..j1, every head, walked row by row so that it reads
+// its part of each row of qkv in memory order. Its sums are kept per (joint, head), at (j - j0) H + h: U
+// (d x d, key channel first), Z (d).
+struct Task {
+  int64_t t0, t1, j0, j1;
+};
+
+// The heads H and depth d of a call, compile-time constants where the kernels are specialised (H = 8 and
+// d = 8 or 16, STAR-64 and STAR-128) and read at run time elsewhere (H = D = 0). The per-token steps loop
+// over heads inside the sum's index, so the H sums of a step are independent and run side by side instead
+// of waiting on each other's additions.
+template <int64_t H, int64_t D>
+struct Shape {
+  int64_t heads_runtime, d_runtime;
+  int64_t heads() const { return H > 0 ? H : heads_runtime; }
+  int64_t d() const { return D > 0 ? D : d_runtime; }
+};
+
+// M_h += x_h y_h^T for every head (M: H d x d matrices, row index from x)
+template <typename T, int64_t H, int64_t D>
+inline void add_outer(Shape<H, D> shape, const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ m) {
+  const int64_t heads = shape.heads(), d = shape.d();
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t a = 0; a < d; ++a) {
+      const T weight = x[h * d + a];
+#pragma omp simd
+      for (int64_t b = 0; b < d; ++b) m[(h * d + a) * d + b] += weight * y[h * d + b];
+    }
+}
+
+// num_h = U_h^T phi_h (every head) and the normalisers den_h = phi_h^T Z_h + eps
+template <typename T, int64_t H, int64_t D>
+inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
+                           const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
+  const int64_t heads = shape.heads(), d = shape.d();
+  for (int64_t h = 0; h < heads; ++h) {
+    T total = eps;
+    for (int64_t a = 0; a < d; ++a) total += phi[h * d + a] * z[h * d + a];
+    den[h] = total;
+  }
+  for (int64_t c = 0; c < heads * d; ++c) num[c] = 0;
+  for (int64_t a = 0; a < d; ++a)
+    for (int64_t h = 0; h < heads; ++h) {
+      const T weight = phi[h * d + a];
+#pragma omp simd
+      for (int64_t b = 0; b < d; ++b) num[h * d + b] += weight * u[(h * d + a) * d + b];
+    }
+}
+
+// out_h += sum_b x_hb M_h[b, :] for every head: a vector-matrix product per head (M: H d x d matrices)
+template <typename T, int64_t H, int64_t D>
+inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __restrict__ m, T* __restrict__ out) {
+  const int64_t heads = shape.heads(), d = shape.d();
+  for (int64_t b = 0; b < d; ++b)
+    for (int64_t h = 0; h < heads; ++h) {
+      const T weight = x[h * d + b];
+#pragma omp simd
+      for (int64_t a = 0; a < d; ++a) out[h * d + a] += weight * m[(h * d + b) * d + a];
+    }
+}
+
+// U and Z of every (joint, head) of the task
+template <typename T, int64_t H, int64_t D>
+void key_sums(Shape<H, D> shape, const T* qkv, const RowLayout& l, const Task& task, T s, T* u, T* z, T* phi) {
+  const int64_t c_all = shape.heads() * shape.d(), per_joint = c_all * shape.d();
+  std::fill(u, u + (task.j1 - task.j0) * per_joint, T(0));
+  std::fill(z, z + (task.j1 - task.j0) * c_all, T(0));
+  for (int64_t t = task.t0; t < task.t1; ++t)
+    for (int64_t j = task.j0; j < task.j1; ++j) {
+      const T* k = qkv + t * l.row_stride() + j * l.token() + c_all;
+      feature_map(k, s, c_all, phi);
+      add_outer(shape, phi, k + c_all, u + (j - task.j0) * per_joint);
+      T* __restrict__ zj = z + (j - task.j0) * c_all;
+#pragma omp simd
+      for (int64_t c = 0; c < c_all; ++c) zj[c] += phi[c];
+    }
+}
+
+template <typename T, int64_t H, int64_t D>
+void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, const Task& task, T s, T eps,
+                         T* out, std::vector<T>& buffer) {
+  const int64_t heads = shape.heads(), d = shape.d(), c_all = heads * d, joints = task.j1 - task.j0;
+  buffer.resize(joints * (c_all * d + c_all) + 2 * c_all + heads);
+  T *u = buffer.data(), *z = u + joints * c_all * d, *phi = z + joints * c_all, *num = phi + c_all;
+  T* den = num + c_all;
+  key_sums(shape, qkv, l, task, s, u, z, phi);
+  for (int64_t t = task.t0; t < task.t1; ++t)
+    for (int64_t j = task.j0; j < task.j1; ++j) {  // out = phi(q)^T U / (phi(q)^T Z + eps)
+      feature_map(qkv + t * l.row_stride() + j * l.token(), s, c_all, phi);
+      query_products(shape, phi, u + (j - task.j0) * c_all * d, z + (j - task.j0) * c_all, eps, num, den);
+      T* __restrict__ o = out + (t * l.joints + j) * c_all;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T inverse = T(1) / den[h];
+#pragma omp simd
+        for (int64_t b = 0; b < d; ++b) o[h * d + b] = num[h * d + b] * inverse;
       }
+    }
+}
+
+// every task of a call, threads splitting them: each clip's joints in groups of kJointGroup
+constexpr int64_t kJointGroup = 5;
+
+template <typename T, typename Run>
+void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
+  const int64_t clips = static_cast<int64_t>(bounds.size()) - 1, groups = (joints + kJointGroup - 1) / kJointGroup;
+  at::parallel_for(0, clips * groups, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> buffer;
+    for (int64_t index = first; index < last; ++index) {
+      const int64_t m = index / groups, j0 = index % groups * kJointGroup;
+      run(Task{bounds[m], bounds[m + 1], j0, std::min(joints, j0 + kJointGroup)}, buffer);
+    }
+  });
+}
+
+// run(shape) with the shape's compile-time form where there is one
+template <typename Run>
+void with_shape(const RowLayout& l, const Run& run) {
+  if (l.heads == 8 && l.d == 8)
+    run(Shape<8, 8>{8, 8});
+  else if (l.heads == 8 && l.d == 16)
+    run(Shape<8, 16>{8, 16});
+  else
+    run(Shape<0, 0>{l.heads, l.d});
+}
+
+at::Tensor linear_attention_forward(const at::Tensor& qkv, at::IntArrayRef bounds, double scale, double eps) {
+  const RowLayout l = check_rows(qkv, false);
+  check_bounds(bounds, l.rows);
+  auto out = at::empty({l.rows, l.joints, l.heads, l.d}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_forward", [&] {
+    const scalar_t s = static_cast<scalar_t>(scale), e = static_cast<scalar_t>(eps);
+    const scalar_t* data = qkv.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    with_shape(l, [&](auto shape) {
+      over_tasks<scalar_t>(bounds, l.joints, [&](const Task& task, auto& buffer) {
+        linear_forward_task(shape, data, l, task, s, e, o, buffer);
+      });
     });
   });
   return out;
 }
 
-// Buffers of one thread's linear-attention backward tasks, reused from task to task.
-template <typename T>
-struct BackwardBuffers {
-  std::vector<T> u, z, grad_u, grad_z, den, grad_den, num, grad_num, qp, kp;
-};
-
-// The gradients of one (g, clip) task, written into grad_q, grad_k, grad_v at the segment's rows (stride n).
-// U, Z and the normaliser are recomputed from the projections instead of being kept from the forward pass.
-template <typename T>
-void linear_backward_task(const Segment<T>& seg, const T* go, int64_t n, T eps, T* grad_q, T* grad_k, T* grad_v,
-                          BackwardBuffers<T>& b) {
-  const int64_t d = seg.d, length = seg.length;
-  const T s = seg.scale;
-  b.u.resize(d * d), b.z.resize(d), b.grad_u.resize(d * d), b.grad_z.resize(d);
-  b.qp.resize(d * length), b.kp.resize(d * length), b.den.resize(length), b.num.resize(d * length);
-  b.grad_num.resize(d * length), b.grad_den.assign(length, 0);
-  seg.feature_map(seg.q, seg.qs, b.qp.data());
-  seg.feature_map(seg.k, seg.ks, b.kp.data());
-  seg.sums(b.kp.data(), b.u.data(), b.z.data());
-  seg.rows(b.qp.data(), b.u.data(), b.z.data(), eps, b.den.data(), b.num.data(), length);
-  T* __restrict__ inverse = b.den.data();
-  T* __restrict__ gd = b.grad_den.data();
-  for (int64_t t = 0; t < length; ++t) inverse[t] = T(1) / inverse[t];
-  // out = num / den: grad_num = G / den, grad_den = -sum_c G_c num_c / den^2
-  for (int64_t c = 0; c < d; ++c) {
-    const T* __restrict__ goc = go + c * n;
-    const T* __restrict__ numc = b.num.data() + c * length;
-    T* __restrict__ gnc = b.grad_num.data() + c * length;
-    for (int64_t t = 0; t < length; ++t) {
-      const T gn = goc[t] * inverse[t];
-      gnc[t] = gn;
-      gd[t] -= gn * numc[t] * inverse[t];
-    }
-  }
-  // grad_phi(q)_t = U grad_num_t + Z grad_den_t; grad_U = sum_t phi(q)_t grad_num_t^T; grad_Z likewise;
-  // then through phi: d phi(s x) / dx = s where s x > 0, s phi(s x) elsewhere
-  for (int64_t a = 0; a < d; ++a) {
-    const T* __restrict__ qa = b.qp.data() + a * length;
-    T* __restrict__ gqa = grad_q + a * n;
-    const T za = b.z[a];
-    T total = 0;
+// The gradients of one task into grad (N, V, 3, H, d); U and Z recomputed. With g the output's gradient,
+// n = U^T phi(q) and den = phi(q)^T Z + eps (out = n / den):
+//   grad_n = g / den, grad_den = -(grad_n . n) / den, grad_phi(q) = U grad_n + Z grad_den,
+//   grad_U = sum_t phi(q_t) grad_n_t^T, grad_Z = sum_t phi(q_t) grad_den_t,
+//   grad_phi(k_t) = grad_U v_t + grad_Z, grad_v_t = grad_U^T phi(k_t),
+// and through phi: d phi(s x) / dx = s where s x > 0, s phi(s x) elsewhere.
+template <typename T, int64_t H, int64_t D>
+void linear_backward_task(Shape<H, D> shape, const T* qkv, const T* grad_out, const RowLayout& l,
+                          const Task& task, T s, T eps, T* grad, std::vector<T>& buffer) {
+  const int64_t heads = shape.heads(), d = shape.d(), c_all = heads * d, per_joint = c_all * d;
+  const int64_t joints = task.j1 - task.j0;
+  buffer.resize(joints * (4 * per_joint + 2 * c_all) + 4 * c_all + heads);
+  T *u = buffer.data(), *ut = u + joints * per_joint, *gu = ut + joints * per_joint;
+  T *gut = gu + joints * per_joint, *z = gut + joints * per_joint, *gz = z + joints * c_all;
+  T *phi = gz + joints * c_all, *num = phi + c_all, *gn = num + c_all, *acc = gn + c_all, *den = acc + c_all;
+  const auto transpose = [&](const T* from, T* to) {  // every d x d matrix of the task
+    for (int64_t p = 0; p < joints * heads; ++p)
+      for (int64_t a = 0; a < d; ++a)
+        for (int64_t b = 0; b < d; ++b) to[p * d * d + b * d + a] = from[p * d * d + a * d + b];
+  };
+  key_sums(shape, qkv, l, task, s, u, z, phi);
+  transpose(u, ut);  // so that U grad_n is a sum of U^T's rows
+  std::fill(gu, gu + joints * per_joint, T(0));
+  std::fill(gz, gz + joints * c_all, T(0));
+  for (int64_t t = task.t0; t < task.t1; ++t)  // the queries: grad_q, and grad_U, grad_Z summed
+    for (int64_t j = task.j0; j < task.j1; ++j) {
+      const int64_t token = t * l.joints + j, at = j - task.j0;
+      const T* __restrict__ raw = qkv + token * l.token();
+      const T* __restrict__ g = grad_out + token * c_all;
+      const T* __restrict__ zj = z + at * c_all;
+      feature_map(raw, s, c_all, phi);
+      query_products(shape, phi, u + at * per_joint, zj, eps, num, den);
+      T* __restrict__ gzj = gz + at * c_all;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T inverse = T(1) / den[h];
+        T total = 0;
 #pragma omp simd reduction(+ : total)
-    for (int64_t t = 0; t < length; ++t) {
-      gqa[t] = za * gd[t];
-      total += qa[t] * gd[t];
-    }
-    b.grad_z[a] = total;
-    for (int64_t c = 0; c < d; ++c) {
-      const T weight = b.u[a * d + c];
-      const T* __restrict__ gn = b.grad_num.data() + c * length;
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < length; ++t) {
-        gqa[t] += weight * gn[t];
-        sum += qa[t] * gn[t];
+        for (int64_t b = 0; b < d; ++b) {
+          gn[h * d + b] = g[h * d + b] * inverse;
+          total += g[h * d + b] * num[h * d + b];
+        }
+        const T grad_den = -total * inverse * inverse;
+#pragma omp simd
+        for (int64_t a = 0; a < d; ++a) {
+          acc[h * d + a] = zj[h * d + a] * grad_den;
+          gzj[h * d + a] += phi[h * d + a] * grad_den;  // grad_Z
+        }
       }
-      b.grad_u[a * d + c] = sum;
+      add_rows(shape, gn, ut + at * per_joint, acc);  // grad_phi(q)
+      T* __restrict__ gq = grad + token * l.token();
+#pragma omp simd
+      for (int64_t c = 0; c < c_all; ++c) gq[c] = acc[c] * (raw[c] * s > 0 ? s : s * phi[c]);
+      add_outer(shape, phi, gn, gu + at * per_joint);  // grad_U += phi(q) grad_n^T
     }
-    const T* __restrict__ raw = seg.q + a * seg.qs;
-    for (int64_t t = 0; t < length; ++t) gqa[t] *= raw[t] * s > 0 ? s : s * qa[t];
-  }
-  // grad_phi(k)_t = grad_U v_t + grad_Z; grad_v_t = grad_U^T phi(k)_t
-  for (int64_t a = 0; a < d; ++a) {
-    T* __restrict__ gka = grad_k + a * n;
-    T* __restrict__ gva = grad_v + a * n;
-    const T gza = b.grad_z[a];
-    for (int64_t t = 0; t < length; ++t) {
-      gka[t] = gza;
-      gva[t] = 0;
+  transpose(gu, gut);
+  for (int64_t t = task.t0; t < task.t1; ++t)  // the keys and values
+    for (int64_t j = task.j0; j < task.j1; ++j) {
+      const int64_t token = t * l.joints + j, at = j - task.j0;
+      const T* __restrict__ raw = qkv + token * l.token() + c_all;
+      const T* __restrict__ v = raw + c_all;
+      feature_map(raw, s, c_all, phi);
+      const T* __restrict__ gzj = gz + at * c_all;
+      for (int64_t c = 0; c < c_all; ++c) acc[c] = gzj[c];
+      add_rows(shape, v, gut + at * per_joint, acc);  // grad_phi(k) = grad_U v + grad_Z
+      T* __restrict__ gk = grad + token * l.token() + c_all;
+      T* __restrict__ gv = gk + c_all;
+#pragma omp simd
+      for (int64_t c = 0; c < c_all; ++c) gk[c] = acc[c] * (raw[c] * s > 0 ? s : s * phi[c]);
+      for (int64_t c = 0; c < c_all; ++c) acc[c] = 0;
+      add_rows(shape, phi, gu + at * per_joint, acc);  // grad_v = grad_U^T phi(k)
+      for (int64_t c = 0; c < c_all; ++c) gv[c] = acc[c];
     }
-    for (int64_t c = 0; c < d; ++c) {
-      const T to_k = b.grad_u[a * d + c], to_v = b.grad_u[c * d + a];
-      const T* __restrict__ vc = seg.v + c * seg.vs;
-      const T* __restrict__ kc = b.kp.data() + c * length;
-      for (int64_t t = 0; t < length; ++t) {
-        gka[t] += to_k * vc[t];
-        gva[t] += to_v * kc[t];
-      }
-    }
-    const T* __restrict__ raw = seg.k + a * seg.ks;
-    const T* __restrict__ ka = b.kp.data() + a * length;
-    for (int64_t t = 0; t < length; ++t) gka[t] *= raw[t] * s > 0 ? s : s * ka[t];
-  }
 }
 
-// The gradients of q, k and v as one (G, 3, d, N) tensor, as the sparse attention's.
-at::Tensor linear_attention_backward(
-    const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    at::IntArrayRef bounds, double scale, double eps) {
-  const int64_t groups = q.size(0), d = q.size(1), n = q.size(2), clips = static_cast<int64_t>(bounds.size()) - 1;
+// The gradients of q, k and v as one (N, V, 3, H, d) tensor, the layout of qkv.
+at::Tensor linear_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, at::IntArrayRef bounds,
+                                     double scale, double eps) {
+  const RowLayout l = check_rows(qkv, false);
+  check_bounds(bounds, l.rows);
   auto grad_out = grad_out_in.contiguous();
-  auto grad = at::empty({groups, 3, d, n}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_backward", [&] {
-    at::parallel_for(0, groups * clips, 1, [&](int64_t first, int64_t last) {
-      BackwardBuffers<scalar_t> buffers;
-      for (int64_t task = first; task < last; ++task) {
-        const int64_t g = task / clips, m = task % clips, t0 = bounds[m], length = bounds[m + 1] - t0;
-        scalar_t* gq = grad.data_ptr<scalar_t>() + g * 3 * d * n + t0;  // q's rows; k's and v's d n further
-        linear_backward_task<scalar_t>(segment_of<scalar_t>(q, k, v, g, t0, length, scale),
-                                       grad_out.data_ptr<scalar_t>() + g * d * n + t0, n, static_cast<scalar_t>(eps),
-                                       gq, gq + d * n, gq + 2 * d * n, buffers);
-      }
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({l.rows, l.joints, l.heads, l.d}), "grad_out must be (N, V, H, d)");
+  auto grad = at::empty_like(qkv);
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_backward", [&] {
+    const scalar_t s = static_cast<scalar_t>(scale), e = static_cast<scalar_t>(eps);
+    const scalar_t *data = qkv.data_ptr<scalar_t>(), *go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gr = grad.data_ptr<scalar_t>();
+    with_shape(l, [&](auto shape) {
+      over_tasks<scalar_t>(bounds, l.joints, [&](const Task& task, auto& buffer) {
+        linear_backward_task(shape, data, go, l, task, s, e, gr, buffer);
+      });
     });
   });
   return grad;
@@ -561,16 +667,15 @@ at::Tensor apply_keep_mask(const at::Tensor& x, double p, int64_t seed) {
 }  // namespace
 
 TORCH_LIBRARY(star_fused, library) {
-  library.def("sparse_attention_forward(Tensor q, Tensor k, Tensor v, Tensor rowptr, Tensor keys, Tensor? keep, "
-              "float scale, bool weights) -> (Tensor, Tensor)");
-  library.def("sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor alpha, "
-              "Tensor rowptr, Tensor keys, Tensor? keep, float scale) -> Tensor");
+  library.def("sparse_attention_forward(Tensor qkv, Tensor rowptr, Tensor keys, Tensor? keep, float scale, "
+              "bool weights) -> (Tensor, Tensor)");
+  library.def("sparse_attention_backward(Tensor grad_out, Tensor qkv, Tensor alpha, Tensor rowptr, Tensor keys, "
+              "Tensor? keep, float scale) -> Tensor");
   // no tensor argument, hence no device to dispatch on: one kernel for every call
   library.def("keep_mask(int[] shape, float p, int seed, ScalarType dtype) -> Tensor", &keep_mask);
   library.def("apply_keep_mask(Tensor x, float p, int seed) -> Tensor");
-  library.def("linear_attention_forward(Tensor q, Tensor k, Tensor v, int[] bounds, float scale, float eps) -> Tensor");
-  library.def("linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, int[] bounds, "
-              "float scale, float eps) -> Tensor");
+  library.def("linear_attention_forward(Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
+  library.def("linear_attention_backward(Tensor grad_out, Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
