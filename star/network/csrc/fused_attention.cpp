@@ -381,25 +381,6 @@ inline void add_outer(Shape<H, D> shape, const T* __restrict__ x, const T* __res
     }
 }
 
-// num_h = U_h^T phi_h (every head) and the normalisers den_h = phi_h^T Z_h + eps
-template <typename T, int64_t H, int64_t D>
-inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
-                           const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
-  const int64_t heads = shape.heads(), d = shape.d();
-  for (int64_t h = 0; h < heads; ++h) {
-    T total = eps;
-    for (int64_t a = 0; a < d; ++a) total += phi[h * d + a] * z[h * d + a];
-    den[h] = total;
-  }
-  for (int64_t c = 0; c < heads * d; ++c) num[c] = 0;
-  for (int64_t a = 0; a < d; ++a)
-    for (int64_t h = 0; h < heads; ++h) {
-      const T weight = phi[h * d + a];
-#pragma omp simd
-      for (int64_t b = 0; b < d; ++b) num[h * d + b] += weight * u[(h * d + a) * d + b];
-    }
-}
-
 // out_h += sum_b x_hb M_h[b, :] for every head: a vector-matrix product per head (M: H d x d matrices)
 template <typename T, int64_t H, int64_t D>
 inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __restrict__ m, T* __restrict__ out) {
@@ -410,6 +391,20 @@ inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __rest
 #pragma omp simd
       for (int64_t a = 0; a < d; ++a) out[h * d + a] += weight * m[(h * d + b) * d + a];
     }
+}
+
+// num_h = U_h^T phi_h (every head) and the normalisers den_h = phi_h^T Z_h + eps
+template <typename T, int64_t H, int64_t D>
+inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
+                           const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
+  const int64_t heads = shape.heads(), d = shape.d();
+  for (int64_t h = 0; h < heads; ++h) {
+    T total = eps;
+    for (int64_t a = 0; a < d; ++a) total += phi[h * d + a] * z[h * d + a];
+    den[h] = total;
+  }
+  std::fill(num, num + heads * d, T(0));
+  add_rows(shape, phi, u, num);
 }
 
 // U and Z of every (joint, head) of the task
