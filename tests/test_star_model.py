@@ -1,5 +1,6 @@
 """STAR's parts against reference formulas, and the whole model's size, isolation and robustness."""
 
+import copy
 import math
 
 import numpy as np
@@ -336,6 +337,40 @@ def test_fused_dropout_multiplies_by_the_seeds_mask_forward_and_backward_without
     assert torch.equal(got, grad * mask)
     again = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: (torch.manual_seed(0), fused.dropout(t, 0.4))[1], (again,))
+
+
+@needs_fused
+@pytest.mark.parametrize("p", [0.0, 0.4])
+def test_fused_add_norm_is_layer_norm_of_the_residual_sum_with_the_seeds_dropout(p):
+    """float32 to 1e-5 of the unfused form in float64 (layer norm of x + dropout(y) from the same seed),
+    forward and the gradients of x, y, weight and bias; the sum is kept only where a gradient will be asked
+    for; float64 by finite differences."""
+    generator = torch.Generator().manual_seed(0)
+    norm = torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        norm.weight.normal_(generator=generator), norm.bias.normal_(generator=generator)
+    x, y, grad = (torch.randn(6, 25, 64, generator=generator) for _ in range(3))  # 150 rows: 50 chunks of 3
+    x.requires_grad_(), y.requires_grad_()
+    torch.manual_seed(3)
+    out = fused.add_norm(x, y, norm, p)
+    exact = copy.deepcopy(norm).double()
+    inputs = [t.detach().double().requires_grad_() for t in (x, y)]
+    torch.manual_seed(3)
+    reference = exact(inputs[0] + dropout(inputs[1], p, True))  # the same multipliers: drawn from the same seed
+    torch.testing.assert_close(out, reference.float(), atol=1e-5, rtol=1e-5)
+    got = torch.autograd.grad(out, (x, y, norm.weight, norm.bias), grad)
+    want = torch.autograd.grad(reference, (*inputs, exact.weight, exact.bias), grad.double())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b.float(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        assert torch.equal(fused.add_norm(x, y, norm, p), out)
+    kept = torch.ops.star_fused.add_norm_forward(x.detach(), y.detach(), norm.weight.detach(), norm.bias.detach(), p,
+                                                 1, 1e-5, False)
+    assert [t.numel() for t in kept[1:]] == [0, 0, 0]
+    small = [torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
+    affine = [torch.randn(6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
+    assert torch.autograd.gradcheck(lambda *t: fused._AddNorm.apply(*t, p, 77, 1e-5, True), (*small, *affine))
 
 
 @needs_fused

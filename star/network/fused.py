@@ -169,3 +169,29 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     seed in the backward pass, so nothing but the seed is kept for it."""
     _require(x)
     return _Dropout.apply(x, p, _seed())
+
+
+class _AddNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, weight, bias, p, seed, eps, keep_sum):
+        out, total, mean, rstd = torch.ops.star_fused.add_norm_forward(x, y, weight, bias, p, seed, eps, keep_sum)
+        ctx.save_for_backward(total, mean, rstd, weight)
+        ctx.p, ctx.seed = p, seed
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        total, mean, rstd, weight = ctx.saved_tensors
+        grads = torch.ops.star_fused.add_norm_backward(grad_out, total, mean, rstd, weight, ctx.p, ctx.seed)
+        return *grads, None, None, None, None
+
+
+def add_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, p: float) -> torch.Tensor:
+    """Add & Norm, norm(x + dropout(y, p)) over the last axis, in one pass: the dropout multipliers are those
+    `dropout` draws from the same seed, drawn again in the backward pass. The sum is kept for the backward
+    pass only where a gradient will be asked for."""
+    _require(x)
+    keep_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, norm.weight, norm.bias))
+    return _AddNorm.apply(x.contiguous(), y.contiguous(), norm.weight, norm.bias, p, _seed() if p > 0 else 0,
+                          norm.eps, keep_sum)

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from star.network import fused
 from star.network.dropout import Dropout
 from star.network.encoding import ENCODINGS, POSITIONS, positional_encoding, row_positions
 from star.network.features import (
@@ -196,11 +197,17 @@ class EncoderLayer(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(config.width)
         self.dropout = Dropout(config.dropout)
 
+    def add_norm(self, norm: nn.LayerNorm, x: torch.Tensor, sublayer: torch.Tensor) -> torch.Tensor:
+        """norm(x + dropout(sublayer)); on the CPU one pass of a fused kernel (star.network.fused.add_norm)."""
+        if fused.usable(x):
+            return fused.add_norm(x, sublayer, norm, self.dropout.p if self.training else 0.0)
+        return norm(x + self.dropout(sublayer))
+
     def forward(self, x: torch.Tensor, *context) -> torch.Tensor:
         n, v, c = x.shape
-        x = self.attention_norm(x + self.dropout(self.attention(x, *context))).view(n * v, c)  # (N*V, C)
+        x = self.add_norm(self.attention_norm, x, self.attention(x, *context)).view(n * v, c)  # (N*V, C)
         # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x))).view(n, v, c)
+        return self.add_norm(self.feed_forward_norm, x, self.feed_forward(x)).view(n, v, c)
 
 
 class STBlock(nn.Module):

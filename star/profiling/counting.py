@@ -59,6 +59,7 @@ OP_CATEGORIES = {
     "reshape": "Reshape",  # costs time only when it copies: a permuted tensor made contiguous
     # STAR's fused CPU kernels (star.network.fused), in the categories of the products they compute
     "star_fused::sparse_attention_forward": "Mul", "star_fused::linear_attention_forward": "MatMul",
+    "star_fused::add_norm_forward": "LayerNorm",  # Add & Norm: the residual sum and its layer norm in one pass
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")
 
