@@ -152,10 +152,11 @@ def _as_planes(qkv):
 
 @needs_fused
 @pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
-@pytest.mark.parametrize(("n", "d", "h"), [(75, 4, 2), (9, 8, 8)], ids=["3-blocks", "star-64"])
+@pytest.mark.parametrize(("n", "d", "h"), [(75, 4, 2), (50, 4, 3), (9, 8, 8)], ids=["3-blocks", "3-heads", "star-64"])
 def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts, n, d, h):
     """float32 to 1e-5 of the references in float64, on rows in the model's layout; 75 rows of 2 heads: two
-    full blocks of the kernel's 64 columns and a partial one; 8 heads of depth 8 as STAR-64's."""
+    full blocks of the kernel's 64 columns and a partial one; 3 heads, which do not divide 64: blocks of 21
+    rows (63 columns); 8 heads of depth 8 as STAR-64's."""
     graph = NeighbourhoodGraph.from_mask(counts)
     qkv = _token_rows(n, d, h).requires_grad_()  # (N, V, 3, d, H)
     exact = qkv.detach().double().requires_grad_()
@@ -368,6 +369,9 @@ def test_fused_add_norm_is_layer_norm_of_the_residual_sum_with_the_seeds_dropout
     kept = torch.ops.star_fused.add_norm_forward(x.detach(), y.detach(), norm.weight.detach(), norm.bias.detach(), p,
                                                  1, 1e-5, False)
     assert [t.numel() for t in kept[1:]] == [0, 0, 0]
+    torch.manual_seed(3)  # only the norm's weight and bias asking for gradients: the sum is still kept for them
+    (got,) = torch.autograd.grad(fused.add_norm(x.detach(), y.detach(), norm, p), norm.weight, grad)
+    torch.testing.assert_close(got, want[2].float(), atol=1e-5, rtol=1e-5)
     small = [torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
     affine = [torch.randn(6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
     assert torch.autograd.gradcheck(lambda *t: fused._AddNorm.apply(*t, p, 77, 1e-5, True), (*small, *affine))
@@ -579,6 +583,26 @@ def test_all_lengths_and_person_counts_give_finite_logits_and_gradients():
     with torch.no_grad():
         for sample in samples:
             assert torch.isfinite(model(*inputs(collate_compact([sample])))).all()
+
+
+@needs_fused
+def test_fused_add_norm_trains_the_model_as_the_unfused_form_does(monkeypatch):
+    """STAR-64 in training, dropout on: the logits and every parameter's gradient with the fused Add & Norm equal
+    those with LayerNorm(x + dropout(y)) (the same masks: both draw one seed per dropout), to 1e-5."""
+    batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
+    results = []
+    for unfused in (False, True):
+        if unfused:
+            monkeypatch.setattr(fused, "add_norm", lambda x, y, norm, p: norm(x + dropout(y, p, True)))
+        torch.manual_seed(0)
+        model = STAR(STARConfig()).train()
+        logits = model(*inputs(batch))
+        logits.square().sum().backward()
+        results.append((logits.detach(), {name: p.grad for name, p in model.named_parameters()}))
+    (fused_logits, fused_grads), (logits, grads) = results
+    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_sparse_kernels_and_backends_give_the_same_model_output():

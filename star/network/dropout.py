@@ -6,7 +6,8 @@ applies dropout 36 times per training step. Where the fused kernels are built
 (`star.network.fused`), a counter-based hash of one seed and each element's
 index draws the mask instead, faster again; `dropout` multiplies by it as it
 draws and draws it again for the backward pass, so no mask is written or
-kept. Otherwise u >= p for u uniform in [0, 1). Either keeps each element
+kept (the dropout of each Add & Norm is drawn the same way inside
+`fused.add_norm`). Otherwise u >= p for u uniform in [0, 1). Either keeps each element
 with probability 1 - p. Off the CPU (CUDA, and the meta device that counts a
 GPU's operators) torch's own dropout runs: one fused operator forward and one
 backward.

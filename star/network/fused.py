@@ -1,12 +1,16 @@
-"""STAR's two attentions as single CPU kernels, and dropout masks drawn without a generator's serial state
-(`csrc/fused_attention.cpp`), built on first use and cached.
+"""STAR's two attentions and its Add & Norm as single CPU kernels, and dropout masks drawn without a
+generator's serial state (`csrc/fused_attention.cpp`), built on first use and cached.
 
 The `rows` and `split` forms spend most of their time between operators:
 each edge of the sparse attention is a few ATen calls over a whole (d, M)
 plane, each clip of the linear attention a few more, so every key and value
-plane goes through memory once per edge. The fused kernels walk the same
-layouts in cache-sized blocks, one operator a call (forward and backward
-written by hand, tested against autograd of the reference forms).
+plane goes through memory once per edge, and the projection's output is
+turned into planes and the attention's output back into rows. The fused
+kernels take the projection as one nn.Linear product writes it, rows of
+tokens, walk it in cache-sized blocks, one operator a call, and give output
+and gradient back as rows (forward and backward written by hand, tested
+against autograd of the reference forms). Add & Norm, LayerNorm(x +
+dropout(y)), is one pass over x and y instead of three.
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
@@ -190,7 +194,8 @@ class _AddNorm(torch.autograd.Function):
 def add_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, p: float) -> torch.Tensor:
     """Add & Norm, norm(x + dropout(y, p)) over the last axis, in one pass: the dropout multipliers are those
     `dropout` draws from the same seed, drawn again in the backward pass. The sum is kept for the backward
-    pass only where a gradient will be asked for."""
+    pass only where a gradient will be asked for; the backward pass is not differentiable again (as the
+    attention kernels' are not)."""
     _require(x)
     keep_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, norm.weight, norm.bias))
     return _AddNorm.apply(x.contiguous(), y.contiguous(), norm.weight, norm.bias, p, _seed() if p > 0 else 0,

@@ -138,8 +138,8 @@ class TemporalAttention(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"unknown temporal kernel {kernel!r}; choose one of {KERNELS}")
         self.heads, self.eps, self.kernel = heads, eps, kernel
-        # one (d, N) matrix per joint and head: output rows in (H, 3, d) order (the padded form applies the
-        # same weight as nn.Linear, (N, V, 3, H, d))
+        # one (d, N) matrix per joint and head: output rows in (H, 3, d) order (the fused and padded forms
+        # apply the same weight as nn.Linear, (N, V, 3, H, d))
         self.qkv = PlaneProjection(width, heads, ("head", "qkv", "depth"))
 
     def kernel_for(self, x: torch.Tensor) -> str:
@@ -152,7 +152,7 @@ class TemporalAttention(nn.Module):
         h, d = self.heads, c // self.heads
         scale, kernel = d ** -0.25, self.kernel_for(x)
         if kernel in ("padded", "fused"):
-            qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
+            qkv = F.linear(x.reshape(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
             if kernel == "fused":
                 return fused.linear_attention(qkv, segments.bounds, scale, self.eps).view(n, v, c)  # (N, V, H*d)
             return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)

@@ -282,8 +282,8 @@ class SpatialAttention(nn.Module):
         if kernel == "edges" and mask is not None and ops is None:
             raise ValueError("the edges kernel needs segment ops (star.network.scatter.get_backend)")
         self.heads, self.kernel, self.ops, self.attention_dropout = heads, kernel, ops, attention_dropout
-        # the rows kernel's planes are (d, M) with M = (H, N): output rows in (3, d, H) order; the other
-        # forms apply the same weight as nn.Linear, (N, V, 3, H, d)
+        # the rows kernel's planes are (d, M) with M = (H, N) and the fused kernel's tokens (3, d, H): output
+        # rows in (3, d, H) order; the other forms apply the same weight as nn.Linear, (N, V, 3, H, d)
         self.qkv = PlaneProjection(width, heads, ("qkv", "depth", "head")) if kernel in ("fused", "rows", "auto") \
             and mask is not None else nn.Linear(width, 3 * width, bias=False)
         self.graph = None if mask is None else NeighbourhoodGraph.from_mask(mask)
@@ -315,9 +315,10 @@ class SpatialAttention(nn.Module):
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
             dropout = self.attention_dropout if dropping else 0.0
             return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, dropout=dropout).view(n, v, c)  # (N, V, H*d)
-        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M)
-        if kernel == "fused":  # M = (N, H)
-            qkv = F.linear(x.view(n * v, c), self.qkv.ordered_weight()).view(n, v, 3, d, h)  # (N, V, 3, d, H)
+        # (E, M), its columns in the kernel's order: (N, H) for fused, (H, N) for rows and edges
+        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None
+        if kernel == "fused":
+            qkv = F.linear(x.reshape(n * v, c), self.qkv.ordered_weight()).view(n, v, 3, d, h)  # (N, V, 3, d, H)
             return fused.sparse_attention(qkv, graph.rowptr, graph.key, keep).view(n, v, c)  # (N, V, H*d)
         if kernel == "rows":  # M = (H, N)
             planes = self.qkv(x).view(v, 3, d, h * n)  # (V, 3, d, M): q, k, v planes

@@ -160,8 +160,8 @@ def kernel_forms(model: nn.Module, form: str):
     of the model, and the fused kernels are opaque to tracing.
     """
     sparse, temporal = KERNEL_FORMS[form]
-    attentions = [m for m in model.modules() if isinstance(m, (SpatialAttention, TemporalAttention))
-                  and not (isinstance(m, SpatialAttention) and m.graph is None)]
+    # the full ablation's dense attention has one form, but its kernel decides its layers' Add & Norm as well
+    attentions = [m for m in model.modules() if isinstance(m, (SpatialAttention, TemporalAttention))]
     before = [m.kernel for m in attentions]
     for module in attentions:
         module.kernel = sparse if isinstance(module, SpatialAttention) else temporal
@@ -198,8 +198,9 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(config.dropout)
 
     def add_norm(self, norm: nn.LayerNorm, x: torch.Tensor, sublayer: torch.Tensor) -> torch.Tensor:
-        """norm(x + dropout(sublayer)); on the CPU one pass of a fused kernel (star.network.fused.add_norm)."""
-        if fused.usable(x):
+        """norm(x + dropout(sublayer)); one pass of a fused kernel (star.network.fused.add_norm) where the
+        attention runs its fused kernel, so that every kernel form but the CPU's runs the unfused ATen form."""
+        if self.attention.kernel_for(x) == "fused":
             return fused.add_norm(x, sublayer, norm, self.dropout.p if self.training else 0.0)
         return norm(x + self.dropout(sublayer))
 

@@ -58,7 +58,6 @@ inline float exp_of<float>(float x) {
 // contiguous: one token of 3 H d values per joint of a row.
 struct RowLayout {
   int64_t rows, joints, heads, d;
-  int64_t channels() const { return heads * d; }
   int64_t token() const { return 3 * heads * d; }
   int64_t row_stride() const { return joints * token(); }
 };
@@ -68,6 +67,7 @@ RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
   TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "qkv must be (N, V, 3, ", heads_last ? "d, H" : "H, d",
               "), got ", qkv.sizes());
   TORCH_CHECK(qkv.is_contiguous(), "qkv must be contiguous, as F.linear writes it");
+  TORCH_CHECK(qkv.size(3) > 0 && qkv.size(4) > 0, "qkv needs at least one head of depth one, got ", qkv.sizes());
   return heads_last ? RowLayout{qkv.size(0), qkv.size(1), qkv.size(4), qkv.size(3)}
                     : RowLayout{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)};
 }
