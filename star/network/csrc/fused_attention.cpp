@@ -84,27 +84,20 @@ int64_t block_rows(const RowLayout& l) {
   return kBlock / l.heads;
 }
 
-// qkv rows -> planes (V, 3, d, kBlock)
-template <typename T>
-void gather_planes(const T* qkv, const RowLayout& l, const Block& b, T* planes) {
+// qkv rows <-> planes (V, 3, d, kBlock): the projections gathered for a block, and their gradient written back
+template <typename T, bool ToPlanes>
+void move_tokens(T* rows, const RowLayout& l, const Block& b, T* planes) {
   const int64_t heads = l.heads, lines = 3 * l.d;
   for (int64_t r = 0; r < b.count; ++r)
     for (int64_t j = 0; j < l.joints; ++j) {
-      const T* __restrict__ from = qkv + (b.n0 + r) * l.row_stride() + j * l.token();
-      T* __restrict__ to = planes + j * lines * kBlock + r * heads;
-      for (int64_t line = 0; line < lines; ++line) std::copy_n(from + line * heads, heads, to + line * kBlock);
-    }
-}
-
-// planes (V, 3, d, kBlock) -> rows of the gradient, in qkv's layout
-template <typename T>
-void scatter_planes(const T* planes, const RowLayout& l, const Block& b, T* grad) {
-  const int64_t heads = l.heads, lines = 3 * l.d;
-  for (int64_t r = 0; r < b.count; ++r)
-    for (int64_t j = 0; j < l.joints; ++j) {
-      const T* __restrict__ from = planes + j * lines * kBlock + r * heads;
-      T* __restrict__ to = grad + (b.n0 + r) * l.row_stride() + j * l.token();
-      for (int64_t line = 0; line < lines; ++line) std::copy_n(from + line * kBlock, heads, to + line * heads);
+      T* token = rows + (b.n0 + r) * l.row_stride() + j * l.token();
+      T* plane = planes + j * lines * kBlock + r * heads;
+      for (int64_t line = 0; line < lines; ++line) {
+        if constexpr (ToPlanes)
+          std::copy_n(token + line * heads, heads, plane + line * kBlock);
+        else
+          std::copy_n(plane + line * kBlock, heads, token + line * heads);
+      }
     }
 }
 
@@ -237,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
       buffer.resize(4 * plane_size + degree * kBlock);  // q, k, v planes, the output's, the scores
       scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
       const int64_t width = b.count * l.heads;
-      gather_planes(qkv.data_ptr<scalar_t>(), l, b, planes);
+      move_tokens<scalar_t, true>(qkv.data_ptr<scalar_t>(), l, b, planes);
       auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
       run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
           static_cast<scalar_t>(scale), width, out_planes, scores);
@@ -324,13 +317,13 @@ at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Te
       buffer.resize(7 * plane_size + degree * kBlock);  // q, k, v planes, their gradients, grad_out's, dA
       scalar_t *planes = buffer.data(), *grads = planes + 3 * plane_size, *go = grads + 3 * plane_size;
       const int64_t width = b.count * l.heads;
-      gather_planes(qkv.data_ptr<scalar_t>(), l, b, planes);
+      move_tokens<scalar_t, true>(qkv.data_ptr<scalar_t>(), l, b, planes);
       move_outputs<scalar_t, true>(grad_out.data_ptr<scalar_t>(), l, b, go);
       std::fill(grads, grads + 3 * plane_size, scalar_t(0));
       auto run = width == kBlock ? sparse_backward_block<scalar_t, kBlock> : sparse_backward_block<scalar_t, 0>;
       run(planes, l.d, ptr, key, l.joints, keep_data, alpha.data_ptr<scalar_t>(), columns, b.n0 * l.heads,
           static_cast<scalar_t>(scale), width, go, grads, go + plane_size);
-      scatter_planes(grads, l, b, grad.data_ptr<scalar_t>());
+      move_tokens<scalar_t, false>(grad.data_ptr<scalar_t>(), l, b, grads);
     });
   });
   return grad;
