@@ -84,6 +84,18 @@ def test_graph_lists_the_neighbourhood_by_row():
         start = graph.starts[i]
         assert graph.key[start:start + len(graph.neighbours[i])].tolist() == graph.neighbours[i]
         assert (graph.query[start:start + len(graph.neighbours[i])] == i).all()
+    # slot-major, the rows kernel's order: slot s is the s-th edge of every joint that has one, each edge once
+    degrees = graph.rowptr.diff()
+    assert sorted(graph.slot_edge.tolist()) == list(range(191)) and sum(graph.slot_sizes) == 191
+    for s, part in enumerate(graph.slots()):
+        joints = graph.order[:part.stop - part.start]
+        assert set(joints.tolist()) == set(torch.nonzero(degrees > s).flatten().tolist())
+        assert graph.slot_edge[part].tolist() == (graph.rowptr[joints] + s).tolist()
+        assert graph.slot_row[part].tolist() == list(range(len(joints)))
+    lonely = np.eye(3, dtype=bool)
+    lonely[1, 1] = False
+    with pytest.raises(ValueError, match=r"joints \[1\] have no edge"):
+        NeighbourhoodGraph.from_mask(lonely)
 
 
 def _planes(v=25, d=4, m=6, dtype=torch.float64, seed=0):
@@ -254,6 +266,21 @@ def test_sparse_scores_are_stable_for_large_logits():
     as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # exp(score) alone would overflow for these
     for backend in BACKENDS:
         assert torch.isfinite(edge_attention(*as_edges, graph, get_backend(backend))).all()
+
+
+@pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
+def test_traced_rows_kernel_makes_one_call_per_slot_and_the_same_numbers(counts):
+    """A trace (the FLOP counters') records every call: traced, the rows kernel runs slot by slot."""
+    graph = NeighbourhoodGraph.from_mask(counts)
+    q, k, v = _planes()
+    keep = (torch.rand(graph.num_edges, q.shape[-1], dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
+    for mask in (None, keep):
+        with torch.no_grad():
+            traced = torch.jit.trace(lambda a, b, c, mask=mask: row_attention(a, b, c, graph, mask), (q, k, v))
+            torch.testing.assert_close(traced(q, k, v), row_attention(q, k, v, graph, mask), rtol=1e-12, atol=1e-12)
+        products = [node.kind() for node in traced.graph.nodes() if node.kind().startswith("aten::linalg_vecdot")]
+        assert len(products) == len(graph.slot_sizes) < graph.num_edges
 
 
 def test_row_kernel_gradient_matches_finite_differences_with_and_without_dropout():

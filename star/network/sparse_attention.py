@@ -37,7 +37,11 @@ autocast) and
   The gradient is written by hand (`_RowAttention`) the same way, edge by
   edge, adding into the key and value gradient planes in place, so no step
   moves more bytes than the activations hold (gathering each row's deg(i) <= 13
-  key and value planes into a copy would move 8x that).
+  key and value planes into a copy would move 8x that). Traced without
+  gradients (the MAC counters trace it), it runs slot by slot instead
+  (`NeighbourhoodGraph`): each slot's key and value planes gathered into one
+  block, the same products in a few calls per slot rather than per edge,
+  because a trace records every call and costs per call.
 - `gather` (`auto` elsewhere): the neighbourhood as a table of each query's keys, padded to the
   largest degree D (13 with the anatomical hands; a padded slot has score
   -inf). One gather of the keys and values of every slot, one product and sum
@@ -64,7 +68,7 @@ outputs are concatenated with no output projection; dropout (rate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -78,7 +82,7 @@ from star.network.projection import PlaneProjection, planes_to_rows
 from star.network.scatter import SegmentOps
 
 KERNELS = ("auto", "fused", "rows", "gather", "edges")
-GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias")  # NeighbourhoodGraph's tensor fields, in order
+GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias", "order", "slot_edge", "slot_row")  # its tensors
 
 
 def device_form(x: torch.Tensor) -> bool:
@@ -88,52 +92,74 @@ def device_form(x: torch.Tensor) -> bool:
 
 @dataclass
 class NeighbourhoodGraph:
-    """Index lists of a joint neighbourhood, as tensors (edge list, CSR pointer) and as Python lists."""
+    """Index lists of a joint neighbourhood, as tensors (edge list, CSR pointer, slots) and as Python lists.
+
+    Slot s holds the s-th edge of every query joint with more than s edges.
+    With the query joints ordered by degree, largest first (`order`), those
+    are the first `slot_sizes[s]` of them, so each slot is a prefix of
+    `order` and a run of the slot-major edge list (`slot_edge`).
+    """
 
     query: torch.Tensor  # (E,) attending joint of each edge, sorted
     key: torch.Tensor  # (E,) attended joint of each edge
     rowptr: torch.Tensor  # (V + 1,) edges of query i are rowptr[i]:rowptr[i+1]
     table: torch.Tensor  # (V, D) keys of each query joint in edge order, padded with the joint itself
     bias: torch.Tensor  # (V, D, 1) float32: 0 on an edge, -inf on a padded slot
+    order: torch.Tensor  # (V,) query joints by degree, largest first (ties in joint order)
+    slot_edge: torch.Tensor  # (E,) slot-major: slot 0's edges in `order`, then slot 1's, ...
+    slot_row: torch.Tensor  # (E,) each slot-major entry's place in `order`
     neighbours: list[list[int]]  # per query joint: its keys, in edge order
     starts: list[int]  # per query joint: its first edge
+    slot_sizes: list[int]  # per slot: how many query joints have an edge there
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> NeighbourhoodGraph:
         """`mask` (V, V): bool, or the number of times each pair is an edge (`star.skeleton.power_edge_counts`)."""
         counts = np.asarray(mask).astype(np.int64)
+        degrees = counts.sum(axis=1)
+        if not degrees.all():
+            raise ValueError(f"joints {np.flatnonzero(degrees == 0).tolist()} have no edge: every query joint "
+                             "needs a neighbourhood (hop 0, the joint itself, is in every STAR neighbourhood)")
         query, key = np.nonzero(counts)  # row-major order: sorted by query
         query, key = np.repeat(query, counts[query, key]), np.repeat(key, counts[query, key])  # repeated edges
-        rowptr = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])
+        rowptr = np.concatenate([[0], np.cumsum(degrees)])
         as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
-        degrees = np.diff(rowptr)
         slot = np.arange(degrees.max())  # (D,)
         filled = slot[None, :] < degrees[:, None]  # (V, D)
         slot_edges = np.where(filled, rowptr[:-1, None] + slot[None, :], 0)  # (V, D): each slot's edge
+        order = np.argsort(-degrees, kind="stable")  # (V,)
+        sizes = filled.sum(axis=0)  # (D,): slot s is filled for the first sizes[s] joints of `order`
         return cls(
             query=as_long(query),
             key=as_long(key),
             rowptr=as_long(rowptr),
             table=as_long(np.where(filled, key[slot_edges], np.arange(len(mask))[:, None])),
             bias=torch.as_tensor(np.where(filled, 0.0, -np.inf)[:, :, None], dtype=torch.float32),
+            order=as_long(order),
+            slot_edge=as_long(np.concatenate([slot_edges[order[:size], s] for s, size in enumerate(sizes)])),
+            slot_row=as_long(np.concatenate([np.arange(size) for size in sizes])),
             neighbours=[key[rowptr[i]:rowptr[i + 1]].tolist() for i in range(len(mask))],
             starts=rowptr[:-1].tolist(),
+            slot_sizes=sizes.tolist(),
         )
 
     @property
     def num_edges(self) -> int:
-        return len(self.query)
+        return sum(self.slot_sizes)  # a host number, also while tracing
 
     def to(self, device: torch.device) -> NeighbourhoodGraph:
-        move = lambda t: t.to(device)  # noqa: E731
-        return NeighbourhoodGraph(move(self.query), move(self.key), move(self.rowptr), move(self.table),
-                                  move(self.bias), self.neighbours, self.starts)
+        return replace(self, **{name: getattr(self, name).to(device) for name in GRAPH_TENSORS})
 
     def slot_edges(self) -> torch.Tensor:
         """(V, D) the edge of each slot of `table` (padded slots: edge 0), to lay an (E, ...) tensor out by slot."""
         slot = torch.arange(self.table.shape[1], device=self.rowptr.device)
         filled = slot[None, :] < self.rowptr.diff()[:, None]
         return torch.where(filled, self.rowptr[:-1, None] + slot[None, :], 0)
+
+    def slots(self) -> list[slice]:
+        """Each slot's run of the slot-major edge list; slot s covers the first slot_sizes[s] joints of `order`."""
+        ends = np.cumsum(self.slot_sizes).tolist()
+        return [slice(end - size, end) for size, end in zip(self.slot_sizes, ends, strict=True)]
 
 
 def _row_attention_forward(q, k, v, keep, graph: NeighbourhoodGraph, scale: float):
@@ -196,6 +222,41 @@ class _RowAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None
 
 
+def _combine_slots(values: torch.Tensor, graph: NeighbourhoodGraph, combine) -> torch.Tensor:
+    """(E, M) slot-major -> (V, M) in `order`: each query joint's entries combined by `combine` (torch.add, ...)."""
+    slots = graph.slots()
+    total = values[slots[0]].clone()  # slot 0: every joint
+    for part in slots[1:]:
+        size = part.stop - part.start
+        combine(total[:size], values[part], out=total[:size])
+    return total
+
+
+def _slot_attention_forward(q, k, v, keep, graph: NeighbourhoodGraph, scale: float) -> torch.Tensor:
+    """Eq. 2-3 slot by slot on (V, d, M) planes: the rows kernel's products in a few calls per slot.
+
+    Slot s gathers the s-th key and value plane of every query joint that has
+    one: one batched dot product over d gives its scores, one batched
+    multiply-add adds its values into the outputs. The gathered blocks are
+    as large as the keys, and on large batches this runs slower than the
+    per-edge form; it exists for tracing, which records every call.
+    """
+    slots, joints = graph.slots(), graph.key[graph.slot_edge]  # (E,) each slot-major entry's key joint
+    queries = q[graph.order] * scale  # (V, d, M), in `order`
+    scores = q.new_empty(graph.num_edges, q.shape[-1])  # (E, M), slot-major
+    for part in slots:
+        size = part.stop - part.start
+        torch.linalg.vecdot(queries[:size], k[joints[part]], dim=1, out=scores[part])
+    alpha = scores.sub_(_combine_slots(scores, graph, torch.maximum)[graph.slot_row]).exp_()
+    alpha.div_(_combine_slots(alpha, graph, torch.add)[graph.slot_row])
+    weights = alpha if keep is None else alpha * keep[graph.slot_edge]
+    out = torch.mul(v[joints[slots[0]]], weights[slots[0], None])  # (V, d, M), in `order`
+    for part in slots[1:]:
+        size = part.stop - part.start
+        out[:size].addcmul_(v[joints[part]], weights[part, None])
+    return torch.empty_like(out).index_copy_(0, graph.order, out)
+
+
 def _contiguous_planes(t: torch.Tensor) -> torch.Tensor:
     """(V, d, M) with each joint's (d, M) plane contiguous; the joints may lie apart (views of one projection)."""
     return t if t[0].is_contiguous() else t.contiguous()
@@ -207,11 +268,15 @@ def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: Neig
 
     Without gradients (inference, and the tracing FLOP counters) the plain
     forward runs, so its operations are visible to tracers and nothing is
-    kept for a backward pass.
+    kept for a backward pass. Traced, it runs slot by slot (one call per
+    slot instead of one per edge: the same products, in a trace of a tenth
+    of the calls).
     """
     q, k, v, scale = _contiguous_planes(q), _contiguous_planes(k), _contiguous_planes(v), q.shape[1] ** -0.5
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _RowAttention.apply(q, k, v, keep, graph, scale)
+    if torch.jit.is_tracing():
+        return _slot_attention_forward(q, k, v, keep, graph, scale)
     return _row_attention_forward(q, k, v, keep, graph, scale)[0]
 
 
@@ -293,8 +358,7 @@ class SpatialAttention(nn.Module):
 
     def graph_here(self) -> NeighbourhoodGraph:
         """The neighbourhood with its tensors on the module's device."""
-        return NeighbourhoodGraph(*(getattr(self, f"graph_{name}") for name in GRAPH_TENSORS),
-                                  self.graph.neighbours, self.graph.starts)
+        return replace(self.graph, **{name: getattr(self, f"graph_{name}") for name in GRAPH_TENSORS})
 
     def kernel_for(self, x: torch.Tensor) -> str:
         """The kernel that runs on `x`: the configured one, or for `auto` the form for x's device."""
