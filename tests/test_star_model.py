@@ -283,12 +283,27 @@ def test_traced_rows_kernel_makes_one_call_per_slot_and_the_same_numbers(counts)
         assert len(products) == len(graph.slot_sizes) < graph.num_edges
 
 
-def test_row_kernel_gradient_matches_finite_differences_with_and_without_dropout():
+def test_row_kernel_gradient_is_autograds_through_the_masked_dense_softmax_with_and_without_dropout():
+    """float64 to 1e-12: the hand-written backward against autograd through the dense reference, the dropout
+    mask laid out on the (V, V) pairs (each pair an edge once here, so a pair has one mask entry)."""
     graph = NeighbourhoodGraph.from_mask(MASK)
-    q, k, v = (t.requires_grad_() for t in _planes(d=3, m=2))  # 450 inputs: gradcheck perturbs each in turn
-    keep = (torch.rand(graph.num_edges, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) > 0.4) / 0.6
-    assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph), (q, k, v))
-    assert torch.autograd.gradcheck(lambda a, b, c: row_attention(a, b, c, graph, keep.double()), (q, k, v))
+    q, k, v = (t.requires_grad_() for t in _planes())  # (V, d, M)
+    m = q.shape[-1]
+    weights = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    keep = (torch.rand(graph.num_edges, m, generator=torch.Generator().manual_seed(1)) > 0.4).double() / 0.6
+    on_pairs = torch.zeros(m, 25, 25, dtype=torch.float64)
+    on_pairs[:, graph.query, graph.key] = keep.T  # (M, V, V)
+    as_rows = [t.permute(2, 0, 1) for t in (q, k, v)]  # (M, V, d)
+    scores = as_rows[0] @ as_rows[1].transpose(1, 2) * q.shape[1] ** -0.5 + torch.as_tensor(MASK).log()
+    alpha = torch.softmax(scores, dim=-1)  # (M, V, V)
+    for mask, dense_weights in ((None, alpha), (keep, alpha * on_pairs)):
+        reference = (dense_weights @ as_rows[2]).permute(1, 2, 0)  # (V, d, M)
+        out = row_attention(q, k, v, graph, mask)
+        torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+        for got, want in zip(torch.autograd.grad((out * weights).sum(), (q, k, v)),
+                             torch.autograd.grad((reference * weights).sum(), (q, k, v), retain_graph=True),
+                             strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_backends_agree_on_edge_attention_values_and_gradients():

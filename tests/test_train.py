@@ -370,8 +370,7 @@ def test_two_processes_train_one_run(short_store, tmp_path):
                    check=True, env=env, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(read_history(out)) == 2 and metrics["test_clips"] == 24
-    subprocess.run([sys.executable, "-m", "star.cli", "evaluate", "--run", str(out), "--checkpoint", "last",
-                    "--out", str(tmp_path), "--workers", "0"], check=True, capture_output=True)
+    assert main(["evaluate", "--run", str(out), "--checkpoint", "last", "--out", str(tmp_path), "--workers", "0"]) == 0
     single = json.loads((tmp_path / "last-test.json").read_text())
     assert single["clips"] == 24 and single["top1_pct"] == metrics["top1_pct"]
     assert single["loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
