@@ -196,7 +196,8 @@ def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradie
 @pytest.mark.parametrize(("h", "d"), [(2, 5), (8, 8), (8, 16)], ids=["any", "star-64", "star-128"])
 def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps, h, d):
     """float32 to 1e-5 of the quadratic form in float64 on the raw projections (phi inside the kernel), clips of
-    1 to 9 rows; the kernel's general form and its two specialised ones (8 heads of depth 8 and 16)."""
+    1 to 9 rows (the kernel sums over tiles of 8 rows: part of one, one and a part); the kernel's general form
+    and its two specialised ones (8 heads of depth 8 and 16, sums in registers)."""
     bounds = [0, 3, 4, 13, 20]
     qkv = _token_rows(20, d, h, heads_last=False).requires_grad_()  # (N, V, 3, H, d)
     exact = qkv.detach().double().requires_grad_()
