@@ -74,6 +74,29 @@ RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
                     : RowLayout{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)};
 }
 
+// The heads H and depth d of a call, compile-time constants where the kernels are specialised (H = 8 and
+// d = 8 or 16, STAR-64 and STAR-128) and read at run time elsewhere (H = D = 0), so that the loops over them
+// unroll into whole-register moves and products. The linear attention's per-token steps loop over heads
+// inside the sum's index, so the H sums of a step are independent and run side by side instead of waiting
+// on each other's additions.
+template <int64_t H, int64_t D>
+struct Shape {
+  int64_t heads_runtime, d_runtime;
+  int64_t heads() const { return H > 0 ? H : heads_runtime; }
+  int64_t d() const { return D > 0 ? D : d_runtime; }
+};
+
+// run(shape) with the shape's compile-time form where there is one
+template <typename Run>
+void with_shape(const RowLayout& l, const Run& run) {
+  if (l.heads == 8 && l.d == 8)
+    run(Shape<8, 8>{8, 8});
+  else if (l.heads == 8 && l.d == 16)
+    run(Shape<8, 16>{8, 16});
+  else
+    run(Shape<0, 0>{l.heads, l.d});
+}
+
 // A block of the sparse attention: rows n0..n0+count, laid out as joint planes with kBlock columns (row, head)
 // innermost. Each row's qkv is one token of (3, d, H) values per joint, so a plane row gathers H contiguous
 // values from each of the block's rows.
@@ -86,38 +109,24 @@ int64_t block_rows(const RowLayout& l) {
   return kBlock / l.heads;
 }
 
-// qkv rows <-> planes (V, 3, d, kBlock): the projections gathered for a block, and their gradient written back
-template <typename T, bool ToPlanes>
-void move_tokens(T* rows, const RowLayout& l, const Block& b, T* planes) {
-  const int64_t heads = l.heads, lines = 3 * l.d;
+// rows <-> planes, a block's rows at a time: each joint's token of `lines` x H values to and from planes of
+// `lines` x kBlock, value (line, h) of row r in column r H + h. A token is qkv's (3 d lines, H) (the
+// projections gathered, their gradient written back) or, heads first, the output's (H, d lines) (the
+// attention's output and its gradient, heads concatenated as the model's channels are).
+template <typename T, bool ToPlanes, bool HeadsFirst, int64_t H, int64_t D>
+void move_block(Shape<H, D> shape, T* rows, const RowLayout& l, const Block& b, T* planes) {
+  const int64_t heads = shape.heads(), lines = (HeadsFirst ? 1 : 3) * shape.d(), token = lines * heads;
   for (int64_t r = 0; r < b.count; ++r)
     for (int64_t j = 0; j < l.joints; ++j) {
-      T* token = rows + (b.n0 + r) * l.row_stride() + j * l.token();
-      T* plane = planes + j * lines * kBlock + r * heads;
-      for (int64_t line = 0; line < lines; ++line) {
-        if constexpr (ToPlanes)
-          std::copy_n(token + line * heads, heads, plane + line * kBlock);
-        else
-          std::copy_n(plane + line * kBlock, heads, token + line * heads);
-      }
-    }
-}
-
-// (N, V, H, d) rows <-> planes (V, d, kBlock): the attention's output and its gradient, heads concatenated as
-// the model's channels are
-template <typename T, bool ToPlanes>
-void move_outputs(T* rows, const RowLayout& l, const Block& b, T* planes) {
-  const int64_t heads = l.heads, d = l.d;
-  for (int64_t r = 0; r < b.count; ++r)
-    for (int64_t i = 0; i < l.joints; ++i) {
-      T* row = rows + ((b.n0 + r) * l.joints + i) * heads * d;
-      T* plane = planes + i * d * kBlock + r * heads;
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t c = 0; c < d; ++c) {
+      T* __restrict__ values = rows + ((b.n0 + r) * l.joints + j) * token;
+      T* __restrict__ plane = planes + j * lines * kBlock + r * heads;
+      for (int64_t line = 0; line < lines; ++line)
+        for (int64_t h = 0; h < heads; ++h) {
+          T& value = values[HeadsFirst ? h * lines + line : line * heads + h];
           if constexpr (ToPlanes)
-            plane[c * kBlock + h] = row[h * d + c];
+            plane[line * kBlock + h] = value;
           else
-            row[h * d + c] = plane[c * kBlock + h];
+            value = plane[line * kBlock + h];
         }
     }
 }
@@ -228,15 +237,17 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
     const scalar_t* keep_data = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     scalar_t* alpha_data = weights ? alpha.data_ptr<scalar_t>() : nullptr;
     const int64_t plane_size = l.joints * l.d * kBlock;
-    over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
-      buffer.resize(4 * plane_size + degree * kBlock);  // q, k, v planes, the output's, the scores
-      scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
-      const int64_t width = b.count * l.heads;
-      move_tokens<scalar_t, true>(qkv.data_ptr<scalar_t>(), l, b, planes);
-      auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
-      run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
-          static_cast<scalar_t>(scale), width, out_planes, scores);
-      move_outputs<scalar_t, false>(out.data_ptr<scalar_t>(), l, b, out_planes);
+    with_shape(l, [&](auto shape) {
+      over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
+        buffer.resize(4 * plane_size + degree * kBlock);  // q, k, v planes, the output's, the scores
+        scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
+        const int64_t width = b.count * l.heads;
+        move_block<scalar_t, true, false>(shape, qkv.data_ptr<scalar_t>(), l, b, planes);
+        auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
+        run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
+            static_cast<scalar_t>(scale), width, out_planes, scores);
+        move_block<scalar_t, false, true>(shape, out.data_ptr<scalar_t>(), l, b, out_planes);
+      });
     });
   });
   return {out, alpha};
@@ -315,17 +326,19 @@ at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Te
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sparse_attention_backward", [&] {
     const scalar_t* keep_data = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     const int64_t plane_size = l.joints * l.d * kBlock;
-    over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
-      buffer.resize(7 * plane_size + degree * kBlock);  // q, k, v planes, their gradients, grad_out's, dA
-      scalar_t *planes = buffer.data(), *grads = planes + 3 * plane_size, *go = grads + 3 * plane_size;
-      const int64_t width = b.count * l.heads;
-      move_tokens<scalar_t, true>(qkv.data_ptr<scalar_t>(), l, b, planes);
-      move_outputs<scalar_t, true>(grad_out.data_ptr<scalar_t>(), l, b, go);
-      std::fill(grads, grads + 3 * plane_size, scalar_t(0));
-      auto run = width == kBlock ? sparse_backward_block<scalar_t, kBlock> : sparse_backward_block<scalar_t, 0>;
-      run(planes, l.d, ptr, key, l.joints, keep_data, alpha.data_ptr<scalar_t>(), columns, b.n0 * l.heads,
-          static_cast<scalar_t>(scale), width, go, grads, go + plane_size);
-      move_tokens<scalar_t, false>(grad.data_ptr<scalar_t>(), l, b, grads);
+    with_shape(l, [&](auto shape) {
+      over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
+        buffer.resize(7 * plane_size + degree * kBlock);  // q, k, v planes, their gradients, grad_out's, dA
+        scalar_t *planes = buffer.data(), *grads = planes + 3 * plane_size, *go = grads + 3 * plane_size;
+        const int64_t width = b.count * l.heads;
+        move_block<scalar_t, true, false>(shape, qkv.data_ptr<scalar_t>(), l, b, planes);
+        move_block<scalar_t, true, true>(shape, grad_out.data_ptr<scalar_t>(), l, b, go);
+        std::fill(grads, grads + 3 * plane_size, scalar_t(0));
+        auto run = width == kBlock ? sparse_backward_block<scalar_t, kBlock> : sparse_backward_block<scalar_t, 0>;
+        run(planes, l.d, ptr, key, l.joints, keep_data, alpha.data_ptr<scalar_t>(), columns, b.n0 * l.heads,
+            static_cast<scalar_t>(scale), width, go, grads, go + plane_size);
+        move_block<scalar_t, false, false>(shape, grad.data_ptr<scalar_t>(), l, b, grads);
+      });
     });
   });
   return grad;
@@ -351,17 +364,6 @@ inline void feature_map(const T* __restrict__ raw, T s, int64_t count, T* __rest
 // (d x d, key channel first), Z (d).
 struct Task {
   int64_t t0, t1, j0, j1;
-};
-
-// The heads H and depth d of a call, compile-time constants where the kernels are specialised (H = 8 and
-// d = 8 or 16, STAR-64 and STAR-128) and read at run time elsewhere (H = D = 0). The per-token steps loop
-// over heads inside the sum's index, so the H sums of a step are independent and run side by side instead
-// of waiting on each other's additions.
-template <int64_t H, int64_t D>
-struct Shape {
-  int64_t heads_runtime, d_runtime;
-  int64_t heads() const { return H > 0 ? H : heads_runtime; }
-  int64_t d() const { return D > 0 ? D : d_runtime; }
 };
 
 // M_h += x_h y_h^T for every head (M: H d x d matrices, row index from x)
@@ -535,17 +537,6 @@ void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
       run(Task{bounds[m], bounds[m + 1], j0, std::min(joints, j0 + kJointGroup)}, buffer);
     }
   });
-}
-
-// run(shape) with the shape's compile-time form where there is one
-template <typename Run>
-void with_shape(const RowLayout& l, const Run& run) {
-  if (l.heads == 8 && l.d == 8)
-    run(Shape<8, 8>{8, 8});
-  else if (l.heads == 8 && l.d == 16)
-    run(Shape<8, 16>{8, 16});
-  else
-    run(Shape<0, 0>{l.heads, l.d});
 }
 
 at::Tensor linear_attention_forward(const at::Tensor& qkv, at::IntArrayRef bounds, double scale, double eps) {
