@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from star import registry
+from star import registry, runtime
 from star.data.batching import PaddedCollate, collate_compact
 from star.data.synthetic import random_samples
 from star.device import DEVICES, compiled, resolve_device
@@ -41,7 +41,6 @@ from star.network.sparse_attention import SpatialAttention
 from star.network.star import KERNEL_FORMS, STAR, STARConfig
 from star.profiling.dispatch import count_dispatches
 from star.profiling.timing import forward_latency
-from star.runtime import keep_freed_memory
 from star.skeleton import neighbourhood_mask
 
 
@@ -221,7 +220,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time each model compiled by torch.compile")
     parser.add_argument("--skip", nargs="*", default=[], choices=["models", "attention", "backends", "dispatch"])
     args = parser.parse_args()
-    keep_freed_memory()  # as the star command does (star.runtime)
+    runtime.apply()  # as the star command does (star.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -25,7 +25,7 @@ from star.data.synthetic import random_samples
 from star.device import DEVICES, resolve_device
 from star.profiling.batch import ProfilingBatch, draw_batch
 from star.profiling.profile import profile_model, set_threads
-from star.runtime import keep_freed_memory
+from star.runtime import flush_denormals, keep_freed_memory
 
 DEFAULT_MODELS = ["star-64", "star-64-full", "star-128", "star-128-full", "st-gcn", "st-tr"]
 TARGETS = {"st-gcn": 10.0, "st-tr": 20.0}  # STAR-64's speed-up over each baseline, from the profiling issue
@@ -46,6 +46,7 @@ def main() -> None:
     for name in args.models:
         registry.spec(name)  # an unknown name fails before anything is timed
     allocator = keep_freed_memory()["allocator"] if args.allocator == "keep" else "glibc defaults"
+    flush_denormals()  # as the star command does
     threads = set_threads(args.threads)
     device = resolve_device(args.device)
     if args.store:

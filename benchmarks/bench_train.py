@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from star import registry
+from star import registry, runtime
 from star.data.preprocess import preprocess
 from star.data.synthetic import TINY, generate
 from star.device import DEVICES
-from star.runtime import keep_freed_memory
 from star.training.config import run_config
 from star.training.prediction import predict
 from star.training.trainer import Trainer
@@ -70,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.models:
         registry.spec(name)  # an unknown name fails here, before anything runs
-    keep_freed_memory()  # as `star train` does (star.runtime)
+    runtime.apply()  # as `star train` does (star.runtime)
     if args.threads:
         torch.set_num_threads(args.threads)
 

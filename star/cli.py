@@ -434,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "evaluate", "profile"):
-        from star.runtime import keep_freed_memory
+        from star import runtime
 
-        keep_freed_memory()
+        runtime.apply()
     try:
         args.handler(args)
     except (StarError, OSError) as error:  # the suite's errors, and a file the system refuses: one line

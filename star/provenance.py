@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from star import __version__
-from star.runtime import allocator
+from star.runtime import allocator, denormals
 
 _SOURCE = Path(__file__).resolve().parent.parent
 
@@ -43,5 +43,6 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "star_version": __version__,
         "allocator": allocator(),
+        "denormals": denormals(),
         **git_state(),
     }

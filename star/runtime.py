@@ -12,6 +12,15 @@ from the heap and never trims it, which is what the jemalloc or tcmalloc
 preload that CPU performance guides recommend achieves: a process keeps its
 peak memory, and latencies no longer depend on history. Set
 STAR_KEEP_FREED_MEMORY=0 to leave glibc's defaults.
+
+Subnormal floats (below 1.2e-38 in float32) cost x86 CPUs a microcode
+assist per operation. Once a model fits its training clips, the loss's
+gradient can fall that low and flow back through every layer: a training
+epoch of STAR-128 on 64 clips of the tiny set took 183 s instead of 15 s.
+`flush_denormals` has the CPU treat them as zero, as a GPU's fast paths do
+(`torch.set_flush_denormal`); STAR_FLUSH_DENORMALS=0 keeps them. The worker
+threads torch starts later inherit the setting, so it is applied before the
+first parallel operation.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_state = {"allocator": "platform default"}
+_state = {"allocator": "platform default", "denormals": "kept (not set in this process)"}
 
 
 def keep_freed_memory() -> dict:
@@ -43,3 +52,28 @@ def keep_freed_memory() -> dict:
 def allocator() -> str:
     """How host memory is being allocated in this process, for result files."""
     return _state["allocator"]
+
+
+def flush_denormals() -> dict:
+    """Have the CPU flush subnormal floats to zero, in this thread and the threads it starts; what was done."""
+    import torch  # here, so that reading the settings (star.provenance) imports nothing heavy
+
+    if os.environ.get("STAR_FLUSH_DENORMALS", "1") == "0":
+        torch.set_flush_denormal(False)
+        _state["denormals"] = "kept (STAR_FLUSH_DENORMALS=0)"
+    elif torch.set_flush_denormal(True):
+        _state["denormals"] = "flushed to zero"
+    else:  # torch flushes on x86 CPUs with SSE3 only
+        _state["denormals"] = "kept (torch cannot flush them on this CPU)"
+    return dict(_state)
+
+
+def apply() -> dict:
+    """Every setting of this module, as the `star` command applies them before it runs a model."""
+    keep_freed_memory()
+    return flush_denormals()
+
+
+def denormals() -> str:
+    """How subnormal floats are handled in this process, for result files."""
+    return _state["denormals"]

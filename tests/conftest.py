@@ -6,16 +6,16 @@ from dataclasses import replace
 
 import pytest
 
+from star import runtime
 from star.data.preprocess import preprocess
 from star.data.store import CompactStore
 from star.data.synthetic import TINY, generate
-from star.runtime import keep_freed_memory
 
 
 def pytest_configure(config):
-    """The test process allocates as the `star` command does (star.runtime), so the in-process training and
-    profiling tests run as fast as the commands they stand for."""
-    keep_freed_memory()
+    """The test process allocates and treats subnormal floats as the `star` command does (star.runtime), so the
+    in-process training and profiling tests run as fast as the commands they stand for."""
+    runtime.apply()
 
 
 @pytest.fixture(scope="session")
