@@ -46,7 +46,7 @@ def main() -> None:
     for name in args.models:
         registry.spec(name)  # an unknown name fails before anything is timed
     allocator = keep_freed_memory()["allocator"] if args.allocator == "keep" else "glibc defaults"
-    flush_denormals()  # as the star command does
+    denormals = flush_denormals()["denormals"]  # as the star command does
     threads = set_threads(args.threads)
     device = resolve_device(args.device)
     if args.store:
@@ -57,7 +57,8 @@ def main() -> None:
         frames, persons = ntu_like_clips(args.clips, args.seed)
         batch = ProfilingBatch(random_samples(frames, persons, seed=args.seed), ["ntu-like"] * args.clips, {})
     described = batch.describe()
-    print(f"device {device}, {threads} threads, torch {torch.__version__}, allocator: {allocator}")
+    print(f"device {device}, {threads} threads, torch {torch.__version__}, allocator: {allocator}, "
+          f"subnormal floats: {denormals}")
     print(f"batch: {described['clips']} clips, {described['total_frames']} frames, {described['rows']} compact rows; "
           f"baselines padded to {described['padded']['shape']}")
     print(f"{'model':14s} {'latency_ms':>10s} {'min..max':>17s} {'params':>10s} {'gmacs':>8s}  most time (ms)")

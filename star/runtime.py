@@ -15,12 +15,11 @@ STAR_KEEP_FREED_MEMORY=0 to leave glibc's defaults.
 
 Subnormal floats (below 1.2e-38 in float32) cost x86 CPUs a microcode
 assist per operation. Once a model fits its training clips, the loss's
-gradient can fall that low and flow back through every layer: a training
-epoch of STAR-128 on 64 clips of the tiny set took 183 s instead of 15 s.
-`flush_denormals` has the CPU treat them as zero, as a GPU's fast paths do
-(`torch.set_flush_denormal`); STAR_FLUSH_DENORMALS=0 keeps them. The worker
-threads torch starts later inherit the setting, so it is applied before the
-first parallel operation.
+gradient can fall that low and flow back through every layer, and training
+runs an order of magnitude slower (README, "Profiling").
+`flush_denormals` has the CPU treat them as zero (`torch.set_flush_denormal`);
+STAR_FLUSH_DENORMALS=0 keeps them. The worker threads torch starts later
+inherit the setting, so it is applied before the first parallel operation.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def flush_denormals() -> dict:
         _state["denormals"] = "kept (STAR_FLUSH_DENORMALS=0)"
     elif torch.set_flush_denormal(True):
         _state["denormals"] = "flushed to zero"
-    else:  # torch flushes on x86 CPUs with SSE3 only
+    else:  # torch flushes on x86 CPUs with SSE3 and on AArch64 only
         _state["denormals"] = "kept (torch cannot flush them on this CPU)"
     return dict(_state)
 

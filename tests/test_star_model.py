@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from star import registry
@@ -35,6 +36,7 @@ from star.network.sparse_attention import (
     row_attention,
 )
 from star.network.star import KERNEL_FORMS, kernel_forms
+from star.profiling.counting import fvcore_count
 from star.skeleton import neighbourhood_mask, power_edge_counts
 
 MASK = neighbourhood_mask(3)
@@ -86,12 +88,12 @@ def test_graph_lists_the_neighbourhood_by_row():
         assert (graph.query[start:start + len(graph.neighbours[i])] == i).all()
     # slot-major, the rows kernel's order: slot s is the s-th edge of every joint that has one, each edge once
     degrees = graph.rowptr.diff()
-    assert sorted(graph.slot_edge.tolist()) == list(range(191)) and sum(graph.slot_sizes) == 191
+    assert sorted(graph.edge_by_slot.tolist()) == list(range(191)) and sum(graph.slot_sizes) == 191
     for s, part in enumerate(graph.slots()):
         joints = graph.order[:part.stop - part.start]
         assert set(joints.tolist()) == set(torch.nonzero(degrees > s).flatten().tolist())
-        assert graph.slot_edge[part].tolist() == (graph.rowptr[joints] + s).tolist()
-        assert graph.slot_row[part].tolist() == list(range(len(joints)))
+        assert graph.edge_by_slot[part].tolist() == (graph.rowptr[joints] + s).tolist()
+        assert graph.row_by_slot[part].tolist() == list(range(len(joints)))
     lonely = np.eye(3, dtype=bool)
     lonely[1, 1] = False
     with pytest.raises(ValueError, match=r"joints \[1\] have no edge"):
@@ -164,11 +166,12 @@ def _as_planes(qkv):
 
 @needs_fused
 @pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
-@pytest.mark.parametrize(("n", "d", "h"), [(75, 4, 2), (50, 4, 3), (9, 8, 8)], ids=["3-blocks", "3-heads", "star-64"])
+@pytest.mark.parametrize(("n", "d", "h"), [(75, 4, 2), (50, 4, 3), (9, 8, 8), (9, 16, 8)],
+                         ids=["3-blocks", "3-heads", "star-64", "star-128"])
 def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradients(counts, n, d, h):
     """float32 to 1e-5 of the references in float64, on rows in the model's layout; 75 rows of 2 heads: two
     full blocks of the kernel's 64 columns and a partial one; 3 heads, which do not divide 64: blocks of 21
-    rows (63 columns); 8 heads of depth 8 as STAR-64's."""
+    rows (63 columns); 8 heads of depth 8 and 16 as STAR-64's and STAR-128's."""
     graph = NeighbourhoodGraph.from_mask(counts)
     qkv = _token_rows(n, d, h).requires_grad_()  # (N, V, 3, d, H)
     exact = qkv.detach().double().requires_grad_()
@@ -211,6 +214,10 @@ def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps, h
     (got,) = torch.autograd.grad((out * weights).sum(), qkv)
     (want,) = torch.autograd.grad((reference * weights.double()).sum(), exact)
     torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
+    exact_out = fused.linear_attention(exact, bounds, 0.7, eps)  # the kernel in float64: its blocks of 8 doubles
+    torch.testing.assert_close(exact_out, reference, atol=1e-10, rtol=1e-10)
+    (exact_got,) = torch.autograd.grad((exact_out * weights.double()).sum(), exact)
+    torch.testing.assert_close(exact_got, want, atol=1e-10, rtol=1e-10)
 
 
 @needs_fused
@@ -263,10 +270,24 @@ def test_sparse_scores_are_stable_for_large_logits():
     graph = NeighbourhoodGraph.from_mask(MASK)
     q, k, v = (t * 1000 for t in _planes(dtype=torch.float32))
     assert torch.isfinite(row_attention(q, k, v, graph)).all()
+    with torch.no_grad():  # traced (slot by slot), each query's maximum is subtracted as well
+        traced = torch.jit.trace(lambda a, b, c: row_attention(a, b, c, graph), (q, k, v))
+        torch.testing.assert_close(traced(q, k, v), row_attention(q, k, v, graph))
     assert torch.isfinite(fused.sparse_attention(_token_rows(3, 4, 2) * 1000, graph.rowptr, graph.key)).all()
     as_edges = [t.transpose(1, 2) for t in (q, k, v)]  # exp(score) alone would overflow for these
     for backend in BACKENDS:
         assert torch.isfinite(edge_attention(*as_edges, graph, get_backend(backend))).all()
+
+
+class _Rows(nn.Module):
+    """The rows kernel as a module, for a FLOP counter to trace."""
+
+    def __init__(self, graph: NeighbourhoodGraph, keep: torch.Tensor | None):
+        super().__init__()
+        self.graph, self.keep = graph, keep
+
+    def forward(self, q, k, v):
+        return row_attention(q, k, v, self.graph, self.keep)
 
 
 @pytest.mark.parametrize("counts", [MASK.astype(int), power_edge_counts(3, "stgcn")], ids=["set", "repeated"])
@@ -282,6 +303,11 @@ def test_traced_rows_kernel_makes_one_call_per_slot_and_the_same_numbers(counts)
             torch.testing.assert_close(traced(q, k, v), row_attention(q, k, v, graph, mask), rtol=1e-12, atol=1e-12)
         products = [node.kind() for node in traced.graph.nodes() if node.kind().startswith("aten::linalg_vecdot")]
         assert len(products) == len(graph.slot_sizes) < graph.num_edges
+        # and the counters see the per-edge form's products, operator by operator
+        (v_joints, d, m), edges = q.shape, graph.num_edges
+        counted = fvcore_count(_Rows(graph, mask), (q, k, v)).by_operator
+        assert counted == {"linalg_vecdot": edges * d * m, "addcmul_": (edges - v_joints) * d * m,
+                           "mul": v_joints * d * m + (0 if mask is None else edges * m)}
 
 
 def test_row_kernel_gradient_is_autograds_through_the_masked_dense_softmax_with_and_without_dropout():

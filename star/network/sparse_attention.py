@@ -82,7 +82,7 @@ from star.network.projection import PlaneProjection, planes_to_rows
 from star.network.scatter import SegmentOps
 
 KERNELS = ("auto", "fused", "rows", "gather", "edges")
-GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias", "order", "slot_edge", "slot_row")  # its tensors
+GRAPH_TENSORS = ("query", "key", "rowptr", "table", "bias", "order", "edge_by_slot", "row_by_slot")  # its tensors
 
 
 def device_form(x: torch.Tensor) -> bool:
@@ -97,7 +97,7 @@ class NeighbourhoodGraph:
     Slot s holds the s-th edge of every query joint with more than s edges.
     With the query joints ordered by degree, largest first (`order`), those
     are the first `slot_sizes[s]` of them, so each slot is a prefix of
-    `order` and a run of the slot-major edge list (`slot_edge`).
+    `order` and a run of the slot-major edge list (`edge_by_slot`).
     """
 
     query: torch.Tensor  # (E,) attending joint of each edge, sorted
@@ -106,8 +106,8 @@ class NeighbourhoodGraph:
     table: torch.Tensor  # (V, D) keys of each query joint in edge order, padded with the joint itself
     bias: torch.Tensor  # (V, D, 1) float32: 0 on an edge, -inf on a padded slot
     order: torch.Tensor  # (V,) query joints by degree, largest first (ties in joint order)
-    slot_edge: torch.Tensor  # (E,) slot-major: slot 0's edges in `order`, then slot 1's, ...
-    slot_row: torch.Tensor  # (E,) each slot-major entry's place in `order`
+    edge_by_slot: torch.Tensor  # (E,) slot-major: slot 0's edges in `order`, then slot 1's, ...
+    row_by_slot: torch.Tensor  # (E,) each slot-major entry's place in `order`
     neighbours: list[list[int]]  # per query joint: its keys, in edge order
     starts: list[int]  # per query joint: its first edge
     slot_sizes: list[int]  # per slot: how many query joints have an edge there
@@ -119,7 +119,7 @@ class NeighbourhoodGraph:
         degrees = counts.sum(axis=1)
         if not degrees.all():
             raise ValueError(f"joints {np.flatnonzero(degrees == 0).tolist()} have no edge: every query joint "
-                             "needs a neighbourhood (hop 0, the joint itself, is in every STAR neighbourhood)")
+                             "needs a neighbourhood to attend to")
         query, key = np.nonzero(counts)  # row-major order: sorted by query
         query, key = np.repeat(query, counts[query, key]), np.repeat(key, counts[query, key])  # repeated edges
         rowptr = np.concatenate([[0], np.cumsum(degrees)])
@@ -136,8 +136,8 @@ class NeighbourhoodGraph:
             table=as_long(np.where(filled, key[slot_edges], np.arange(len(mask))[:, None])),
             bias=torch.as_tensor(np.where(filled, 0.0, -np.inf)[:, :, None], dtype=torch.float32),
             order=as_long(order),
-            slot_edge=as_long(np.concatenate([slot_edges[order[:size], s] for s, size in enumerate(sizes)])),
-            slot_row=as_long(np.concatenate([np.arange(size) for size in sizes])),
+            edge_by_slot=as_long(np.concatenate([slot_edges[order[:size], s] for s, size in enumerate(sizes)])),
+            row_by_slot=as_long(np.concatenate([np.arange(size) for size in sizes])),
             neighbours=[key[rowptr[i]:rowptr[i + 1]].tolist() for i in range(len(mask))],
             starts=rowptr[:-1].tolist(),
             slot_sizes=sizes.tolist(),
@@ -241,15 +241,15 @@ def _slot_attention_forward(q, k, v, keep, graph: NeighbourhoodGraph, scale: flo
     as large as the keys, and on large batches this runs slower than the
     per-edge form; it exists for tracing, which records every call.
     """
-    slots, joints = graph.slots(), graph.key[graph.slot_edge]  # (E,) each slot-major entry's key joint
+    slots, joints = graph.slots(), graph.key[graph.edge_by_slot]  # (E,) each slot-major entry's key joint
     queries = q[graph.order] * scale  # (V, d, M), in `order`
     scores = q.new_empty(graph.num_edges, q.shape[-1])  # (E, M), slot-major
     for part in slots:
         size = part.stop - part.start
         torch.linalg.vecdot(queries[:size], k[joints[part]], dim=1, out=scores[part])
-    alpha = scores.sub_(_combine_slots(scores, graph, torch.maximum)[graph.slot_row]).exp_()
-    alpha.div_(_combine_slots(alpha, graph, torch.add)[graph.slot_row])
-    weights = alpha if keep is None else alpha * keep[graph.slot_edge]
+    alpha = scores.sub_(_combine_slots(scores, graph, torch.maximum)[graph.row_by_slot]).exp_()
+    alpha.div_(_combine_slots(alpha, graph, torch.add)[graph.row_by_slot])
+    weights = alpha if keep is None else alpha * keep[graph.edge_by_slot]
     out = torch.mul(v[joints[slots[0]]], weights[slots[0], None])  # (V, d, M), in `order`
     for part in slots[1:]:
         size = part.stop - part.start
@@ -268,9 +268,8 @@ def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph: Neig
 
     Without gradients (inference, and the tracing FLOP counters) the plain
     forward runs, so its operations are visible to tracers and nothing is
-    kept for a backward pass. Traced, it runs slot by slot (one call per
-    slot instead of one per edge: the same products, in a trace of a tenth
-    of the calls).
+    kept for a backward pass: edge by edge, or slot by slot while traced
+    (the same products in a few calls per slot instead of per edge).
     """
     q, k, v, scale = _contiguous_planes(q), _contiguous_planes(k), _contiguous_planes(v), q.shape[1] ** -0.5
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):

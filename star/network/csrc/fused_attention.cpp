@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <bit>
 #include <vector>
 
@@ -415,7 +416,9 @@ inline void add_outer_tokens(Shape<H, D> shape, int64_t count, const T* x, int64
 // out_h += sum_b x_hb M_h[b, :] for every head: a vector-matrix product per head (M: H d x d matrices)
 template <typename T, int64_t H, int64_t D>
 inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __restrict__ m, T* __restrict__ out) {
-  if constexpr (H > 0 && D > 0 && D % 8 == 0) {  // out in registers (H d / 8 pieces of 8) across the sum
+  if constexpr (H > 0 && D > 0 && D % 8 == 0) {
+    // out in H d / 8 pieces of 8 across the sum, in registers where they fit (float with AVX-512: 16 of 32;
+    // with AVX2 STAR-128's 16 pieces take all 16 and some spill, which measured no slower than two passes)
     typedef T Piece __attribute__((vector_size(8 * sizeof(T))));
     constexpr int64_t kPieces = D / 8;
     Piece acc[H * kPieces];
@@ -460,11 +463,12 @@ inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T
 // further on will need are prefetched while this one is worked on, reads and writes alike.
 constexpr int64_t kAhead = 2;
 
-template <typename T>
+template <bool Write = false, typename T>
 inline void prefetch(const T* first, int64_t count, int64_t stride = 0, int64_t spans = 1) {
-  for (int64_t span = 0; span < spans; ++span) {
-    const char* p = reinterpret_cast<const char*>(first + span * stride);
-    for (int64_t byte = 0; byte < count * static_cast<int64_t>(sizeof(T)); byte += 64) __builtin_prefetch(p + byte);
+  for (int64_t span = 0; span < spans; ++span) {  // every 64-byte line the span touches
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(first + span * stride) & ~uintptr_t(63);
+    const uintptr_t end = reinterpret_cast<uintptr_t>(first + span * stride + count);
+    for (uintptr_t line = begin; line < end; line += 64) __builtin_prefetch(reinterpret_cast<const void*>(line), Write);
   }
 }
 
@@ -509,7 +513,7 @@ void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, co
   for (int64_t t = task.t0; t < task.t1; ++t) {
     if (t + kAhead < task.t1) {  // its queries, and its output
       prefetch(qkv + (t + kAhead) * l.row_stride() + task.j0 * l.token(), c_all, l.token(), joints);
-      prefetch(out + ((t + kAhead) * l.joints + task.j0) * c_all, joints * c_all);
+      prefetch<true>(out + ((t + kAhead) * l.joints + task.j0) * c_all, joints * c_all);
     }
     for (int64_t j = task.j0; j < task.j1; ++j) {  // out = phi(q)^T U / (phi(q)^T Z + eps)
       feature_map(qkv + t * l.row_stride() + j * l.token(), s, c_all, phi);
@@ -587,7 +591,7 @@ void linear_backward_task(Shape<H, D> shape, const T* qkv, const T* grad_out, co
       if (t0 + r + kAhead < task.t1) {  // its queries and their gradients, and the output's gradient
         const int64_t ahead = (t0 + r + kAhead) * l.joints + task.j0;
         prefetch(qkv + ahead * l.token(), c_all, l.token(), joints);
-        prefetch(grad + ahead * l.token(), c_all, l.token(), joints);
+        prefetch<true>(grad + ahead * l.token(), c_all, l.token(), joints);
         prefetch(grad_out + ahead * c_all, joints * c_all);
       }
       for (int64_t at = 0; at < joints; ++at) {
@@ -630,7 +634,7 @@ void linear_backward_task(Shape<H, D> shape, const T* qkv, const T* grad_out, co
     if (t + kAhead < task.t1) {  // they and their gradients
       const int64_t ahead = (t + kAhead) * l.joints + task.j0;
       prefetch(qkv + ahead * l.token() + c_all, 2 * c_all, l.token(), joints);
-      prefetch(grad + ahead * l.token() + c_all, 2 * c_all, l.token(), joints);
+      prefetch<true>(grad + ahead * l.token() + c_all, 2 * c_all, l.token(), joints);
     }
     for (int64_t j = task.j0; j < task.j1; ++j) {
       const int64_t token = t * l.joints + j, at = j - task.j0;
