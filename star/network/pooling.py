@@ -43,7 +43,7 @@ class ContextPooling(nn.Module):
         ptr, ids = segments.offsets, segments.clip_ids
         rows = segments.offsets.diff().to(x.dtype)[:, None, None]  # (B, 1, 1)
         context = torch.tanh(self.ops.sum(x, ptr, ids) / rows @ self.weight)  # (B, V, D)
-        agreement = x * context[ids]  # (N, V, D)
+        agreement = x * self.ops.expand(context, ptr, x.shape[0])  # (N, V, D)
         dims = (-1,) if self.weights == "joint" else (-2, -1)
         attention = torch.sigmoid(agreement.sum(dims, keepdim=True))  # (N, V, 1) or (N, 1, 1)
         pooled = self.ops.sum(attention * x, ptr, ids)  # (B, V, D)
