@@ -14,7 +14,6 @@ Everything is drawn from one seed, so the same seed writes the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -206,16 +205,14 @@ def format_skeleton(frame_count: int, bodies: list[SynthBody]) -> str:
         values = _joint_lines(np.asarray(body.xyz, dtype=np.float32).astype(np.float64))
         for frame, joint_values in zip(body.frames, values, strict=True):
             per_frame[frame].append((body.body_id, joint_values))
-    rows = StringIO()
     row_format = " ".join(["%.9g"] * 3 + ["%.6g"] * 8 + ["%d"])
+    joints_format = "\n".join([row_format] * NUM_JOINTS)  # one body in one frame, formatted in one call
     out = [str(frame_count)]
     for frame_bodies in per_frame:
         out.append(str(len(frame_bodies)))
         for body_id, joint_values in frame_bodies:
-            rows.seek(0)
-            rows.truncate()
-            np.savetxt(rows, joint_values, fmt=row_format)
-            out += [f"{body_id} 0 1 1 1 1 0 0.01 -0.02 2", str(NUM_JOINTS), rows.getvalue().rstrip("\n")]
+            out += [f"{body_id} 0 1 1 1 1 0 0.01 -0.02 2", str(NUM_JOINTS),
+                    joints_format % tuple(joint_values.ravel().tolist())]
     return "\n".join(out) + "\n"
 
 
