@@ -159,3 +159,9 @@ def test_convert_refuses_a_checkpoint_that_does_not_fit(tiny_store, tmp_path, ca
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")
     assert "is not empty" in refused(good)
+    # the model zoo's layout itself converts, tensor for tensor (scoring it is the STAR checkpoint's test above)
+    torch.save(good, tmp_path / "good.pt")
+    assert main(["convert", "--model", "st-gcn-code", "--checkpoint", str(tmp_path / "good.pt"), "--store",
+                 str(tiny_store.path), "--benchmark", "ntu60/xsub", "--out", str(tmp_path / "zoo")]) == 0
+    converted = torch.load(tmp_path / "zoo" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(converted[key], value) for key, value in seeded_model("st-gcn-code").state_dict().items())
