@@ -34,12 +34,22 @@ def tiny_store(tiny_raw, tmp_path_factory) -> CompactStore:
     return CompactStore(out)
 
 
+def _generated_store(tmp_path_factory, name: str, **spec) -> CompactStore:
+    raw = tmp_path_factory.mktemp(f"{name}_raw")
+    generate(raw, replace(TINY, **spec))
+    out = tmp_path_factory.mktemp("stores") / name
+    preprocess([raw], out, workers=1, progress=False)
+    return CompactStore(out)
+
+
 @pytest.fixture(scope="session")
 def short_store(tmp_path_factory) -> CompactStore:
     """The tiny set with clips of 26-40 frames instead of 32-300: the same classes, cheaper to train on
     (the generator's shortest: a switched tracking ID keeps 12 frames either side)."""
-    raw = tmp_path_factory.mktemp("short_raw")
-    generate(raw, replace(TINY, min_frames=26, max_frames=40))
-    out = tmp_path_factory.mktemp("stores") / "short"
-    preprocess([raw], out, workers=1, progress=False)
-    return CompactStore(out)
+    return _generated_store(tmp_path_factory, "short", min_frames=26, max_frames=40)
+
+
+@pytest.fixture(scope="session")
+def one_person_store(tmp_path_factory) -> CompactStore:
+    """The short set's four one-person actions alone: no class is told apart by how many persons it has."""
+    return _generated_store(tmp_path_factory, "one_person", actions=(1, 8, 23, 43), min_frames=26, max_frames=40)

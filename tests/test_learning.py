@@ -2,17 +2,20 @@
 
 Chance is 1/6 of the 36 test clips (17%); telling one-person from two-person
 classes, all a model learns from the number of persons alone, gives 33%. Each
-model trains with the trainer and a recipe suited to 108 training clips
-(Adam at a fixed rate), the baselines on short padded clips (ST-GCN 4 frames,
-ST-TR 16) to keep them to a minute or two on two CPU cores. ST-GCN, fed raw
-coordinates, sits on a plateau near 33% (the persons' count) before it tells
-the one-person classes apart, and how long depends on the seed and on the
-machine's arithmetic. On an Intel Xeon, at batch 4 for 30 epochs: on 8 frames
-seeds 0, 1 and 2 reached 81%, 50% and 72% (one thread for seeds 1 and 2); on 4
-frames, at two thirds of the cost, 69%, 67% and 67%, each past 55% by epoch 24
-(at batch 8 on 8 frames it had broken out after 17 epochs on an AMD EPYC and
-not within 24 on the Xeon). Measured: STAR-64 100%, on shuffled labels at best
-25%, ST-TR 67% (the EPYC; seeds 1 and 2 on the Xeon 58% and 72%).
+model trains with the trainer and a recipe suited to about a hundred training
+clips (Adam at a fixed rate), the baselines on short padded clips (ST-GCN 4
+frames, ST-TR 16) to keep each to about a minute on two CPU cores.
+
+ST-GCN, fed raw coordinates, sat on that 33% plateau for most of its epochs
+before it told the one-person classes apart, and how long depended on the seed
+and the machine's arithmetic: on an Intel Xeon, at batch 4 for 30 epochs on 8
+frames, seeds 0, 1 and 2 reached 81%, 50% and 72%. So it learns the four
+one-person actions alone (72 training clips, 24 test clips, chance 25%), where
+nothing but motion tells the classes apart: in 24 epochs on 4 frames, seeds 0,
+1 and 2 reached 83%, 79% and 92%, each past 60% by epoch 19 (one thread each;
+seed 0 on two threads 92%, past 60% at epoch 18), so the test gives it 28.
+Measured: STAR-64 100%, on shuffled labels at best 25%, ST-TR 67% (an AMD
+EPYC; seeds 1 and 2 on the Xeon 58% and 72%).
 """
 
 import shutil
@@ -52,7 +55,9 @@ def test_star_64_learns_nothing_from_shuffled_labels(short_store, tmp_path):
     assert metrics["best_top1_pct"] <= 40
 
 
-@pytest.mark.parametrize("model,epochs,frames,batch", [("st-gcn", 30, 4, 4), ("st-tr", 8, 16, 8)])
-def test_baselines_learn(short_store, tmp_path, model, epochs, frames, batch):
-    metrics = learn(short_store, tmp_path / "run", model, epochs=epochs, padded_frames=frames, batch_size=batch)
-    assert metrics["best_top1_pct"] >= 55
+@pytest.mark.parametrize("model,store,epochs,frames,batch,threshold", [
+    ("st-gcn", "one_person_store", 28, 4, 4, 60), ("st-tr", "short_store", 8, 16, 8, 55)])
+def test_baselines_learn(request, tmp_path, model, store, epochs, frames, batch, threshold):
+    store = request.getfixturevalue(store)
+    metrics = learn(store, tmp_path / "run", model, epochs=epochs, padded_frames=frames, batch_size=batch)
+    assert metrics["best_top1_pct"] >= threshold
