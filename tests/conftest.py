@@ -51,5 +51,6 @@ def short_store(tmp_path_factory) -> CompactStore:
 
 @pytest.fixture(scope="session")
 def one_person_store(tmp_path_factory) -> CompactStore:
-    """The short set's four one-person actions alone: no class is told apart by how many persons it has."""
+    """The short set's spec with only its four one-person actions (the same names and motions, other random
+    draws): no class is told apart by how many persons it has."""
     return _generated_store(tmp_path_factory, "one_person", actions=(1, 8, 23, 43), min_frames=26, max_frames=40)
