@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from star import registry, runtime
 from star.data.batching import PaddedCollate, collate_compact
-from star.data.synthetic import random_samples
+from star.data.synthetic import ntu_like_clips, random_samples
 from star.device import DEVICES, compiled, resolve_device
 from star.network import fused
 from star.network.scatter import BACKENDS, get_backend
@@ -42,14 +41,6 @@ from star.network.star import KERNEL_FORMS, STAR, STARConfig
 from star.profiling.dispatch import count_dispatches
 from star.profiling.timing import forward_latency
 from star.skeleton import neighbourhood_mask
-
-
-def ntu_like_clips(count: int, seed: int) -> tuple[list[int], list[int]]:
-    """Frame counts around NTU's (32 to 300, median 70) and a second person in about one clip in five."""
-    rng = np.random.default_rng(seed)
-    frames = np.clip(rng.lognormal(np.log(70), 0.45, count), 32, 300).astype(int).tolist()
-    persons = [2 if rng.random() < 0.2 else 1 for _ in range(count)]
-    return frames, persons
 
 
 def latency_ms(function, device: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float, float]:

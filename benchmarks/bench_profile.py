@@ -5,7 +5,7 @@
                                        [--allocator keep|default]
 
 Clips: a seeded draw from the store's test split (as `star profile` makes it),
-or without --store, NTU-like synthetic clips (bench_model.ntu_like_clips).
+or without --store, NTU-like synthetic clips (star.data.synthetic.ntu_like_clips).
 For each model it prints latency (median, min..max), parameters, GMACs
 (fvcore with the product handle) and the three categories taking the most
 time; then STAR-64's speed-up over ST-GCN and ST-TR (targets: 10x and 20x)
@@ -21,7 +21,7 @@ import torch
 
 from star import registry
 from star.data.store import CompactStore
-from star.data.synthetic import random_samples
+from star.data.synthetic import ntu_like_clips, random_samples
 from star.device import DEVICES, resolve_device
 from star.profiling.batch import ProfilingBatch, draw_batch
 from star.profiling.profile import profile_model, set_threads
@@ -52,8 +52,6 @@ def main() -> None:
     if args.store:
         batch = draw_batch(CompactStore(args.store), args.benchmark, args.clips, args.seed)
     else:
-        from bench_model import ntu_like_clips
-
         frames, persons = ntu_like_clips(args.clips, args.seed)
         batch = ProfilingBatch(random_samples(frames, persons, seed=args.seed), ["ntu-like"] * args.clips, {})
     described = batch.describe()

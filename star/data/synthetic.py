@@ -56,6 +56,7 @@ class SynthSpec:
     clips_per_action: int
     min_frames: int = SYNTH_FRAMES[0]
     max_frames: int = SYNTH_FRAMES[1]
+    median_frames: int | None = None  # None: lengths log-uniform over min..max; else log-normal around it
     seed: int = 0
     noise_m: float = 0.01
     spurious_bodies: bool = True
@@ -65,11 +66,33 @@ class SynthSpec:
             raise InputError(f"synthetic clip lengths {self.min_frames}-{self.max_frames}: the shortest must be at "
                              f"least {SYNTH_MIN_FRAMES} frames (a switched tracking ID keeps 12 either side) and "
                              "at most the longest")
+        if self.median_frames is not None and not self.min_frames <= self.median_frames <= self.max_frames:
+            raise InputError(f"synthetic median clip length {self.median_frames} is outside the lengths "
+                             f"{self.min_frames}-{self.max_frames}")
 
 
 # The tiny set: four NTU 60 single-person actions, two NTU 60 mutual ones, one NTU 120
 # single and one NTU 120 mutual action; 24 clips each cover both sides of every benchmark.
 TINY = SynthSpec(actions=(1, 8, 23, 43, 50, 58, 82, 106), clips_per_action=24)
+
+# NTU-like clip lengths, the benchmarks' (benchmarks/): 32-300 frames, log-normal around a median of 70
+# frames, and a second person in about one clip in five.
+NTU_MEDIAN_FRAMES = 70
+NTU_LENGTH_SIGMA = 0.45
+NTU_TWO_PERSON_SHARE = 0.2
+
+# The NTU-like set: four NTU 60 single-person actions and one mutual one (a second person in one clip in
+# five), 64 clips each, so that the cross-subject test side has 80.
+NTU_LIKE = SynthSpec(actions=(1, 8, 23, 43, 50), clips_per_action=64, median_frames=NTU_MEDIAN_FRAMES)
+
+
+def _length(rng: np.random.Generator, spec: SynthSpec) -> int:
+    """One clip's frame count: log-uniform over the spec's lengths, or log-normal around its median."""
+    if spec.median_frames is None:
+        drawn = np.exp(rng.uniform(np.log(spec.min_frames), np.log(spec.max_frames)))
+    else:
+        drawn = rng.lognormal(np.log(spec.median_frames), NTU_LENGTH_SIGMA)
+    return int(np.clip(np.round(drawn), spec.min_frames, spec.max_frames))
 
 
 def tiny_names(spec: SynthSpec = TINY) -> list[SampleName]:
@@ -142,8 +165,7 @@ class SynthBody:
 
 def synthesize(name: SampleName, rng: np.random.Generator, spec: SynthSpec = TINY) -> tuple[int, list[SynthBody]]:
     """One clip: its frame count (with any body-less frames) and its bodies."""
-    length = int(np.clip(np.round(np.exp(rng.uniform(np.log(spec.min_frames), np.log(spec.max_frames)))),
-                         spec.min_frames, spec.max_frames))
+    length = _length(rng, spec)
     lead_in = int(rng.integers(1, 6)) if rng.random() < 0.3 else 0
     frame_count = lead_in + length + (int(rng.integers(0, 4)) if lead_in else 0)
     clip_frames = np.arange(lead_in, lead_in + length)
@@ -238,6 +260,14 @@ def write_skeleton(path: str | Path, frame_count: int, bodies: list[SynthBody]) 
     tmp.write_text(format_skeleton(frame_count, bodies))
     tmp.replace(path)
     return path
+
+
+def ntu_like_clips(count: int, seed: int) -> tuple[list[int], list[int]]:
+    """Frame counts and person counts of `count` NTU-like clips (see NTU_MEDIAN_FRAMES), for random_samples."""
+    rng = np.random.default_rng(seed)
+    frames = np.clip(rng.lognormal(np.log(NTU_MEDIAN_FRAMES), NTU_LENGTH_SIGMA, count), *SYNTH_FRAMES).astype(int)
+    persons = [2 if rng.random() < NTU_TWO_PERSON_SHARE else 1 for _ in range(count)]
+    return frames.tolist(), persons
 
 
 def random_samples(frames: list[int], persons: list[int], seed: int = 0, num_classes: int = 60) -> list[ClipSample]:
