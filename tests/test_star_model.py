@@ -242,6 +242,10 @@ def test_fused_kernels_refuse_what_they_cannot_take_and_auto_falls_back(monkeypa
         fused.sparse_attention(qkv, graph.rowptr, graph.key + 1)
     with pytest.raises(RuntimeError, match="rowptr must have V"):
         fused.sparse_attention(qkv, graph.rowptr[:-1], graph.key)
+    falling = graph.rowptr.clone()
+    falling[1] = falling[2] + 1
+    with pytest.raises(RuntimeError, match="rowptr must rise from 0 to the 191 keys"):
+        fused.sparse_attention(qkv, falling, graph.key)
     with pytest.raises(RuntimeError, match="at most 64 heads"):
         fused.sparse_attention(_token_rows(1, 1, 65), graph.rowptr, graph.key)
     with pytest.raises(ValueError, match="CPU operators, got a tensor on meta"):

@@ -1,5 +1,5 @@
 """STAR's two attentions and its Add & Norm as single CPU kernels, and dropout masks drawn without a
-generator's serial state (`csrc/fused_attention.cpp`), built on first use and cached.
+generator's serial state (the C++ sources in `csrc/`), built on first use and cached.
 
 The `rows` and `split` forms spend most of their time between operators:
 each edge of the sparse attention is a few ATen calls over a whole (d, M)
@@ -14,12 +14,15 @@ dropout(y)), is one pass over x and y instead of three.
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
-under a name that includes it, so machines of two kinds sharing a home folder
-never load each other's build; torch caches it under TORCH_EXTENSIONS_DIR
-(default ~/.cache/torch_extensions) and rebuilds only when the source or the
-flags change. Where it cannot be built (no C++ compiler, ninja or setuptools) `available()`
-is False with the reason in `build_error()`, and the `auto` kernels take the
-ATen forms; STAR_FUSED=0 asks for that on purpose.
+one translation unit per source file (the two attentions, dropout with Add &
+Norm, the operators' registration), which ninja compiles side by side on
+every core, under a name that includes the instruction set, so machines of
+two kinds sharing a home folder never load each other's build; torch caches
+it under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and ninja
+rebuilds only what a changed source, header or flag touches. Where it cannot
+be built (no C++ compiler, ninja or setuptools) `available()` is False with
+the reason in `build_error()`, and the `auto` kernels take the ATen forms;
+STAR_FUSED=0 asks for that on purpose.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-SOURCE = Path(__file__).parent / "csrc" / "fused_attention.cpp"
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 DTYPES = (torch.float32, torch.float64)
 ISA_FLAGS = {  # compiler flags for the instruction set torch reports (get_cpu_capability)
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
@@ -54,9 +57,10 @@ def _build() -> bool:
         from torch.utils.cpp_extension import load  # imports setuptools: only when the kernels are wanted
 
         # OpenMP: ATen's parallel_for is a header template that runs its threads through OpenMP pragmas
-        load(name=f"star_fused_{re.sub(r'[^a-z0-9]+', '_', capability.lower())}", sources=[str(SOURCE)],
-             is_python_module=False, extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-                                                   *ISA_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"])
+        load(name=f"star_fused_{re.sub(r'[^a-z0-9]+', '_', capability.lower())}",
+             sources=[str(path) for path in SOURCES], is_python_module=False,
+             extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *ISA_FLAGS.get(capability, [])],
+             extra_ldflags=["-fopenmp"])
     except Exception as error:  # noqa: BLE001 - any build failure (compiler, ninja, setuptools) means: not available
         _error.append(f"{type(error).__name__}: {error}")
         warnings.warn(f"STAR's fused CPU kernels could not be built, using the ATen forms "

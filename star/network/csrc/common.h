@@ -1,0 +1,117 @@
+// What the kernels of STAR's fused CPU operators share: the rows layout of the query, key and value
+// projections, the compile-time head shapes, a vectorisable exp, and the operators' declarations (library.cpp
+// registers them). star.network.fused builds this folder's sources into one extension, each file its own
+// translation unit, so that its build runs on every core.
+//
+// Only the ATen headers the kernels use: ATen/ATen.h (every operator's declaration) takes longer to parse
+// than a kernel file takes to compile.
+
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace star_fused {
+
+// A new, uninitialised CPU tensor, contiguous
+inline at::Tensor new_tensor(at::IntArrayRef size, at::ScalarType dtype) {
+  return at::Tensor(at::detail::empty_cpu(size, dtype));
+}
+
+// exp that the compiler vectorises: Cephes' expf (range reduction by ln 2, degree-6 polynomial, within 2 ulp
+// of std::exp on [-87.3, 88], to which it clamps: the softmax feeds it scores minus their maximum, <= 0, so a
+// score 87 below the maximum weighs 1e-38 instead of 0); double keeps std::exp (the gradient checks use double)
+template <typename T>
+inline T exp_of(T x) {
+  return std::exp(x);
+}
+
+template <>
+inline float exp_of<float>(float x) {
+  const float input = x;
+  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);  // 2^n stays a normal float: n in [-126, 127]
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const float value = y * std::bit_cast<float>((static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23);
+  return input == input ? value : input;  // NaN stays NaN
+}
+
+// The rows of the query, key and value projections as F.linear writes them, (N, V, 3, H, d) or (N, V, 3, d, H),
+// contiguous: one token of 3 H d values per joint of a row.
+struct RowLayout {
+  int64_t rows, joints, heads, d;
+  int64_t token() const { return 3 * heads * d; }
+  int64_t row_stride() const { return joints * token(); }
+};
+
+inline RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
+  TORCH_CHECK(qkv.device().is_cpu(), "qkv must be on the CPU");
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "qkv must be (N, V, 3, ", heads_last ? "d, H" : "H, d",
+              "), got ", qkv.sizes());
+  TORCH_CHECK(qkv.is_contiguous(), "qkv must be contiguous, as F.linear writes it");
+  TORCH_CHECK(qkv.size(3) > 0 && qkv.size(4) > 0, "qkv needs at least one head of depth one, got ", qkv.sizes());
+  return heads_last ? RowLayout{qkv.size(0), qkv.size(1), qkv.size(4), qkv.size(3)}
+                    : RowLayout{qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)};
+}
+
+// The heads H and depth d of a call, compile-time constants where the kernels are specialised (H = 8 and
+// d = 8 or 16, STAR-64 and STAR-128) and read at run time elsewhere (H = D = 0), so that the loops over them
+// unroll into whole-register moves and products. The linear attention's per-token steps loop over heads
+// inside the sum's index, so the H sums of a step are independent and run side by side instead of waiting
+// on each other's additions.
+template <int64_t H, int64_t D>
+struct Shape {
+  int64_t heads_runtime, d_runtime;
+  int64_t heads() const { return H > 0 ? H : heads_runtime; }
+  int64_t d() const { return D > 0 ? D : d_runtime; }
+};
+
+// run(shape) with the shape's compile-time form where there is one
+template <typename Run>
+void with_shape(const RowLayout& l, const Run& run) {
+  if (l.heads == 8 && l.d == 8)
+    run(Shape<8, 8>{8, 8});
+  else if (l.heads == 8 && l.d == 16)
+    run(Shape<8, 16>{8, 16});
+  else
+    run(Shape<0, 0>{l.heads, l.d});
+}
+
+// The operators (sparse_attention.cpp, linear_attention.cpp, dropout_norm.cpp)
+std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qkv, const at::Tensor& rowptr,
+                                                            const at::Tensor& keys,
+                                                            const std::optional<at::Tensor>& keep, double scale,
+                                                            bool weights);
+at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, const at::Tensor& alpha,
+                                     const at::Tensor& rowptr, const at::Tensor& keys,
+                                     const std::optional<at::Tensor>& keep, double scale);
+at::Tensor linear_attention_forward(const at::Tensor& qkv, at::IntArrayRef bounds, double scale, double eps);
+at::Tensor linear_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, at::IntArrayRef bounds,
+                                     double scale, double eps);
+at::Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, at::ScalarType dtype);
+at::Tensor apply_keep_mask(const at::Tensor& x, double p, int64_t seed);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_forward(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias, double p,
+    int64_t seed, double eps, bool keep_sum);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
+    const at::Tensor& grad_out_in, const at::Tensor& total, const at::Tensor& mean, const at::Tensor& rstd,
+    const at::Tensor& weight, double p, int64_t seed);
+
+}  // namespace star_fused
