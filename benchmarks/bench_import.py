@@ -23,6 +23,8 @@ from star.data.padded_arrays import import_npz, write_npz
 from star.data.pyskl import import_pyskl
 from star.data.splits import XSUB60_TRAIN_SUBJECTS, XVIEW_TRAIN_CAMERAS
 from star.data.store import CompactStore
+from star.data.synthetic import NTU_LENGTH_SIGMA, NTU_MEDIAN_FRAMES, NTU_TWO_PERSON_SHARE
+from star.defaults import SYNTH_FRAMES
 
 NTU120_CLIPS = 113_945
 
@@ -30,7 +32,7 @@ NTU120_CLIPS = 113_945
 def ntu_like_content(clips: int, seed: int) -> dict:
     """A pyskl annotation pickle's content: NTU 60 sample names in index order, split by subject and camera."""
     rng = np.random.default_rng(seed)
-    frames = np.clip(rng.lognormal(np.log(70), 0.45, clips), 32, 300).astype(int)
+    frames = np.clip(rng.lognormal(np.log(NTU_MEDIAN_FRAMES), NTU_LENGTH_SIGMA, clips), *SYNTH_FRAMES).astype(int)
     annotations = []
     split = {"xsub_train": [], "xsub_val": [], "xview_train": [], "xview_val": []}
     for index, length in enumerate(frames):
@@ -39,7 +41,8 @@ def ntu_like_content(clips: int, seed: int) -> dict:
         rest, camera = divmod(rest, 3)
         subject, setup = divmod(rest, 17)
         name = str(SampleName(setup + 1, camera + 1, subject + 1, replication + 1, action + 1))
-        keypoint = rng.normal(0, 0.5, (2 if rng.random() < 0.2 else 1, length, 25, 3)).astype(np.float16)
+        persons = 2 if rng.random() < NTU_TWO_PERSON_SHARE else 1
+        keypoint = rng.normal(0, 0.5, (persons, length, 25, 3)).astype(np.float16)
         annotations.append({"frame_dir": name, "label": action, "total_frames": int(length), "keypoint": keypoint})
         split["xsub_train" if subject + 1 in XSUB60_TRAIN_SUBJECTS else "xsub_val"].append(name)
         split["xview_train" if camera + 1 in XVIEW_TRAIN_CAMERAS else "xview_val"].append(name)

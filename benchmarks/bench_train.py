@@ -31,9 +31,10 @@ import torch
 
 from star import registry, runtime
 from star.data.preprocess import preprocess
+from star.data.store import CompactStore
 from star.data.synthetic import NTU_LIKE, TINY, generate
 from star.device import DEVICES
-from star.training.config import run_config
+from star.training.config import run_config, subset
 from star.training.prediction import predict
 from star.training.trainer import Trainer
 
@@ -41,9 +42,8 @@ DEFAULT_MODELS = ("star-64", "star-128", "st-gcn", "st-tr")
 SETS = {"ntu-like": NTU_LIKE, "tiny": TINY}
 
 
-def throughput(store: Path, benchmark: str, model: str, args, scratch: Path) -> tuple[float, float, float]:
-    """Training and evaluation clips per second of the second of two passes, and the training clips' mean
-    compact rows (frames x persons)."""
+def throughput(store: Path, benchmark: str, model: str, args, scratch: Path) -> tuple[float, float]:
+    """Training and evaluation clips per second of the second of two passes."""
     config = run_config(store, benchmark, model, scratch / model, overrides={"batch_size": args.batch_size},
                         max_clips=args.steps * args.batch_size, device=args.device, workers=args.workers,
                         amp=args.amp, accumulate=args.accumulate)
@@ -58,7 +58,7 @@ def throughput(store: Path, benchmark: str, model: str, args, scratch: Path) -> 
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         rates.append((clips / trained, len(predictions.labels) / (time.monotonic() - start)))
-    return *rates[-1], float(trainer.store.clip_rows[trainer.train_clips].mean())
+    return rates[-1]
 
 
 def main() -> None:
@@ -97,9 +97,11 @@ def main() -> None:
         rates = {}
         for name in args.models:
             rates[name] = throughput(store, args.benchmark, name, args, scratch)
-            train_rate, eval_rate, rows = rates[name]
-            print(f"{name:10s} {registry.spec(name).layout:8s} {train_rate:16.1f} {eval_rate:15.1f}", flush=True)
-        print(f"training clips: {rows:.1f} compact rows (frames x persons) each on average")
+            print(f"{name:10s} {registry.spec(name).layout:8s} {rates[name][0]:16.1f} {rates[name][1]:15.1f}",
+                  flush=True)
+        compact = CompactStore(store)
+        rows = compact.clip_rows[subset(compact.split(args.benchmark, "train"), args.steps * args.batch_size)]
+        print(f"training clips: {rows.mean():.1f} compact rows (frames x persons) each on average")
     if "star-64" in rates and "st-gcn" in rates:
         train_ratio, eval_ratio = (rates["star-64"][k] / rates["st-gcn"][k] for k in (0, 1))
         print(f"star-64 over st-gcn: {train_ratio:.1f}x training, {eval_ratio:.1f}x evaluation")

@@ -73,7 +73,7 @@ at::Tensor apply_keep_mask(const at::Tensor& x, double p, int64_t seed) {
   TORCH_CHECK(x.device().is_cpu(), "x must be on the CPU");
   const KeepDraw draw(p, seed);
   const auto input = x.contiguous();
-  auto out = new_tensor(input.sizes(), input.scalar_type());
+  auto out = new_like(input);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "apply_keep_mask", [&] {
     const scalar_t* __restrict__ in = input.data_ptr<scalar_t>();
     scalar_t* __restrict__ data = out.data_ptr<scalar_t>();
@@ -157,9 +157,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_forward(
     int64_t seed, double eps, bool keep_sum) {
   const auto [rows, c] = check_norm(x, y, weight, bias);
   const KeepDraw draw(p, seed);
-  auto out = new_tensor(x.sizes(), x.scalar_type());
-  auto total = keep_sum ? new_tensor(x.sizes(), x.scalar_type()) : new_tensor({0}, x.scalar_type());
-  auto mean = new_tensor({keep_sum ? rows : 0}, x.scalar_type()), rstd = new_tensor({keep_sum ? rows : 0}, x.scalar_type());
+  auto out = new_like(x);
+  auto total = keep_sum ? new_like(x) : new_tensor({0}, x.scalar_type());
+  auto mean = new_tensor({keep_sum ? rows : 0}, x.scalar_type());
+  auto rstd = new_tensor({keep_sum ? rows : 0}, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "add_norm_forward", [&] {
     over_norm_chunks(rows, [&](int64_t, int64_t first, int64_t last) {
       std::vector<scalar_t> row(keep_sum ? 0 : c);
@@ -218,9 +219,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
   const auto [rows, c] = check_norm(total, grad_out, weight, weight);
   TORCH_CHECK(mean.numel() == rows && rstd.numel() == rows, "mean and rstd must have one value per row");
   const KeepDraw draw(p, seed);
-  auto grad_x = new_tensor(total.sizes(), total.scalar_type()), grad_y = new_tensor(total.sizes(), total.scalar_type());
-  auto partial = new_tensor({kNormChunks, 2, c}, total.scalar_type());  // each chunk's weight and bias
-  partial.zero_();  // gradients
+  auto grad_x = new_like(total), grad_y = new_like(total);
+  // each chunk's weight and bias gradients
+  auto partial = new_tensor({kNormChunks, 2, c}, total.scalar_type());
+  partial.zero_();
   AT_DISPATCH_FLOATING_TYPES(total.scalar_type(), "add_norm_backward", [&] {
     over_norm_chunks(rows, [&](int64_t chunk, int64_t first, int64_t last) {
       std::vector<scalar_t> xhat(c);

@@ -333,7 +333,7 @@ at::Tensor linear_attention_backward(const at::Tensor& grad_out_in, const at::Te
   check_bounds(bounds, l.rows);
   auto grad_out = grad_out_in.contiguous();
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({l.rows, l.joints, l.heads, l.d}), "grad_out must be (N, V, H, d)");
-  auto grad = new_tensor(qkv.sizes(), qkv.scalar_type());
+  auto grad = new_like(qkv);
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "linear_attention_backward", [&] {
     const scalar_t s = static_cast<scalar_t>(scale), e = static_cast<scalar_t>(eps);
     const scalar_t *data = qkv.data_ptr<scalar_t>(), *go = grad_out.data_ptr<scalar_t>();

@@ -245,7 +245,7 @@ at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Te
   TORCH_CHECK(alpha.sizes() == at::IntArrayRef({keys.size(0), columns}) && alpha.is_contiguous(),
               "alpha must be the forward pass's (E, N H) weights");
   check_keep(keep, keys.size(0), columns, qkv);
-  auto grad = new_tensor(qkv.sizes(), qkv.scalar_type());
+  auto grad = new_like(qkv);
   at::Tensor mask = keep.has_value() ? keep->contiguous() : at::Tensor();
   const int64_t* ptr = rowptr.data_ptr<int64_t>();
   const int64_t* key = keys.data_ptr<int64_t>();
