@@ -29,6 +29,7 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_NEVER = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 _state = {"allocator": "platform default", "denormals": "kept (not set in this process)"}
 
 
@@ -43,8 +44,10 @@ def keep_freed_memory() -> dict:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return dict(_state)  # not glibc (macOS, Windows, musl): nothing to set
-    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1:
-        _state["allocator"] = "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+    # trimming off altogether: the largest positive threshold (2^31 - 1) still hands back the top of the heap
+    # whenever more than 2 GiB of it is free, as after each of STAR-128's training steps on long clips
+    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1:
+        _state["allocator"] = "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
     return dict(_state)
 
 

@@ -4,8 +4,11 @@ and `star profile` writes a complete profile for every registered model or refus
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -284,6 +287,37 @@ def test_subnormal_floats_are_flushed_to_zero_unless_declined(monkeypatch):
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         assert state == "flushed to zero" == environment(CPU)["denormals"]
         assert product() == 0.0
+
+
+# In its own process, which keeps what it frees: one 2.2 GB block (more than glibc's largest positive trim
+# threshold, 2^31 - 1) allocated, written and freed twice; prints each round's new pages over the block's.
+_REUSE = """
+import ctypes, ctypes.util, resource
+from star.runtime import keep_freed_memory
+keep_freed_memory()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+size, faults = 2_200_000_000, []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*(count * resource.getpagesize() / size for count in faults))
+"""
+
+
+@pytest.mark.slow
+def test_freed_memory_is_reused_however_large_the_block():
+    """A freed block of more than 2 GiB stays the process's (STAR-128's training steps on long clips free that
+    much at a time): writing it again touches no new page, where the first round touched every one."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    done = subprocess.run([sys.executable, "-c", _REUSE], capture_output=True, text=True, check=True,
+                          env={**os.environ, "STAR_KEEP_FREED_MEMORY": "1"})
+    first, second = map(float, done.stdout.split())
+    assert first > 0.9 and second < 0.01
 
 
 def test_allocator_setting_is_applied_and_can_be_declined(monkeypatch):
