@@ -8,7 +8,7 @@ touches freshly mapped pages again and the kernel zeroes them on first touch
 (ST-GCN, whose padded activations are larger, pays most), and latencies
 change with whatever ran in the process before (fvcore's tracing raises
 glibc's adaptive threshold as a side effect). `keep_freed_memory` serves every allocation
-from the heap and never trims it, which is what the jemalloc or tcmalloc
+from the heap and never trims the main thread's, which is what the jemalloc or tcmalloc
 preload that CPU performance guides recommend achieves: a process keeps its
 peak memory, and latencies no longer depend on history. Set
 STAR_KEEP_FREED_MEMORY=0 to leave glibc's defaults.
@@ -29,7 +29,7 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_NEVER = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
+_TRIM_NEVER = -1  # a value of M_TRIM_THRESHOLD (SIZE_MAX to glibc): "-1 disables trimming completely", mallopt(3)
 _state = {"allocator": "platform default", "denormals": "kept (not set in this process)"}
 
 
@@ -44,9 +44,10 @@ def keep_freed_memory() -> dict:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return dict(_state)  # not glibc (macOS, Windows, musl): nothing to set
-    # trimming off altogether: the largest positive threshold (2^31 - 1) still hands back the top of the heap
-    # whenever more than 2 GiB of it is free, as after each of STAR-128's training steps on long clips
-    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1:
+    # the main heap never trimmed: the largest positive threshold (2^31 - 1) still hands back its top whenever
+    # that much of it is free, as after STAR-128's training steps on long clips (other threads' heaps still give
+    # back whole 64 MB pieces that fall empty; torch allocates a model's tensors on the calling thread)
+    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_NEVER) == 1:
         _state["allocator"] = "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
     return dict(_state)
 
