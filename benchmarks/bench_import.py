@@ -27,6 +27,7 @@ from star.data.synthetic import NTU_LENGTH_SIGMA, NTU_MEDIAN_FRAMES, NTU_TWO_PER
 from star.defaults import SYNTH_FRAMES
 
 NTU120_CLIPS = 113_945
+FIRST_TEST_SUBJECT_CLIP = 60 * 3 * 2  # subject 3 (0-based index 360): 60 actions x 3 cameras for subjects 1 and 2
 
 
 def ntu_like_content(clips: int, seed: int) -> dict:
@@ -35,11 +36,11 @@ def ntu_like_content(clips: int, seed: int) -> dict:
     frames = np.clip(rng.lognormal(np.log(NTU_MEDIAN_FRAMES), NTU_LENGTH_SIGMA, clips), *SYNTH_FRAMES).astype(int)
     annotations = []
     split = {"xsub_train": [], "xsub_val": [], "xview_train": [], "xview_val": []}
-    for index, length in enumerate(frames):
+    for index, length in enumerate(frames):  # actions, then cameras, then subjects: both sides of each split early
         rest, action = divmod(index, 60)
-        rest, replication = divmod(rest, 2)
         rest, camera = divmod(rest, 3)
-        subject, setup = divmod(rest, 17)
+        rest, subject = divmod(rest, 40)
+        setup, replication = divmod(rest, 2)
         name = str(SampleName(setup + 1, camera + 1, subject + 1, replication + 1, action + 1))
         persons = 2 if rng.random() < NTU_TWO_PERSON_SHARE else 1
         keypoint = rng.normal(0, 0.5, (persons, length, 25, 3)).astype(np.float16)
@@ -54,8 +55,10 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not 0 < args.clips <= 40 * 6120:
-        raise SystemExit("--clips: 1 to 244,800 (NTU 60's 40 subjects x 6,120 names each)")
+    if not FIRST_TEST_SUBJECT_CLIP < args.clips <= 40 * 6120:
+        raise SystemExit(f"--clips: {FIRST_TEST_SUBJECT_CLIP + 1} to 244,800 (NTU 60's 40 subjects x 6,120 names "
+                         "each; the CTR-GCN file needs clips of a cross-subject test subject, the first at clip "
+                         f"{FIRST_TEST_SUBJECT_CLIP + 1})")
 
     content = ntu_like_content(args.clips, args.seed)
     rows = sum(a["keypoint"].shape[0] * a["keypoint"].shape[1] for a in content["annotations"])
