@@ -72,7 +72,8 @@ def padded_macs(model, padded) -> float:
     return counter.get_total_flops() / 2 * len(padded.x)
 
 
-def model_table(samples, names: list[str], device, repeats: int, ceiling: float, compile: bool) -> None:
+def model_table(samples, names: list[str], device, repeats: int, ceiling: float, compile: bool) -> dict:
+    """Print each model's latency, GMACs and share of the product ceiling; the same per model name."""
     compact = collate_compact(samples).to(device)
     padded = PaddedCollate()(samples).to(device)
     rows = len(compact.x)
@@ -94,8 +95,8 @@ def model_table(samples, names: list[str], device, repeats: int, ceiling: float,
             macs = sum(model.analytic_macs(rows, len(samples)).values())
         else:
             macs = padded_macs(model, padded)
-        results[name] = (spec.layout, median)
         rate = 2 * macs / median / 1e6
+        results[name] = {"layout": spec.layout, "latency_ms": median, "gmacs": macs / 1e9, "of_ceiling": rate / ceiling}
         line = (f"{name:16s} {spec.layout:8s} {params:8.3f} {median:10.1f} {f'{low:.1f}..{high:.1f}':>15s} "
                 f"{macs / 1e9:7.2f} {rate:8.1f} {rate / ceiling:9.1%}")
         if compile:  # the first call compiles: it is part of the warm-up
@@ -103,11 +104,12 @@ def model_table(samples, names: list[str], device, repeats: int, ceiling: float,
             timed, _, _ = latency_ms(lambda m=fast, i=inputs: forward(m, i), device, repeats)
             line += f" {timed:11.1f} {timed / median:14.2f}"
         print(line, flush=True)
-    baselines = {n: t for n, (layout, t) in results.items() if layout == "padded"}
-    for name, (layout, median) in results.items():
-        if layout == "compact" and baselines:
-            ratios = ", ".join(f"{baselines[b] / median:.1f}x vs {b}" for b in baselines)
+    baselines = {n: r["latency_ms"] for n, r in results.items() if r["layout"] == "padded"}
+    for name, result in results.items():
+        if result["layout"] == "compact" and baselines:
+            ratios = ", ".join(f"{baselines[b] / result['latency_ms']:.1f}x vs {b}" for b in baselines)
             print(f"speed-up of {name}: {ratios}")
+    return results
 
 
 def attention_table(rows: int, device, repeats: int) -> None:

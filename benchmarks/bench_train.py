@@ -42,11 +42,19 @@ DEFAULT_MODELS = ("star-64", "star-128", "st-gcn", "st-tr")
 SETS = {"ntu-like": NTU_LIKE, "tiny": TINY}
 
 
-def throughput(store: Path, benchmark: str, model: str, args, scratch: Path) -> tuple[float, float]:
-    """Training and evaluation clips per second of the second of two passes."""
-    config = run_config(store, benchmark, model, scratch / model, overrides={"batch_size": args.batch_size},
-                        max_clips=args.steps * args.batch_size, device=args.device, workers=args.workers,
-                        amp=args.amp, accumulate=args.accumulate)
+def synthetic_store(scratch: Path, name: str) -> Path:
+    """The synthetic set `name` (SETS) generated and preprocessed under `scratch`; the store's folder."""
+    generate(scratch / "raw", SETS[name])
+    preprocess([scratch / "raw"], scratch / "store", progress=False)
+    return scratch / "store"
+
+
+def throughput(store: Path, benchmark: str, model: str, scratch: Path, steps: int, batch_size: int,
+               device: str = "auto", workers: int = 0, amp: bool = False, accumulate: int = 1) -> tuple[float, float]:
+    """Training and evaluation clips per second of the second of two passes over steps x batch_size clips."""
+    config = run_config(store, benchmark, model, scratch / model, overrides={"batch_size": batch_size},
+                        max_clips=steps * batch_size, device=device, workers=workers, amp=amp,
+                        accumulate=accumulate)
     trainer = Trainer(config, progress=False)
     rates = []
     for epoch in range(2):
@@ -54,7 +62,7 @@ def throughput(store: Path, benchmark: str, model: str, args, scratch: Path) -> 
         _, _, clips = trainer.train_epoch(epoch)
         trained = time.monotonic() - start
         start = time.monotonic()
-        predictions = predict(trainer.network, trainer.spec, trainer.test_loader, trainer.device, args.amp)
+        predictions = predict(trainer.network, trainer.spec, trainer.test_loader, trainer.device, amp)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         rates.append((clips / trained, len(predictions.labels) / (time.monotonic() - start)))
@@ -85,18 +93,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        store = args.store
-        if store is None:
-            generate(scratch / "raw", SETS[args.set])
-            store = scratch / "store"
-            preprocess([scratch / "raw"], store, progress=False)
+        store = args.store or synthetic_store(scratch, args.set)
         print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} "
               f"threads, device {args.device}; store {store if args.store else f'{args.set} (synthetic)'}; "
               f"{args.steps} steps of {args.batch_size} clips, second pass timed")
         print(f"{'model':10s} {'layout':8s} {'train samples/s':>16s} {'eval samples/s':>15s}")
         rates = {}
         for name in args.models:
-            rates[name] = throughput(store, args.benchmark, name, args, scratch)
+            rates[name] = throughput(store, args.benchmark, name, scratch, args.steps, args.batch_size, args.device,
+                                     args.workers, args.amp, args.accumulate)
             print(f"{name:10s} {registry.spec(name).layout:8s} {rates[name][0]:16.1f} {rates[name][1]:15.1f}",
                   flush=True)
         compact = CompactStore(store)

@@ -35,7 +35,6 @@ It exits 1 if any check fails.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from acceptance import finish, row, run_checks
 
 from star import registry
 from star.data.batching import PaddedCollate, clip_loader, collate_compact
@@ -85,11 +85,6 @@ from star.training.trainer import train
 
 BENCHMARK = "ntu60/xsub"
 QUICK_MODELS = ["star-64", "star-64-code", "st-gcn", "st-tr"]
-
-
-def row(check: str, subject: str, passed: bool | None, detail: str, **figures) -> dict:
-    """One line of the report; passed None means skipped, with the reason in `detail`."""
-    return {"check": check, "subject": subject, "passed": passed, "detail": detail, **figures}
 
 
 @contextmanager
@@ -357,25 +352,10 @@ def main() -> None:
                  ("profile", lambda: check_profiles(names, device, args.quick)),
                  ("dispatch", lambda: check_dispatch(device, args.quick)),
                  ("distributed", lambda: check_distributed(store, device, work))]
-        rows = []
-        for check, run in steps:
-            begun = time.perf_counter()
-            new = run()
-            for line in new:
-                mark = "info" if line.get("comparison") else {True: "pass", False: "FAIL", None: "skip"}[line["passed"]]
-                print(f"{mark:4s}  {check:11s} {line['subject']:34s} {line['detail']}", flush=True)
-            rows += new
-            print(f"      {check} took {time.perf_counter() - begun:.0f} s", flush=True)
-    failed = [r for r in rows if r["passed"] is False]
-    result = {"format": "star-gpu-acceptance-1", "device": str(device), "quick": args.quick,
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              f"cpu ({torch.backends.cpu.get_cpu_capability()})", "torch": torch.__version__,
-              "seconds": time.perf_counter() - started, "passed": not failed, "checks": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(f"{len(rows) - len(failed)} of {len(rows)} checks passed, skipped or for information, {len(failed)} failed, "
-          f"{result['seconds']:.0f} s; wrote {args.out}")
-    if failed:
-        sys.exit(1)
+        rows = run_checks(steps)
+    finish(rows, args.out, started, format="star-gpu-acceptance-1", device=str(device), quick=args.quick,
+           device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else
+           f"cpu ({torch.backends.cpu.get_cpu_capability()})", torch=torch.__version__)
 
 
 if __name__ == "__main__":
