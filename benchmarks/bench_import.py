@@ -27,7 +27,8 @@ from star.data.synthetic import NTU_LENGTH_SIGMA, NTU_MEDIAN_FRAMES, NTU_TWO_PER
 from star.defaults import SYNTH_FRAMES
 
 NTU120_CLIPS = 113_945
-FIRST_TEST_SUBJECT_CLIP = 60 * 3 * 2  # subject 3 (0-based index 360): 60 actions x 3 cameras for subjects 1 and 2
+FIRST_TEST_SUBJECT_CLIP = 60 * 3 * 2  # clip index 360 (0-based) is subject 3's first: 60 actions x 3 cameras
+                                      # for each of subjects 1 and 2 before it
 
 
 def ntu_like_content(clips: int, seed: int) -> dict:
@@ -52,7 +53,8 @@ def ntu_like_content(clips: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=20_000)
+    parser.add_argument("--clips", type=int, default=20_000,
+                        help=f"{FIRST_TEST_SUBJECT_CLIP + 1} to 244,800 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not FIRST_TEST_SUBJECT_CLIP < args.clips <= 40 * 6120:

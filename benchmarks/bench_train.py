@@ -100,8 +100,9 @@ def main() -> None:
         print(f"{'model':10s} {'layout':8s} {'train samples/s':>16s} {'eval samples/s':>15s}")
         rates = {}
         for name in args.models:
-            rates[name] = throughput(store, args.benchmark, name, scratch, args.steps, args.batch_size, args.device,
-                                     args.workers, args.amp, args.accumulate)
+            rates[name] = throughput(store, args.benchmark, name, scratch, args.steps, args.batch_size,
+                                     device=args.device, workers=args.workers, amp=args.amp,
+                                     accumulate=args.accumulate)
             print(f"{name:10s} {registry.spec(name).layout:8s} {rates[name][0]:16.1f} {rates[name][1]:15.1f}",
                   flush=True)
         compact = CompactStore(store)

@@ -54,6 +54,8 @@ SPARSE_AND_FULL = {"star-64": "star-64-full", "star-128": "star-128-full"}
 STAR_64_OF_CEILING = 0.40  # achieved GFLOP/s from the analytic MACs over the product ceiling, at least
 TRAINING_OVER_ST_GCN = 15.0  # STAR-64 training samples/s over ST-GCN's, at least
 BUILD_ADDS_S = 60.0  # seconds a fresh build of the fused kernels may add, at most
+LOAD = ("import sys, time; from star.network import fused; begun = time.perf_counter(); built = fused.available(); "
+        "print(time.perf_counter() - begun); sys.exit(0 if built else 1)")  # a new process's build or cached load
 COMMANDS = {  # name: (command run in the repository, or the smoke workflow's folder; budget in seconds)
     "fast tier": ([sys.executable, "-m", "pytest", "-m", "not slow"], 4 * 60),
     "test command": ([sys.executable, "-m", "pytest"], 15 * 60),
@@ -63,7 +65,9 @@ COMMANDS = {  # name: (command run in the repository, or the smoke workflow's fo
 
 
 def check_speed(threads: int, quick: bool, work: Path) -> list[dict]:
-    judged = None if quick else True  # a quick run's figures are for information only
+    def verdict(passed: bool) -> bool | None:
+        return None if quick else passed  # a quick run's figures are for information only
+
     clips, repeats, steps, batch_size = (4, 2, 1, 4) if quick else (16, 10, 4, 16)
     device = torch.device("cpu")
     frames, persons = ntu_like_clips(clips, 0)
@@ -75,22 +79,22 @@ def check_speed(threads: int, quick: bool, work: Path) -> list[dict]:
                 comparison=True)]
     for name, target in FORWARD_OVER_ST_GCN.items():
         ratio = latency["st-gcn"] / latency[name]
-        rows.append(row("speed", f"{name} forward over st-gcn", judged and ratio >= target,
+        rows.append(row("speed", f"{name} forward over st-gcn", verdict(ratio >= target),
                         f"{ratio:.1f}x (target {target:g}x): {latency[name]:.1f} against {latency['st-gcn']:.1f} ms",
                         ratio=ratio, target=target, latency_ms=latency[name], st_gcn_ms=latency["st-gcn"]))
     for sparse, full in SPARSE_AND_FULL.items():
-        rows.append(row("speed", f"{sparse} faster than {full}", judged and latency[sparse] < latency[full],
+        rows.append(row("speed", f"{sparse} faster than {full}", verdict(latency[sparse] < latency[full]),
                         f"{latency[sparse]:.1f} against {latency[full]:.1f} ms", sparse_ms=latency[sparse],
                         full_ms=latency[full]))
     share = timed["star-64"]["of_ceiling"]
-    rows.append(row("speed", "star-64 share of the ceiling", judged and share >= STAR_64_OF_CEILING,
+    rows.append(row("speed", "star-64 share of the ceiling", verdict(share >= STAR_64_OF_CEILING),
                     f"{share:.1%} (target {STAR_64_OF_CEILING:.0%}) of {ceiling:.1f} GFLOP/s, "
                     f"{timed['star-64']['gmacs']:.2f} GMACs", share=share, target=STAR_64_OF_CEILING))
     store = synthetic_store(work / "train", "ntu-like")
     rates = {name: throughput(store, "ntu60/xsub", name, work / "train", steps, batch_size, device="cpu")
              for name in ("star-64", "st-gcn")}
     ratio = rates["star-64"][0] / rates["st-gcn"][0]
-    rows.append(row("speed", "star-64 training over st-gcn", judged and ratio >= TRAINING_OVER_ST_GCN,
+    rows.append(row("speed", "star-64 training over st-gcn", verdict(ratio >= TRAINING_OVER_ST_GCN),
                     f"{ratio:.1f}x (target {TRAINING_OVER_ST_GCN:g}x): {rates['star-64'][0]:.1f} against "
                     f"{rates['st-gcn'][0]:.1f} samples/s ({steps} x {batch_size} clips a pass)", ratio=ratio,
                     target=TRAINING_OVER_ST_GCN, star_64_samples_per_s=rates["star-64"][0],
@@ -100,24 +104,21 @@ def check_speed(threads: int, quick: bool, work: Path) -> list[dict]:
     return rows
 
 
-LOAD = ("import sys, time; from star.network import fused; begun = time.perf_counter(); built = fused.available(); "
-        "print(time.perf_counter() - begun); sys.exit(0 if built else 1)")
-
-
 def load_seconds(extensions: Path) -> tuple[float | None, str]:
     """Seconds a new process takes to make the fused kernels available from `extensions`, or None and why not."""
     done = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions), "STAR_FUSED": "1"})
-    if done.returncode != 0:
-        return None, (done.stderr.strip() or done.stdout.strip())[-500:]
+    if done.returncode != 0 or not done.stdout.split():
+        return None, (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}")[-500:]
     return float(done.stdout.split()[-1]), ""
 
 
 def check_build(work: Path) -> list[dict]:
-    extensions = work / "extensions"
+    extensions = Path(tempfile.mkdtemp(prefix="extensions-", dir=work))  # empty, even in a reused --work
     fresh, error = load_seconds(extensions)
     if fresh is None:
-        return [row("build", "fused kernels from nothing", False, f"not built: {error}")]
+        return [row("build", "fused kernels from nothing", False, f"not built: {error}"),
+                row("build", "fused kernels from the cache", None, "no build to load")]
     cached, error = load_seconds(extensions)
     if cached is None:
         return [row("build", "fused kernels from the cache", False, f"not loaded: {error}")]
@@ -132,8 +133,7 @@ def check_times(work: Path) -> list[dict]:
     rows = []
     for name, (command, budget) in COMMANDS.items():
         smoke = name == "smoke workflow"
-        folder = work / "smoke" if smoke else REPO
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="smoke-", dir=work)) if smoke else REPO  # empty: nothing up to date
         log = work / f"{name.replace(' ', '-')}.log"
         begun = time.perf_counter()
         with log.open("w") as output:
@@ -158,7 +158,9 @@ def main() -> None:
     args = parser.parse_args()
     runtime.apply()  # as the star command does (star.runtime)
     torch.set_num_threads(args.threads)
-    skip = {"build", "times"} | set(args.skip) if args.quick else set(args.skip)
+    skip = ({"build", "times"} | set(args.skip)) if args.quick else set(args.skip)
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, torch {torch.__version__}; "
+          f"checking {', '.join(c for c in ('speed', 'build', 'times') if c not in skip)}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch).resolve()
