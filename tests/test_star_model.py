@@ -35,7 +35,7 @@ from star.network.sparse_attention import (
     gathered_attention,
     row_attention,
 )
-from star.network.star import KERNEL_FORMS, kernel_forms
+from star.network.star import KERNEL_FORMS, FeedForward, kernel_forms
 from star.profiling.counting import fvcore_count
 from star.skeleton import neighbourhood_mask, power_edge_counts
 
@@ -676,6 +676,53 @@ def test_fused_add_norm_trains_the_model_as_the_unfused_form_does(monkeypatch):
     torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(fused_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@needs_fused
+@pytest.mark.parametrize("width", [64, 128, 24])  # the two compiled-in widths, and one read at run time
+@pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
+def test_fused_encoder_tail_is_add_norm_feed_forward_add_norm(width, activation):
+    """In inference, norm2(h + FF(h)) with h = norm1(x + y): float64 to 1e-12 of the unfused layers, float32 to
+    1e-5 of them in float64, on 307 rows (three tiles of 96 and a fourth whose last register block is partial)."""
+    generator = torch.Generator().manual_seed(width)
+    first, second = nn.LayerNorm(width), nn.LayerNorm(width)
+    feed_forward = FeedForward(width, activation, 0.5).eval()
+    with torch.no_grad():
+        for norm in (first, second):
+            norm.weight.normal_(1, 0.3, generator=generator), norm.bias.normal_(0, 0.3, generator=generator)
+    x, y = (2 * torch.randn(307, width, generator=generator) for _ in range(2))
+    layers = [copy.deepcopy(m).double() for m in (first, feed_forward, second)]
+    with torch.no_grad():
+        h = layers[0](x.double() + y.double())
+        reference = layers[2](h + layers[1](h))
+        exact = fused.encoder_tail(x.double(), y.double(), *layers, activation)
+        got = fused.encoder_tail(x, y, first, feed_forward, second, activation)
+    torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
+
+
+@needs_fused
+def test_encoder_layers_fuse_their_tail_only_in_inference(monkeypatch):
+    """STAR-64 in eval mode without gradients runs each encoder layer's tail as one kernel (10 calls), with the
+    logits of the unfused layers to 1e-5; with gradients asked for, or in training, the unfused layers run, so
+    that autograd reaches every parameter."""
+    calls = []
+    tail = fused.encoder_tail
+    monkeypatch.setattr(fused, "encoder_tail", lambda *args: calls.append(1) or tail(*args))
+    batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
+    torch.manual_seed(0)
+    model = STAR(STARConfig()).eval()
+    with torch.no_grad():
+        fused_logits = model(*inputs(batch))
+    assert len(calls) == 2 * model.config.layers
+    logits = model(*inputs(batch))
+    logits.square().sum().backward()
+    assert len(calls) == 2 * model.config.layers
+    assert all(p.grad is not None for p in model.parameters())
+    torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.train()(*inputs(batch))
+    assert len(calls) == 2 * model.config.layers
 
 
 def test_sparse_kernels_and_backends_give_the_same_model_output():

@@ -10,12 +10,17 @@ kernels take the projection as one nn.Linear product writes it, rows of
 tokens, walk it in cache-sized blocks, one operator a call, and give output
 and gradient back as rows (forward and backward written by hand, tested
 against autograd of the reference forms). Add & Norm, LayerNorm(x +
-dropout(y)), is one pass over x and y instead of three.
+dropout(y)), is one pass over x and y instead of three. In inference (eval
+mode, no gradient asked for) everything of an encoder layer after its
+attention, Add & Norm, the feed-forward's two products and activation, and
+Add & Norm again, is one kernel that takes a tile of rows through all of it
+in the cache (`encoder_tail`), instead of five operators that write and read
+back an activation of the layer's size each.
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
 one translation unit per source file (the two attentions, dropout with Add &
-Norm, the operators' registration), which ninja compiles side by side on
+Norm, the inference tail, the operators' registration), which ninja compiles side by side on
 every core, under a name that includes the instruction set, so machines of
 two kinds sharing a home folder never load each other's build; torch caches
 it under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and ninja
@@ -37,8 +42,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in
-           ("sparse_attention.cpp", "linear_attention.cpp", "dropout_norm.cpp", "library.cpp")]  # and common.h
+SOURCES = [Path(__file__).parent / "csrc" / name for name in  # and common.h
+           ("sparse_attention.cpp", "linear_attention.cpp", "dropout_norm.cpp", "feed_forward.cpp", "library.cpp")]
 DTYPES = (torch.float32, torch.float64)
 ISA_FLAGS = {  # compiler flags for the instruction set torch reports (get_cpu_capability)
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
@@ -205,3 +210,18 @@ def add_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, p: floa
     keep_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, norm.weight, norm.bias))
     return _AddNorm.apply(x.contiguous(), y.contiguous(), norm.weight, norm.bias, p, _seed() if p > 0 else 0,
                           norm.eps, keep_sum)
+
+
+def encoder_tail(x: torch.Tensor, y: torch.Tensor, attention_norm: torch.nn.LayerNorm,
+                 feed_forward: torch.nn.Sequential, feed_forward_norm: torch.nn.LayerNorm,
+                 activation: str) -> torch.Tensor:
+    """An encoder layer after its attention, in inference: norm2(h + W2 act(W1 h + b1) + b2) with h = norm1(x + y),
+    x and y (..., C), for a tile of rows at a time in the cache, the intermediate activations never written.
+    `feed_forward` is star.network.star.FeedForward, whose first and fourth modules are its linear layers; its
+    dropout, as the layers', is the identity in inference. No gradient flows through it."""
+    _require(x)
+    first, second = feed_forward[0], feed_forward[3]
+    return torch.ops.star_fused.encoder_tail_forward(
+        x.contiguous(), y.contiguous(), attention_norm.weight, attention_norm.bias, attention_norm.eps,
+        first.weight, first.bias, second.weight, second.bias, feed_forward_norm.weight, feed_forward_norm.bias,
+        feed_forward_norm.eps, activation)

@@ -196,6 +196,7 @@ class EncoderLayer(nn.Module):
                                         config.feed_forward_dropout_twice)
         self.feed_forward_norm = nn.LayerNorm(config.width)
         self.dropout = Dropout(config.dropout)
+        self.activation = config.activation
 
     def add_norm(self, norm: nn.LayerNorm, x: torch.Tensor, sublayer: torch.Tensor) -> torch.Tensor:
         """norm(x + dropout(sublayer)); one pass of a fused kernel (star.network.fused.add_norm) where the
@@ -204,8 +205,18 @@ class EncoderLayer(nn.Module):
             return fused.add_norm(x, sublayer, norm, self.dropout.p if self.training else 0.0)
         return norm(x + self.dropout(sublayer))
 
+    def inference_tail(self, x: torch.Tensor) -> bool:
+        """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tail):
+        the attention's fused kernel runs, in eval mode (every dropout the identity) and with no gradient asked
+        for."""
+        gradient = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return not self.training and not gradient and self.attention.kernel_for(x) == "fused"
+
     def forward(self, x: torch.Tensor, *context) -> torch.Tensor:
         n, v, c = x.shape
+        if self.inference_tail(x):
+            return fused.encoder_tail(x, self.attention(x, *context), self.attention_norm, self.feed_forward,
+                                      self.feed_forward_norm, self.activation)
         x = self.add_norm(self.attention_norm, x, self.attention(x, *context)).view(n * v, c)  # (N*V, C)
         # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
         return self.add_norm(self.feed_forward_norm, x, self.feed_forward(x)).view(n, v, c)

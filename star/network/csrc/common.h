@@ -99,7 +99,82 @@ void with_shape(const RowLayout& l, const Run& run) {
     run(Shape<0, 0>{l.heads, l.d});
 }
 
-// The operators (sparse_attention.cpp, linear_attention.cpp, dropout_norm.cpp)
+// Inverted-dropout multipliers from a counter-based hash: element i is kept iff hash(seed, i) >= p 2^32, so
+// every element is an independent draw that any thread computes alone (no generator state to advance), and
+// the same seed gives the same mask. The hash is two rounds of MurmurHash3's 32-bit finaliser, a bijection
+// of 32 bits with full avalanche; it is no cryptographic generator, which a dropout mask does not need.
+inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// The multiplier of element i: kept (1 / (1 - p)) where hash(seed, i) >= threshold (p 2^32), else 0.
+struct KeepDraw {
+  uint32_t low, high, threshold;
+
+  KeepDraw(double p, int64_t seed)
+      : low(static_cast<uint32_t>(seed)),
+        high(static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32)),
+        threshold(threshold_of(p)) {}
+
+  static uint32_t threshold_of(double p) {  // checked before the conversion, which p < 0 or NaN would make undefined
+    TORCH_CHECK(p >= 0 && p < 1, "dropout probability must be in [0, 1), got ", p);
+    return static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  }
+
+  // body(i, multiplier) for every i in [first, last): in runs within which i's high 32 bits stay the same, so
+  // that the hash is 32-bit arithmetic on a 32-bit counter, which the compiler vectorises
+  template <typename T, typename Body>
+  void each(int64_t first, int64_t last, T kept, const Body& body) const {
+    for (int64_t start = first; start < last;) {
+      const int64_t stop = std::min(last, ((start >> 32) + 1) << 32);
+      const uint32_t counter = static_cast<uint32_t>(start), added = high + static_cast<uint32_t>(start >> 32);
+#pragma omp simd
+      for (int64_t j = 0; j < stop - start; ++j) {
+        const uint32_t h = mix32(mix32((counter + static_cast<uint32_t>(j)) ^ low) + added);
+        body(start + j, h >= threshold ? kept : T(0));
+      }
+      start = stop;
+    }
+  }
+};
+
+// rows first..last: s = x + dropout(y) (into `sums`, row by row), out = LayerNorm(s); each row's mean and
+// 1 / std into mean and rstd where given
+template <typename T>
+void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDraw& draw, double p, T eps,
+                   int64_t c, int64_t first, int64_t last, T* sums, bool sums_all_rows, T* out, T* mean, T* rstd) {
+  const T kept = static_cast<T>(1.0 / (1.0 - p));
+  for (int64_t r = first; r < last; ++r) {
+    T* __restrict__ s = sums_all_rows ? sums + r * c : sums;
+    const T* __restrict__ xr = x + r * c;
+    const T* __restrict__ yr = y + r * c;
+    if (p > 0)
+      draw.each(r * c, (r + 1) * c, kept, [&](int64_t i, T m) { s[i - r * c] = xr[i - r * c] + yr[i - r * c] * m; });
+    else
+      for (int64_t i = 0; i < c; ++i) s[i] = xr[i] + yr[i];
+    T sum = 0, squares = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < c; ++i) sum += s[i];
+    const T mu = sum / c;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t i = 0; i < c; ++i) squares += (s[i] - mu) * (s[i] - mu);
+    const T inverse = T(1) / std::sqrt(squares / c + eps);
+    T* __restrict__ o = out + r * c;
+#pragma omp simd
+    for (int64_t i = 0; i < c; ++i) o[i] = (s[i] - mu) * inverse * w[i] + b[i];
+    if (mean) {
+      mean[r] = mu;
+      rstd[r] = inverse;
+    }
+  }
+}
+
+// The operators (sparse_attention.cpp, linear_attention.cpp, dropout_norm.cpp, feed_forward.cpp)
 std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qkv, const at::Tensor& rowptr,
                                                             const at::Tensor& keys,
                                                             const std::optional<at::Tensor>& keep, double scale,
@@ -118,5 +193,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
     const at::Tensor& grad_out_in, const at::Tensor& total, const at::Tensor& mean, const at::Tensor& rstd,
     const at::Tensor& weight, double p, int64_t seed);
+at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& norm1_weight,
+                                const at::Tensor& norm1_bias, double eps1, const at::Tensor& weight1,
+                                const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
+                                const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, double eps2,
+                                c10::string_view activation);
 
 }  // namespace star_fused

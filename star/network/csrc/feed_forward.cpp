@@ -1,0 +1,188 @@
+// The rest of an encoder layer after its attention, in inference: h = LayerNorm1(x + y), then
+// LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache. The unfused layers write
+// and read back five activations of the layer's size between them (the sum, h, the first product, the
+// activation, the second product); here each tile's go through buffers a thread keeps, and only the output
+// leaves them. No dropout: inference only, and nothing is kept for a backward pass.
+
+#include <string_view>
+
+#include "common.h"
+
+namespace star_fused {
+
+namespace {
+
+enum class Activation { relu, silu, gelu };
+
+Activation activation_of(std::string_view name) {
+  if (name == "relu") return Activation::relu;
+  if (name == "silu") return Activation::silu;
+  TORCH_CHECK(name == "gelu", "activation must be relu, silu or gelu, got ", name);
+  return Activation::gelu;
+}
+
+// erf by Abramowitz and Stegun's 7.1.26 (absolute error under 1.5e-7 in exact arithmetic), which vectorises
+// where std::erf does not; double keeps std::erf (the equality checks use double)
+template <typename T>
+inline T erf_of(T x) {
+  return std::erf(x);
+}
+
+template <>
+inline float erf_of<float>(float x) {
+  const float a = std::fabs(x), t = 1.0f / (1.0f + 0.3275911f * a);
+  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  return std::copysign(1.0f - poly * exp_of(-a * a), x);
+}
+
+template <typename T>
+void activate(Activation kind, T* a, int64_t n) {
+  switch (kind) {
+    case Activation::relu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = a[i] > T(0) ? a[i] : T(0);
+      break;
+    case Activation::silu:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (T(1) + exp_of(-a[i]));
+      break;
+    case Activation::gelu:  // nn.GELU's exact form: x Phi(x)
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = T(0.5) * a[i] * (T(1) + erf_of(a[i] * T(0.70710678118654752440)));
+      break;
+  }
+}
+
+// Register blocking of the tile product: kRows rows of kColumnVectors vector registers of accumulators, which
+// with the weights' row and the broadcast input stay in the 32 registers of AVX-512 (24 accumulators) or the
+// 16 of AVX2 (12)
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64, kColumnVectors = 4;
+#else
+constexpr int64_t kVectorBytes = 32, kColumnVectors = 2;
+#endif
+constexpr int64_t kRows = 6;
+constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
+
+// out = in wt + bias on a tile: in and out (kTile, C) buffers, wt (C, C) the weight transposed, rows a
+// multiple of kRows. C a compile-time width where it is one (64, 128), so that the accumulators of a block
+// stay in registers; otherwise (C = 0) read at run time, each row a loop over the columns.
+template <typename T, int64_t C>
+void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* __restrict__ bias,
+                  T* __restrict__ out, int64_t rows, int64_t c_runtime) {
+  if constexpr (C == 0) {
+    const int64_t c = c_runtime;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* __restrict__ o = out + r * c;
+      std::copy_n(bias, c, o);
+      for (int64_t k = 0; k < c; ++k) {
+        const T a = in[r * c + k];
+#pragma omp simd
+        for (int64_t n = 0; n < c; ++n) o[n] += a * wt[k * c + n];
+      }
+    }
+  } else {
+    constexpr int64_t cols = std::min<int64_t>(C, kColumnVectors * kVectorBytes / static_cast<int64_t>(sizeof(T)));
+    static_assert(C % cols == 0, "the width must be a multiple of a block's columns");
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      for (int64_t n0 = 0; n0 < C; n0 += cols) {
+        T acc[kRows][cols];
+        for (int64_t r = 0; r < kRows; ++r)
+#pragma omp simd
+          for (int64_t n = 0; n < cols; ++n) acc[r][n] = bias[n0 + n];
+#pragma GCC unroll 4
+        for (int64_t k = 0; k < C; ++k) {
+          const T* __restrict__ w = wt + k * C + n0;
+#pragma GCC unroll 8
+          for (int64_t r = 0; r < kRows; ++r) {
+            const T a = in[(r0 + r) * C + k];
+#pragma omp simd
+            for (int64_t n = 0; n < cols; ++n) acc[r][n] += a * w[n];
+          }
+        }
+        for (int64_t r = 0; r < kRows; ++r)
+#pragma omp simd
+          for (int64_t n = 0; n < cols; ++n) out[(r0 + r) * C + n0 + n] = acc[r][n];
+      }
+    }
+  }
+}
+
+// (out, in) nn.Linear weight -> (in, out), so that a tile product reads one row of it per input column
+template <typename T>
+std::vector<T> transposed(const at::Tensor& weight, int64_t c) {
+  const T* w = weight.data_ptr<T>();
+  std::vector<T> wt(c * c);
+  for (int64_t o = 0; o < c; ++o)
+    for (int64_t i = 0; i < c; ++i) wt[i * c + o] = w[o * c + i];
+  return wt;
+}
+
+template <typename T, int64_t C>
+void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vector<const T*>& norm1,
+                       const std::vector<T>& w1t, const T* b1, const std::vector<T>& w2t, const T* b2,
+                       const std::vector<const T*>& norm2, T eps1, T eps2, Activation kind, int64_t rows, int64_t c,
+                       at::Tensor& out) {
+  const KeepDraw none(0.0, 0);
+  const T *xs = x.data_ptr<T>(), *ys = y.data_ptr<T>();
+  T* outs = out.data_ptr<T>();
+  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t first, int64_t last) {
+    // the rows past a last, partial tile take part in the products (whole register blocks) and are not written
+    std::vector<T> h(kTile * c, T(0)), a(kTile * c, T(0)), f(kTile * c), sums(c);
+    for (int64_t tile = first; tile < last; ++tile) {
+      const int64_t start = tile * kTile, count = std::min(kTile, rows - start);
+      const int64_t blocked = (count + kRows - 1) / kRows * kRows;
+      add_norm_rows<T>(xs + start * c, ys + start * c, norm1[0], norm1[1], none, 0.0, eps1, c, 0, count,
+                       sums.data(), false, h.data(), nullptr, nullptr);
+      tile_product<T, C>(h.data(), w1t.data(), b1, a.data(), blocked, c);
+      activate(kind, a.data(), count * c);
+      tile_product<T, C>(a.data(), w2t.data(), b2, f.data(), blocked, c);
+      add_norm_rows<T>(h.data(), f.data(), norm2[0], norm2[1], none, 0.0, eps2, c, 0, count, sums.data(), false,
+                       outs + start * c, nullptr, nullptr);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& norm1_weight,
+                                const at::Tensor& norm1_bias, double eps1, const at::Tensor& weight1,
+                                const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
+                                const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, double eps2,
+                                c10::string_view activation) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1 && x.is_contiguous(), "x must be a contiguous CPU tensor");
+  TORCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
+              "y must be contiguous and of x's shape and dtype, got ", y.sizes());
+  const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
+  for (const auto& [t, name] : {std::pair{norm1_weight, "norm1_weight"}, std::pair{norm1_bias, "norm1_bias"},
+                                std::pair{bias1, "bias1"}, std::pair{bias2, "bias2"},
+                                std::pair{norm2_weight, "norm2_weight"}, std::pair{norm2_bias, "norm2_bias"}})
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == c && t.is_contiguous() && t.scalar_type() == x.scalar_type(), name,
+                " must be (", c, ") in x's dtype");
+  for (const auto& [t, name] : {std::pair{weight1, "weight1"}, std::pair{weight2, "weight2"}})
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == c && t.size(1) == c && t.is_contiguous() &&
+                    t.scalar_type() == x.scalar_type(),
+                name, " must be (", c, ", ", c, ") in x's dtype");
+  const Activation kind = activation_of(std::string_view(activation.data(), activation.size()));
+  auto out = new_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tail_forward", [&] {
+    using T = scalar_t;
+    const auto w1t = transposed<T>(weight1, c), w2t = transposed<T>(weight2, c);
+    const std::vector<const T*> norm1{norm1_weight.data_ptr<T>(), norm1_bias.data_ptr<T>()},
+        norm2{norm2_weight.data_ptr<T>(), norm2_bias.data_ptr<T>()};
+    const auto run = [&](auto width) {
+      encoder_tail_rows<T, decltype(width)::value>(x, y, norm1, w1t, bias1.data_ptr<T>(), w2t, bias2.data_ptr<T>(),
+                                                    norm2, static_cast<T>(eps1), static_cast<T>(eps2), kind, rows, c,
+                                                    out);
+    };
+    if (c == 64)
+      run(std::integral_constant<int64_t, 64>{});
+    else if (c == 128)
+      run(std::integral_constant<int64_t, 128>{});
+    else
+      run(std::integral_constant<int64_t, 0>{});
+  });
+  return out;
+}
+
+}  // namespace star_fused
