@@ -146,6 +146,8 @@ def attention_table(rows: int, device, repeats: int) -> None:
 
 FORMS = {f"{sparse}+{temporal}": dict(sparse_kernel=sparse, temporal_kernel=temporal)
          for sparse, temporal in KERNEL_FORMS.values()}
+# the fused kernels without the inference-only ones (projections and layer tails): their effect on the forward
+FORMS["fused, no inference kernels"] = dict(sparse_kernel="fused", temporal_kernel="fused", inference_kernels=False)
 
 
 def forms_on(device: torch.device) -> dict[str, dict]:
@@ -157,7 +159,7 @@ def forms_on(device: torch.device) -> dict[str, dict]:
 def backend_table(samples, device, repeats: int) -> None:
     inputs = registry.model_inputs(registry.spec("star-64"), collate_compact(samples).to(device))
     print("\nSTAR-64 in each kernel form and scatter back-end (pooling sums; the edges kernel's segment reductions)")
-    print(f"{'back-end':10s} {'form':14s} {'forward_ms':>10s} {'fwd+bwd_ms':>10s}")
+    print(f"{'back-end':10s} {'form':28s} {'forward_ms':>10s} {'fwd+bwd_ms':>10s}")
     for form, kernels in forms_on(device).items():
         for backend in BACKENDS:
             torch.manual_seed(0)
@@ -171,7 +173,7 @@ def backend_table(samples, device, repeats: int) -> None:
                 m(*inputs).sum().backward()
 
             both, _, _ = latency_ms(step, device, max(3, repeats // 3), warmup=1)
-            print(f"{backend:10s} {form:14s} {fwd:10.1f} {both:10.1f}")
+            print(f"{backend:10s} {form:28s} {fwd:10.1f} {both:10.1f}")
 
 
 def dispatch_table(seed: int) -> None:
@@ -182,7 +184,7 @@ def dispatch_table(seed: int) -> None:
     CPU draws its own masks) without a GPU.
     """
     print("\noperators dispatched per call (all / launching a kernel, i.e. without views)")
-    print(f"{'model':8s} {'form':14s} {'device':6s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
+    print(f"{'model':8s} {'form':28s} {'device':6s} {'clips':>5s} {'forward':>13s} {'fwd+bwd':>13s}")
     for form, kernels in forms_on(torch.device("cpu")).items():
         device = "meta" if form == "+".join(KERNEL_FORMS["device"]) else "cpu"
         for clips in (4, 16, 64):
@@ -195,12 +197,12 @@ def dispatch_table(seed: int) -> None:
                 ahead = count_dispatches(lambda m=model, i=inputs: m(*i))
             model.train()
             both = count_dispatches(lambda m=model, i=inputs: m(*i).sum().backward())
-            print(f"{'star-64':8s} {form:14s} {device:6s} {clips:5d} {f'{ahead.total} / {ahead.launches}':>13s} "
+            print(f"{'star-64':8s} {form:28s} {device:6s} {clips:5d} {f'{ahead.total} / {ahead.launches}':>13s} "
                   f"{f'{both.total} / {both.launches}':>13s}", flush=True)
     model = registry.build("st-gcn").eval()
     with torch.no_grad():
         ahead = count_dispatches(lambda: model(torch.zeros(2, 3, 300, 25, 2)))
-    print(f"{'st-gcn':8s} {'padded':14s} {'cpu':6s} {2:5d} {f'{ahead.total} / {ahead.launches}':>13s}")
+    print(f"{'st-gcn':8s} {'padded':28s} {'cpu':6s} {2:5d} {f'{ahead.total} / {ahead.launches}':>13s}")
 
 
 def main() -> None:

@@ -702,27 +702,51 @@ def test_fused_encoder_tail_is_add_norm_feed_forward_add_norm(width, activation)
 
 
 @needs_fused
-def test_encoder_layers_fuse_their_tail_only_in_inference(monkeypatch):
-    """STAR-64 in eval mode without gradients runs each encoder layer's tail as one kernel (10 calls), with the
-    logits of the unfused layers to 1e-5; with gradients asked for, or in training, the unfused layers run, so
-    that autograd reaches every parameter."""
+@pytest.mark.parametrize(("width", "outputs"), [(64, (192, 192)), (128, (384, 384)), (24, (72, 40))])
+def test_fused_projections_are_one_product_per_weight(width, outputs):
+    """x W^T for each weight in one pass over x, for the compiled-in widths' query, key and value projections and
+    other shapes read at run time: float64 to 1e-12 and float32 to 1e-5 of the products, on 307 rows (a partial
+    tile) and on 5 (fewer than a register block)."""
+    generator = torch.Generator().manual_seed(width)
+    weights = [torch.randn(n, width, generator=generator, dtype=torch.float64) / width ** 0.5 for n in outputs]
+    for rows in (307, 5):
+        x = torch.randn(rows, width, generator=generator, dtype=torch.float64)
+        exact = fused.projections(x, weights)
+        got = fused.projections(x.float(), [w.float() for w in weights])
+        for e, g, w in zip(exact, got, weights, strict=True):
+            torch.testing.assert_close(e, x @ w.T, atol=1e-12, rtol=1e-12)
+            torch.testing.assert_close(g, (x @ w.T).float(), atol=1e-5, rtol=1e-5)
+
+
+@needs_fused
+@pytest.mark.parametrize("spatial", ["sparse", "full"])
+def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
+    """STAR-64 in eval mode without gradients projects each ST-block's input for both encoders in one kernel (5
+    calls) and runs each encoder layer's tail as one (10), with the logits of the unfused layers to 1e-5; with
+    gradients asked for, in training, or with the config's inference_kernels off, the unfused layers run (and
+    autograd reaches every parameter)."""
     calls = []
-    tail = fused.encoder_tail
-    monkeypatch.setattr(fused, "encoder_tail", lambda *args: calls.append(1) or tail(*args))
+    for name in ("projections", "encoder_tail"):
+        kernel = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *args, name=name, kernel=kernel: calls.append(name) or kernel(*args))
     batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
     torch.manual_seed(0)
-    model = STAR(STARConfig()).eval()
+    model = STAR(STARConfig(spatial=spatial)).eval()
     with torch.no_grad():
         fused_logits = model(*inputs(batch))
-    assert len(calls) == 2 * model.config.layers
+    layers = model.config.layers
+    assert (calls.count("projections"), calls.count("encoder_tail")) == (layers, 2 * layers)
     logits = model(*inputs(batch))
     logits.square().sum().backward()
-    assert len(calls) == 2 * model.config.layers
+    assert len(calls) == 3 * layers
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         model.train()(*inputs(batch))
-    assert len(calls) == 2 * model.config.layers
+        torch.manual_seed(0)
+        unfused = STAR(STARConfig(spatial=spatial, inference_kernels=False)).eval()(*inputs(batch))
+    assert len(calls) == 3 * layers
+    torch.testing.assert_close(fused_logits, unfused, atol=1e-5, rtol=1e-5)
 
 
 def test_sparse_kernels_and_backends_give_the_same_model_output():

@@ -43,7 +43,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in  # and common.h
-           ("sparse_attention.cpp", "linear_attention.cpp", "dropout_norm.cpp", "feed_forward.cpp", "library.cpp")]
+           ("sparse_attention.cpp", "linear_attention.cpp", "dropout_norm.cpp", "inference.cpp", "library.cpp")]
 DTYPES = (torch.float32, torch.float64)
 ISA_FLAGS = {  # compiler flags for the instruction set torch reports (get_cpu_capability)
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
@@ -225,3 +225,11 @@ def encoder_tail(x: torch.Tensor, y: torch.Tensor, attention_norm: torch.nn.Laye
         x.contiguous(), y.contiguous(), attention_norm.weight, attention_norm.bias, attention_norm.eps,
         first.weight, first.bias, second.weight, second.bias, feed_forward_norm.weight, feed_forward_norm.bias,
         feed_forward_norm.eps, activation)
+
+
+def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[x W^T for W in weights], x (R, C), in one pass over x, for inference: a tile of rows at a time is
+    multiplied by every weight while in the cache (both encoders of an ST-block project the same input). No
+    gradient flows through it."""
+    _require(x)
+    return torch.ops.star_fused.projections_forward(x.contiguous(), [w.contiguous() for w in weights])

@@ -147,14 +147,28 @@ class TemporalAttention(nn.Module):
             return self.kernel
         return "padded" if device_form(x) else "fused" if fused.usable(x) else "split"
 
-    def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
+    def rows_weight(self) -> torch.Tensor:
+        """The projection's weight as `rows_attention` reads its product: nn.Linear's, output rows (3, H, d)."""
+        return self.qkv.weight
+
+    def rows_attention(self, qkv: torch.Tensor, n: int, v: int, segments: ClipSegments) -> torch.Tensor:
+        """The fused kernel on the projection's rows qkv (N*V, 3C) -> (N, V, C)."""
+        c = qkv.shape[1] // 3
+        h, d = self.heads, c // self.heads
+        qkv = qkv.view(n, v, 3, h, d)  # (N, V, 3, H, d)
+        return fused.linear_attention(qkv, segments.bounds, d ** -0.25, self.eps).view(n, v, c)  # (N, V, H*d)
+
+    def forward(self, x: torch.Tensor, segments: ClipSegments, projected: torch.Tensor | None = None) -> torch.Tensor:
+        """`projected`: x rows_weight()^T as rows (N*V, 3C), where the caller made it (`rows_attention` runs)."""
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
         scale, kernel = d ** -0.25, self.kernel_for(x)
-        if kernel in ("padded", "fused"):
+        if projected is not None or kernel == "fused":
+            if projected is None:
+                projected = F.linear(x.reshape(n * v, c), self.rows_weight())  # (N*V, 3C)
+            return self.rows_attention(projected, n, v, segments)
+        if kernel == "padded":
             qkv = F.linear(x.reshape(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
-            if kernel == "fused":
-                return fused.linear_attention(qkv, segments.bounds, scale, self.eps).view(n, v, c)  # (N, V, H*d)
             return padded_linear_attention(qkv, segments, scale, self.eps).view(n, v, c)  # (N, V, H*d)
         q, k, val = self.qkv(x).view(v * h, 3, d, n).unbind(1)  # (G, d, N) each, G = (V, H)
         q, k = elu_feature_map(q * scale), elu_feature_map(k * scale)

@@ -365,24 +365,43 @@ class SpatialAttention(nn.Module):
             return self.kernel
         return "gather" if device_form(x) else "fused" if fused.usable(x) else "rows"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, v, c = x.shape
+    def rows_weight(self) -> torch.Tensor:
+        """The projection's weight as `rows_attention` reads its product: output rows (3, d, H) for the fused
+        sparse kernel, nn.Linear's (3, H, d) for the full attention."""
+        return self.qkv.weight if self.graph is None else self.qkv.ordered_weight()
+
+    def rows_attention(self, qkv: torch.Tensor, n: int, v: int) -> torch.Tensor:
+        """The full attention, or the sparse one by the fused kernel, on the projection's rows qkv (N*V, 3C) as
+        x rows_weight()^T gives them -> (N, V, C)."""
+        c = qkv.shape[1] // 3
         h, d = self.heads, c // self.heads
         if self.graph is None:
-            q, k, val = self.qkv(x).view(n, v, 3, h, d).permute(2, 0, 3, 1, 4)  # (N, H, V, d) each
+            q, k, val = qkv.view(n, v, 3, h, d).permute(2, 0, 3, 1, 4)  # (N, H, V, d) each
             out = dense_attention(q, k, val, None, self.attention_dropout, self.training)
             return out.transpose(1, 2).reshape(n, v, c)  # (N, V, H*d)
         graph = self.graph_here()
-        kernel, dropping = self.kernel_for(x), self.training and self.attention_dropout > 0
+        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, qkv) \
+            if self.training and self.attention_dropout > 0 else None  # (E, M), columns (N, H)
+        out = fused.sparse_attention(qkv.view(n, v, 3, d, h), graph.rowptr, graph.key, keep)  # (N, V, 3, d, H) in
+        return out.view(n, v, c)  # (N, V, H*d)
+
+    def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
+        """`projected`: x rows_weight()^T as rows (N*V, 3C), where the caller made it (`rows_attention` runs)."""
+        n, v, c = x.shape
+        h, d = self.heads, c // self.heads
+        kernel = self.kernel_for(x)
+        if projected is not None or self.graph is None or kernel == "fused":
+            if projected is None:  # the full attention's nn.Linear called as a module: the MAC counters see it
+                rows = x.reshape(n * v, c)
+                projected = self.qkv(rows) if self.graph is None else F.linear(rows, self.rows_weight())  # (N*V, 3C)
+            return self.rows_attention(projected, n, v)
+        graph = self.graph_here()
+        dropping = self.training and self.attention_dropout > 0
         if kernel == "gather":
             qkv = F.linear(x.view(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)
             dropout = self.attention_dropout if dropping else 0.0
             return gathered_attention(qkv[:, :, 0], qkv[:, :, 1:], graph, dropout=dropout).view(n, v, c)  # (N, V, H*d)
-        # (E, M), its columns in the kernel's order: (N, H) for fused, (H, N) for rows and edges
-        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None
-        if kernel == "fused":
-            qkv = F.linear(x.reshape(n * v, c), self.qkv.ordered_weight()).view(n, v, 3, d, h)  # (N, V, 3, d, H)
-            return fused.sparse_attention(qkv, graph.rowptr, graph.key, keep).view(n, v, c)  # (N, V, H*d)
+        keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, x) if dropping else None  # (E, M), (H, N)
         if kernel == "rows":  # M = (H, N)
             planes = self.qkv(x).view(v, 3, d, h * n)  # (V, 3, d, M): q, k, v planes
             return planes_to_rows(row_attention(*planes.unbind(1), graph, keep), n, v, h)  # (N, V, H*d)

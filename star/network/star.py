@@ -117,6 +117,7 @@ class STARConfig:
     temporal_kernel: str = "auto"  # "fused"/"split" (CPU) or "padded" (GPU), see star.network.linear_attention
     scatter_backend: str = DEFAULT_BACKEND  # "torch" or "pyg", see star.network.scatter
     linear_eps: float = 1e-6  # added to the linear attention's denominator
+    inference_kernels: bool = True  # in inference on the fused kernels: fused projections and layer tails
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -196,7 +197,7 @@ class EncoderLayer(nn.Module):
                                         config.feed_forward_dropout_twice)
         self.feed_forward_norm = nn.LayerNorm(config.width)
         self.dropout = Dropout(config.dropout)
-        self.activation = config.activation
+        self.activation, self.inference_kernels = config.activation, config.inference_kernels
 
     def add_norm(self, norm: nn.LayerNorm, x: torch.Tensor, sublayer: torch.Tensor) -> torch.Tensor:
         """norm(x + dropout(sublayer)); one pass of a fused kernel (star.network.fused.add_norm) where the
@@ -208,16 +209,19 @@ class EncoderLayer(nn.Module):
     def inference_tail(self, x: torch.Tensor) -> bool:
         """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tail):
         the attention's fused kernel runs, in eval mode (every dropout the identity) and with no gradient asked
-        for."""
+        for, unless the config's inference_kernels is off."""
         gradient = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return not self.training and not gradient and self.attention.kernel_for(x) == "fused"
+        return (self.inference_kernels and not self.training and not gradient
+                and self.attention.kernel_for(x) == "fused")
 
-    def forward(self, x: torch.Tensor, *context) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *context, projected: torch.Tensor | None = None) -> torch.Tensor:
+        """`projected`: the attention's projection of x as rows, where the caller made it (see STBlock)."""
         n, v, c = x.shape
+        attended = self.attention(x, *context, projected=projected)
         if self.inference_tail(x):
-            return fused.encoder_tail(x, self.attention(x, *context), self.attention_norm, self.feed_forward,
-                                      self.feed_forward_norm, self.activation)
-        x = self.add_norm(self.attention_norm, x, self.attention(x, *context)).view(n * v, c)  # (N*V, C)
+            return fused.encoder_tail(x, attended, self.attention_norm, self.feed_forward, self.feed_forward_norm,
+                                      self.activation)
+        x = self.add_norm(self.attention_norm, x, attended).view(n * v, c)  # (N*V, C)
         # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
         return self.add_norm(self.feed_forward_norm, x, self.feed_forward(x)).view(n, v, c)
 
@@ -235,7 +239,13 @@ class STBlock(nn.Module):
         self.temporal = EncoderLayer(temporal, config)
 
     def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
-        return self.spatial(x) + self.temporal(x, segments)
+        if not (self.spatial.inference_tail(x) and self.temporal.inference_tail(x)):
+            return self.spatial(x) + self.temporal(x, segments)
+        # inference on the fused kernels: both encoders' projections of x in one pass over it
+        n, v, c = x.shape
+        weights = [self.spatial.attention.rows_weight(), self.temporal.attention.rows_weight()]
+        spatial, temporal = fused.projections(x.view(n * v, c), weights)  # (N*V, 3C) each
+        return self.spatial(x, projected=spatial) + self.temporal(x, segments, projected=temporal)
 
 
 class STAR(nn.Module):

@@ -174,7 +174,7 @@ void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDra
   }
 }
 
-// The operators (sparse_attention.cpp, linear_attention.cpp, dropout_norm.cpp, feed_forward.cpp)
+// The operators (sparse_attention.cpp, linear_attention.cpp, dropout_norm.cpp, inference.cpp)
 std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qkv, const at::Tensor& rowptr,
                                                             const at::Tensor& keys,
                                                             const std::optional<at::Tensor>& keep, double scale,
@@ -198,5 +198,6 @@ at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const 
                                 const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
                                 const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, double eps2,
                                 c10::string_view activation);
+std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights);
 
 }  // namespace star_fused

@@ -1,8 +1,13 @@
-// The rest of an encoder layer after its attention, in inference: h = LayerNorm1(x + y), then
+// Two kernels for inference only (eval mode, no gradient asked for), which keep nothing for a backward pass.
+//
+// The query, key and value projections of both encoders of an ST-block, each x W^T of the same x: one pass
+// over x, a tile of rows at a time, instead of one product each.
+//
+// The rest of an encoder layer after its attention: h = LayerNorm1(x + y), then
 // LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache. The unfused layers write
 // and read back five activations of the layer's size between them (the sum, h, the first product, the
 // activation, the second product); here each tile's go through buffers a thread keeps, and only the output
-// leaves them. No dropout: inference only, and nothing is kept for a backward pass.
+// leaves them. No dropout: in eval mode every dropout is the identity.
 
 #include <string_view>
 
@@ -64,45 +69,46 @@ constexpr int64_t kVectorBytes = 32, kColumnVectors = 2;
 constexpr int64_t kRows = 6;
 constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
 
-// out = in wt + bias on a tile: in and out (kTile, C) buffers, wt (C, C) the weight transposed, rows a
-// multiple of kRows. C a compile-time width where it is one (64, 128), so that the accumulators of a block
-// stay in registers; otherwise (C = 0) read at run time, each row a loop over the columns.
-template <typename T, int64_t C>
+// out = in wt + bias on `rows` rows (a multiple of kRows): in (rows, K), wt (K, N) the weight transposed, out
+// (rows, N), bias (N) or none. K and N compile-time where they are (the widths 64 and 128 and their
+// projections' 3 x), so that the accumulators of a block stay in registers; otherwise (K = N = 0) read at
+// run time, each row a loop over the columns.
+template <typename T, int64_t K, int64_t N>
 void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* __restrict__ bias,
-                  T* __restrict__ out, int64_t rows, int64_t c_runtime) {
-  if constexpr (C == 0) {
-    const int64_t c = c_runtime;
+                  T* __restrict__ out, int64_t rows, int64_t k_runtime, int64_t n_runtime) {
+  if constexpr (K == 0) {
+    const int64_t k_size = k_runtime, n_size = n_runtime;
     for (int64_t r = 0; r < rows; ++r) {
-      T* __restrict__ o = out + r * c;
-      std::copy_n(bias, c, o);
-      for (int64_t k = 0; k < c; ++k) {
-        const T a = in[r * c + k];
+      T* __restrict__ o = out + r * n_size;
+      for (int64_t n = 0; n < n_size; ++n) o[n] = bias ? bias[n] : T(0);
+      for (int64_t k = 0; k < k_size; ++k) {
+        const T a = in[r * k_size + k];
 #pragma omp simd
-        for (int64_t n = 0; n < c; ++n) o[n] += a * wt[k * c + n];
+        for (int64_t n = 0; n < n_size; ++n) o[n] += a * wt[k * n_size + n];
       }
     }
   } else {
-    constexpr int64_t cols = std::min<int64_t>(C, kColumnVectors * kVectorBytes / static_cast<int64_t>(sizeof(T)));
-    static_assert(C % cols == 0, "the width must be a multiple of a block's columns");
+    constexpr int64_t cols = std::min<int64_t>(N, kColumnVectors * kVectorBytes / static_cast<int64_t>(sizeof(T)));
+    static_assert(N % cols == 0, "the output width must be a multiple of a block's columns");
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-      for (int64_t n0 = 0; n0 < C; n0 += cols) {
+      for (int64_t n0 = 0; n0 < N; n0 += cols) {
         T acc[kRows][cols];
         for (int64_t r = 0; r < kRows; ++r)
 #pragma omp simd
-          for (int64_t n = 0; n < cols; ++n) acc[r][n] = bias[n0 + n];
+          for (int64_t n = 0; n < cols; ++n) acc[r][n] = bias ? bias[n0 + n] : T(0);
 #pragma GCC unroll 4
-        for (int64_t k = 0; k < C; ++k) {
-          const T* __restrict__ w = wt + k * C + n0;
+        for (int64_t k = 0; k < K; ++k) {
+          const T* __restrict__ w = wt + k * N + n0;
 #pragma GCC unroll 8
           for (int64_t r = 0; r < kRows; ++r) {
-            const T a = in[(r0 + r) * C + k];
+            const T a = in[(r0 + r) * K + k];
 #pragma omp simd
             for (int64_t n = 0; n < cols; ++n) acc[r][n] += a * w[n];
           }
         }
         for (int64_t r = 0; r < kRows; ++r)
 #pragma omp simd
-          for (int64_t n = 0; n < cols; ++n) out[(r0 + r) * C + n0 + n] = acc[r][n];
+          for (int64_t n = 0; n < cols; ++n) out[(r0 + r) * N + n0 + n] = acc[r][n];
       }
     }
   }
@@ -110,12 +116,24 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
 
 // (out, in) nn.Linear weight -> (in, out), so that a tile product reads one row of it per input column
 template <typename T>
-std::vector<T> transposed(const at::Tensor& weight, int64_t c) {
+std::vector<T> transposed(const at::Tensor& weight) {
+  const int64_t outputs = weight.size(0), inputs = weight.size(1);
   const T* w = weight.data_ptr<T>();
-  std::vector<T> wt(c * c);
-  for (int64_t o = 0; o < c; ++o)
-    for (int64_t i = 0; i < c; ++i) wt[i * c + o] = w[o * c + i];
+  std::vector<T> wt(outputs * inputs);
+  for (int64_t o = 0; o < outputs; ++o)
+    for (int64_t i = 0; i < inputs; ++i) wt[i * outputs + o] = w[o * inputs + i];
   return wt;
+}
+
+// run(std::integral_constant<int64_t, w>) with w = c where the kernels are compiled for that width, else 0
+template <typename Run>
+void with_width(int64_t c, const Run& run) {
+  if (c == 64)
+    run(std::integral_constant<int64_t, 64>{});
+  else if (c == 128)
+    run(std::integral_constant<int64_t, 128>{});
+  else
+    run(std::integral_constant<int64_t, 0>{});
 }
 
 template <typename T, int64_t C>
@@ -134,11 +152,43 @@ void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vect
       const int64_t blocked = (count + kRows - 1) / kRows * kRows;
       add_norm_rows<T>(xs + start * c, ys + start * c, norm1[0], norm1[1], none, 0.0, eps1, c, 0, count,
                        sums.data(), false, h.data(), nullptr, nullptr);
-      tile_product<T, C>(h.data(), w1t.data(), b1, a.data(), blocked, c);
+      tile_product<T, C, C>(h.data(), w1t.data(), b1, a.data(), blocked, c, c);
       activate(kind, a.data(), count * c);
-      tile_product<T, C>(a.data(), w2t.data(), b2, f.data(), blocked, c);
+      tile_product<T, C, C>(a.data(), w2t.data(), b2, f.data(), blocked, c, c);
       add_norm_rows<T>(h.data(), f.data(), norm2[0], norm2[1], none, 0.0, eps2, c, 0, count, sums.data(), false,
                        outs + start * c, nullptr, nullptr);
+    }
+  });
+}
+
+// x W_i^T for each weight, a tile of x's rows at a time: read once, multiplied by every weight while in the
+// cache. Whole tiles are read from x and written to the outputs in place; the last, partial one goes through
+// buffers padded to whole register blocks.
+template <typename T, int64_t K>
+void projection_rows(const T* xs, const std::vector<std::vector<T>>& transposes, std::vector<at::Tensor>& outs,
+                     int64_t rows, int64_t k) {
+  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> in, out;
+    for (int64_t tile = first; tile < last; ++tile) {
+      const int64_t start = tile * kTile, count = std::min(kTile, rows - start);
+      const int64_t blocked = (count + kRows - 1) / kRows * kRows;
+      const T* tile_in = xs + start * k;
+      if (blocked != count) {
+        in.assign(blocked * k, T(0));
+        std::copy_n(tile_in, count * k, in.data());
+        tile_in = in.data();
+      }
+      for (size_t i = 0; i < outs.size(); ++i) {
+        const int64_t n = outs[i].size(1);
+        T* tile_out = outs[i].data_ptr<T>() + start * n;
+        T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
+        const T* wt = transposes[i].data();
+        if (K > 0 && n == 3 * K)  // a query, key and value projection of a compiled-in width
+          tile_product<T, K, 3 * K>(tile_in, wt, nullptr, target, blocked, k, n);
+        else
+          tile_product<T, 0, 0>(tile_in, wt, nullptr, target, blocked, k, n);
+        if (target != tile_out) std::copy_n(target, count * n, tile_out);
+      }
     }
   });
 }
@@ -167,7 +217,7 @@ at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const 
   auto out = new_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tail_forward", [&] {
     using T = scalar_t;
-    const auto w1t = transposed<T>(weight1, c), w2t = transposed<T>(weight2, c);
+    const auto w1t = transposed<T>(weight1), w2t = transposed<T>(weight2);
     const std::vector<const T*> norm1{norm1_weight.data_ptr<T>(), norm1_bias.data_ptr<T>()},
         norm2{norm2_weight.data_ptr<T>(), norm2_bias.data_ptr<T>()};
     const auto run = [&](auto width) {
@@ -175,14 +225,30 @@ at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const 
                                                     norm2, static_cast<T>(eps1), static_cast<T>(eps2), kind, rows, c,
                                                     out);
     };
-    if (c == 64)
-      run(std::integral_constant<int64_t, 64>{});
-    else if (c == 128)
-      run(std::integral_constant<int64_t, 128>{});
-    else
-      run(std::integral_constant<int64_t, 0>{});
+    with_width(c, run);
   });
   return out;
+}
+
+
+std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (rows, C) CPU tensor");
+  const int64_t rows = x.size(0), k = x.size(1);
+  std::vector<at::Tensor> outs;
+  for (const auto& weight : weights) {
+    TORCH_CHECK(weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
+                    weight.scalar_type() == x.scalar_type(),
+                "each weight must be a contiguous (out, ", k, ") matrix in x's dtype, got ", weight.sizes());
+    outs.push_back(new_tensor({rows, weight.size(0)}, x.scalar_type()));
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projections_forward", [&] {
+    std::vector<std::vector<scalar_t>> transposes;
+    for (const auto& weight : weights) transposes.push_back(transposed<scalar_t>(weight));
+    with_width(k, [&](auto width) {
+      projection_rows<scalar_t, decltype(width)::value>(x.data_ptr<scalar_t>(), transposes, outs, rows, k);
+    });
+  });
+  return outs;
 }
 
 }  // namespace star_fused
