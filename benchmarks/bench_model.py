@@ -16,7 +16,8 @@ Prints, from one run on one machine:
    each scatter back-end, full dense): the sparse-over-full ratio and the
    reason behind it (products computed against bytes gathered);
 4. STAR-64 forward and forward+backward with each kernel form and scatter
-   back-end;
+   back-end, and the fused form's forward without its inference kernels
+   (`STARConfig.inference_kernels`);
 5. the operators STAR-64's forward and forward+backward dispatch in each
    kernel form for 4, 16 and 64 clips, all of them and those that launch a
    kernel (views launch none), ST-GCN's beside them: on a GPU each launch
@@ -166,6 +167,9 @@ def backend_table(samples, device, repeats: int) -> None:
             model = STAR(STARConfig(scatter_backend=backend, **kernels)).to(device)
             model.eval()
             fwd, _, _ = latency_ms(lambda m=model: forward(m, inputs), device, repeats)
+            if not kernels.get("inference_kernels", True):  # training runs as fused+fused does
+                print(f"{backend:10s} {form:28s} {fwd:10.1f} {'':>10s}")
+                continue
             model.train()
 
             def step(m=model):

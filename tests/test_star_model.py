@@ -683,26 +683,28 @@ def test_fused_add_norm_trains_the_model_as_the_unfused_form_does(monkeypatch):
 @pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
 def test_fused_encoder_tail_is_add_norm_feed_forward_add_norm(width, activation):
     """In inference, norm2(h + FF(h)) with h = norm1(x + y): float64 to 1e-12 of the unfused layers, float32 to
-    1e-5 of them in float64, on 307 rows (three tiles of 96 and a fourth whose last register block is partial)."""
+    1e-5 of them in float64, on 307 rows (three tiles of 96 and a fourth whose last register block is partial),
+    96 (one whole tile) and 5 (less than a register block)."""
     generator = torch.Generator().manual_seed(width)
     first, second = nn.LayerNorm(width), nn.LayerNorm(width)
     feed_forward = FeedForward(width, activation, 0.5).eval()
     with torch.no_grad():
         for norm in (first, second):
             norm.weight.normal_(1, 0.3, generator=generator), norm.bias.normal_(0, 0.3, generator=generator)
-    x, y = (2 * torch.randn(307, width, generator=generator) for _ in range(2))
     layers = [copy.deepcopy(m).double() for m in (first, feed_forward, second)]
-    with torch.no_grad():
-        h = layers[0](x.double() + y.double())
-        reference = layers[2](h + layers[1](h))
-        exact = fused.encoder_tail(x.double(), y.double(), *layers, activation)
-        got = fused.encoder_tail(x, y, first, feed_forward, second, activation)
-    torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
+    for rows in (307, 96, 5):
+        x, y = (2 * torch.randn(rows, width, generator=generator) for _ in range(2))
+        with torch.no_grad():
+            h = layers[0](x.double() + y.double())
+            reference = layers[2](h + layers[1](h))
+            exact = fused.encoder_tail(x.double(), y.double(), *layers, activation)
+            got = fused.encoder_tail(x, y, first, feed_forward, second, activation)
+        torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
 
 
 @needs_fused
-@pytest.mark.parametrize(("width", "outputs"), [(64, (192, 192)), (128, (384, 384)), (24, (72, 40))])
+@pytest.mark.parametrize(("width", "outputs"), [(64, (192, 64)), (128, (384, 384)), (24, (72, 40))])
 def test_fused_projections_are_one_product_per_weight(width, outputs):
     """x W^T for each weight in one pass over x, for the compiled-in widths' query, key and value projections and
     other shapes read at run time: float64 to 1e-12 and float32 to 1e-5 of the products, on 307 rows (a partial
@@ -723,8 +725,8 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
     """STAR-64 in eval mode without gradients projects each ST-block's input for both encoders in one kernel (5
     calls) and runs each encoder layer's tail as one (10), with the logits of the unfused layers to 1e-5; with
-    gradients asked for, in training, or with the config's inference_kernels off, the unfused layers run (and
-    autograd reaches every parameter)."""
+    gradients asked for, in training, in the ATen kernel form, with the config's inference_kernels off, or in a
+    layer with a hook inside it, the unfused layers run (autograd reaches every parameter, the hook fires)."""
     calls = []
     for name in ("projections", "encoder_tail"):
         kernel = getattr(fused, name)
@@ -741,11 +743,23 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
     assert len(calls) == 3 * layers
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
+    # a hook inside block 0's spatial layer: that layer runs unfused, so block 0 projects twice, and the hook fires
+    seen = []
+    hook = model.blocks[0].spatial.feed_forward[0].register_forward_hook(lambda *_: seen.append(1))
+    with torch.no_grad():
+        hooked = model(*inputs(batch))
+    hook.remove()
+    assert (len(seen), calls.count("projections") - layers, calls.count("encoder_tail") - 2 * layers) == \
+        (1, layers - 1, 2 * layers - 1)
+    torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
+    calls.clear()
     with torch.no_grad():
         model.train()(*inputs(batch))
+        with kernel_forms(model.eval(), "aten"):  # what the MAC counters trace
+            model(*inputs(batch))
         torch.manual_seed(0)
         unfused = STAR(STARConfig(spatial=spatial, inference_kernels=False)).eval()(*inputs(batch))
-    assert len(calls) == 3 * layers
+    assert not calls
     torch.testing.assert_close(fused_logits, unfused, atol=1e-5, rtol=1e-5)
 
 

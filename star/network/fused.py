@@ -1,5 +1,5 @@
-"""STAR's two attentions and its Add & Norm as single CPU kernels, and dropout masks drawn without a
-generator's serial state (the C++ sources in `csrc/`), built on first use and cached.
+"""STAR's two attentions and its Add & Norm as single CPU kernels, two kernels for inference, and dropout
+masks drawn without a generator's serial state (the C++ sources in `csrc/`), built on first use and cached.
 
 The `rows` and `split` forms spend most of their time between operators:
 each edge of the sparse attention is a few ATen calls over a whole (d, M)
@@ -15,12 +15,13 @@ mode, no gradient asked for) everything of an encoder layer after its
 attention, Add & Norm, the feed-forward's two products and activation, and
 Add & Norm again, is one kernel that takes a tile of rows through all of it
 in the cache (`encoder_tail`), instead of five operators that write and read
-back an activation of the layer's size each.
+back an activation of the layer's size each, and an ST-block's two
+projections of its input are one pass over it (`projections`).
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
 one translation unit per source file (the two attentions, dropout with Add &
-Norm, the inference tail, the operators' registration), which ninja compiles side by side on
+Norm, the inference kernels, the operators' registration), which ninja compiles side by side on
 every core, under a name that includes the instruction set, so machines of
 two kinds sharing a home folder never load each other's build; torch caches
 it under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and ninja

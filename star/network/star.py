@@ -161,7 +161,8 @@ def kernel_forms(model: nn.Module, form: str):
     of the model, and the fused kernels are opaque to tracing.
     """
     sparse, temporal = KERNEL_FORMS[form]
-    # the full ablation's dense attention has one form, but its kernel decides its layers' Add & Norm as well
+    # the full ablation's dense attention has one form, but its kernel decides its layers' Add & Norm as well;
+    # the attentions' kernels decide the inference kernels (fused projections and layer tails) too
     attentions = [m for m in model.modules() if isinstance(m, (SpatialAttention, TemporalAttention))]
     before = [m.kernel for m in attentions]
     for module in attentions:
@@ -178,6 +179,13 @@ def kernel_forms(model: nn.Module, form: str):
 STAR_AS_RUN = dict(hand_layout="stgcn", duplicate_edges=True, feature_rules="code", positional_encoding="code",
                    positions="rows", activation="gelu", dropout=0.4, attention_dropout=0.4, head_dropout=0.3,
                    feed_forward_dropout_twice=True, linear_eps=0.0)
+
+
+def _global_hooks() -> bool:
+    """True where a forward hook is registered for every module (nn.modules.module.register_module_forward_hook)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 class FeedForward(nn.Sequential):
@@ -208,11 +216,15 @@ class EncoderLayer(nn.Module):
 
     def inference_tail(self, x: torch.Tensor) -> bool:
         """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tail):
-        the attention's fused kernel runs, in eval mode (every dropout the identity) and with no gradient asked
-        for, unless the config's inference_kernels is off."""
-        gradient = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return (self.inference_kernels and not self.training and not gradient
-                and self.attention.kernel_for(x) == "fused")
+        the attention's fused kernel runs, every module of the layer in eval mode (every dropout the identity),
+        no gradient asked for, and no hook on a module inside the layer (the kernel calls none of them), unless
+        the config's inference_kernels is off."""
+        if not self.inference_kernels or self.attention.kernel_for(x) != "fused":
+            return False
+        if any(m.training for m in self.modules()) or _global_hooks() or any(
+                m._forward_hooks or m._forward_pre_hooks for m in list(self.modules())[1:]):
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
     def forward(self, x: torch.Tensor, *context, projected: torch.Tensor | None = None) -> torch.Tensor:
         """`projected`: the attention's projection of x as rows, where the caller made it (see STBlock)."""
@@ -244,7 +256,7 @@ class STBlock(nn.Module):
         # inference on the fused kernels: both encoders' projections of x in one pass over it
         n, v, c = x.shape
         weights = [self.spatial.attention.rows_weight(), self.temporal.attention.rows_weight()]
-        spatial, temporal = fused.projections(x.view(n * v, c), weights)  # (N*V, 3C) each
+        spatial, temporal = fused.projections(x.reshape(n * v, c), weights)  # (N*V, 3C) each
         return self.spatial(x, projected=spatial) + self.temporal(x, segments, projected=temporal)
 
 

@@ -1,6 +1,6 @@
 // What the kernels of STAR's fused CPU operators share: the rows layout of the query, key and value
-// projections, the compile-time head shapes, a vectorisable exp, and the operators' declarations (library.cpp
-// registers them). star.network.fused builds this folder's sources into one extension, each file its own
+// projections, the compile-time head shapes, a vectorisable exp, the dropout multipliers' hash, Add & Norm of
+// a run of rows, and the operators' declarations (library.cpp registers them). star.network.fused builds this folder's sources into one extension, each file its own
 // translation unit, so that its build runs on every core.
 //
 // Only the ATen headers the kernels use: ATen/ATen.h (every operator's declaration) takes longer to parse

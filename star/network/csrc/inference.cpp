@@ -5,9 +5,9 @@
 //
 // The rest of an encoder layer after its attention: h = LayerNorm1(x + y), then
 // LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache. The unfused layers write
-// and read back five activations of the layer's size between them (the sum, h, the first product, the
-// activation, the second product); here each tile's go through buffers a thread keeps, and only the output
-// leaves them. No dropout: in eval mode every dropout is the identity.
+// and read back four activations of the layer's size between them (h, the first product, the activation, the
+// second product); here each tile's go through buffers a thread keeps, and only the output leaves them. No
+// dropout: in eval mode every dropout is the identity.
 
 #include <string_view>
 
@@ -36,7 +36,8 @@ inline T erf_of(T x) {
 template <>
 inline float erf_of<float>(float x) {
   const float a = std::fabs(x), t = 1.0f / (1.0f + 0.3275911f * a);
-  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float poly =
+      t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
   return std::copysign(1.0f - poly * exp_of(-a * a), x);
 }
 
@@ -45,7 +46,7 @@ void activate(Activation kind, T* a, int64_t n) {
   switch (kind) {
     case Activation::relu:
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) a[i] = a[i] > T(0) ? a[i] : T(0);
+      for (int64_t i = 0; i < n; ++i) a[i] = a[i] < T(0) ? T(0) : a[i];  // NaN stays NaN, as torch's
       break;
     case Activation::silu:
 #pragma omp simd
@@ -60,11 +61,13 @@ void activate(Activation kind, T* a, int64_t n) {
 
 // Register blocking of the tile product: kRows rows of kColumnVectors vector registers of accumulators, which
 // with the weights' row and the broadcast input stay in the 32 registers of AVX-512 (24 accumulators) or the
-// 16 of AVX2 (12)
+// 16 of AVX2 (12) or of SSE (12 of 16 bytes)
 #if defined(__AVX512F__)
 constexpr int64_t kVectorBytes = 64, kColumnVectors = 4;
-#else
+#elif defined(__AVX2__)
 constexpr int64_t kVectorBytes = 32, kColumnVectors = 2;
+#else
+constexpr int64_t kVectorBytes = 16, kColumnVectors = 2;
 #endif
 constexpr int64_t kRows = 6;
 constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
@@ -229,7 +232,6 @@ at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const 
   });
   return out;
 }
-
 
 std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (rows, C) CPU tensor");
