@@ -58,6 +58,15 @@ inline float exp_of<float>(float x) {
   return input == input ? value : input;  // NaN stays NaN
 }
 
+// The width of a vector register in bytes, for the kernels that block their sums in registers
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX2__)
+constexpr int64_t kVectorBytes = 32;
+#else
+constexpr int64_t kVectorBytes = 16;
+#endif
+
 // The rows of the query, key and value projections as F.linear writes them, (N, V, 3, H, d) or (N, V, 3, d, H),
 // contiguous: one token of 3 H d values per joint of a row.
 struct RowLayout {
@@ -83,6 +92,7 @@ inline RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
 // on each other's additions.
 template <int64_t H, int64_t D>
 struct Shape {
+  static constexpr int64_t depth = D;  // 0: read at run time
   int64_t heads_runtime, d_runtime;
   int64_t heads() const { return H > 0 ? H : heads_runtime; }
   int64_t d() const { return D > 0 ? D : d_runtime; }

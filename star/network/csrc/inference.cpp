@@ -62,13 +62,7 @@ void activate(Activation kind, T* a, int64_t n) {
 // Register blocking of the tile product: kRows rows of kColumnVectors vector registers of accumulators, which
 // with the weights' row and the broadcast input stay in the 32 registers of AVX-512 (24 accumulators) or the
 // 16 of AVX2 (12) or of SSE (12 of 16 bytes)
-#if defined(__AVX512F__)
-constexpr int64_t kVectorBytes = 64, kColumnVectors = 4;
-#elif defined(__AVX2__)
-constexpr int64_t kVectorBytes = 32, kColumnVectors = 2;
-#else
-constexpr int64_t kVectorBytes = 16, kColumnVectors = 2;
-#endif
+constexpr int64_t kColumnVectors = kVectorBytes == 64 ? 4 : 2;
 constexpr int64_t kRows = 6;
 constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
 

@@ -61,20 +61,45 @@ void over_row_blocks(const RowLayout& l, const Run& run) {
 // One block's attention on its planes (V, 3, d, kBlock) (q, k, v of joint i at plane + i 3 d kBlock, then d kBlock
 // and 2 d kBlock further), columns 0..width; the output into planes (V, d, kBlock). The weights (and the dropout
 // mask) are (E, M) in edge order, this block's columns from c0 on, one edge a row of `edge_stride`.
-template <typename T, int64_t W>
-void sparse_forward_block(const T* planes, int64_t d, const int64_t* rowptr, const int64_t* keys, int64_t joints,
-                          const T* keep, T* alpha, int64_t edge_stride, int64_t c0, T scale, int64_t width,
-                          T* out, T* scores) {
-  const int64_t w = W > 0 ? W : width, joint_stride = 3 * d * kBlock;
+// With the block's width W and the depth D compile-time, and D vectors fitting in the registers, the scores
+// and the weighted sum run a vector register's width of columns at a time, q_i's D values (and the output's D
+// sums) held in registers across the row's edges, so that each product loads one value instead of three;
+// otherwise column by column.
+template <typename T, int64_t W, int64_t D>
+void sparse_forward_block(const T* planes, int64_t d_runtime, const int64_t* rowptr, const int64_t* keys,
+                          int64_t joints, const T* keep, T* alpha, int64_t edge_stride, int64_t c0, T scale,
+                          int64_t width, T* out, T* scores) {
+  constexpr int64_t registers = kVectorBytes == 64 ? 32 : 16;  // AVX-512's, else AVX2's or SSE's
+  constexpr bool in_registers = W > 0 && D > 0 && D + 4 <= registers;  // D sums, and room for the loads
+  constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+  const int64_t w = W > 0 ? W : width, d = D > 0 ? D : d_runtime, joint_stride = 3 * d * kBlock;
   for (int64_t i = 0; i < joints; ++i) {
     const int64_t start = rowptr[i], degree = rowptr[i + 1] - rowptr[i];
     const T* __restrict__ qi = planes + i * joint_stride;
-    for (int64_t e = 0; e < degree; ++e) {  // scores q_i . k_j / sqrt(d)
-      const T* __restrict__ kj = planes + keys[start + e] * joint_stride + d * kBlock;
-      T* __restrict__ s = scores + e * kBlock;
-      for (int64_t x = 0; x < w; ++x) s[x] = 0;
-      for (int64_t c = 0; c < d; ++c)
-        for (int64_t x = 0; x < w; ++x) s[x] += qi[c * kBlock + x] * kj[c * kBlock + x];
+    if constexpr (in_registers) {  // scores q_i . k_j / sqrt(d)
+      for (int64_t x0 = 0; x0 < W; x0 += lanes) {
+        T q[D][lanes];
+        for (int64_t c = 0; c < D; ++c)
+#pragma omp simd
+          for (int64_t x = 0; x < lanes; ++x) q[c][x] = qi[c * kBlock + x0 + x];
+        for (int64_t e = 0; e < degree; ++e) {
+          const T* __restrict__ kj = planes + keys[start + e] * joint_stride + D * kBlock + x0;
+          T sum[lanes] = {};
+          for (int64_t c = 0; c < D; ++c)
+#pragma omp simd
+            for (int64_t x = 0; x < lanes; ++x) sum[x] += q[c][x] * kj[c * kBlock + x];
+#pragma omp simd
+          for (int64_t x = 0; x < lanes; ++x) scores[e * kBlock + x0 + x] = sum[x];
+        }
+      }
+    } else {
+      for (int64_t e = 0; e < degree; ++e) {
+        const T* __restrict__ kj = planes + keys[start + e] * joint_stride + d * kBlock;
+        T* __restrict__ s = scores + e * kBlock;
+        for (int64_t x = 0; x < w; ++x) s[x] = 0;
+        for (int64_t c = 0; c < d; ++c)
+          for (int64_t x = 0; x < w; ++x) s[x] += qi[c * kBlock + x] * kj[c * kBlock + x];
+      }
     }
     T top[kBlock], total[kBlock];  // softmax over the row's edges, column by column
     for (int64_t x = 0; x < w; ++x) top[x] = scores[x];
@@ -92,9 +117,7 @@ void sparse_forward_block(const T* planes, int64_t d, const int64_t* rowptr, con
     }
     for (int64_t x = 0; x < w; ++x) total[x] = T(1) / total[x];
     T* __restrict__ oi = out + i * d * kBlock;
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] = 0;
-    for (int64_t e = 0; e < degree; ++e) {  // v'_i = sum_j alpha_ij (times the dropout mask) v_j
+    for (int64_t e = 0; e < degree; ++e) {  // alpha_ij (times the dropout mask)
       T* __restrict__ s = scores + e * kBlock;
       for (int64_t x = 0; x < w; ++x) s[x] *= total[x];
       if (alpha) {  // kept for the backward pass only
@@ -105,9 +128,30 @@ void sparse_forward_block(const T* planes, int64_t d, const int64_t* rowptr, con
         const T* __restrict__ mask = keep + (start + e) * edge_stride + c0;
         for (int64_t x = 0; x < w; ++x) s[x] *= mask[x];
       }
-      const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * d * kBlock;
+    }
+    if constexpr (in_registers) {  // v'_i = sum_j alpha_ij v_j
+      for (int64_t x0 = 0; x0 < W; x0 += lanes) {
+        T sum[D][lanes] = {};
+        for (int64_t e = 0; e < degree; ++e) {
+          const T* __restrict__ s = scores + e * kBlock + x0;
+          const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * D * kBlock + x0;
+          for (int64_t c = 0; c < D; ++c)
+#pragma omp simd
+            for (int64_t x = 0; x < lanes; ++x) sum[c][x] += s[x] * vj[c * kBlock + x];
+        }
+        for (int64_t c = 0; c < D; ++c)
+#pragma omp simd
+          for (int64_t x = 0; x < lanes; ++x) oi[c * kBlock + x0 + x] = sum[c][x];
+      }
+    } else {
       for (int64_t c = 0; c < d; ++c)
-        for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] += s[x] * vj[c * kBlock + x];
+        for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] = 0;
+      for (int64_t e = 0; e < degree; ++e) {
+        const T* __restrict__ s = scores + e * kBlock;
+        const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * d * kBlock;
+        for (int64_t c = 0; c < d; ++c)
+          for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] += s[x] * vj[c * kBlock + x];
+      }
     }
   }
 }
@@ -165,7 +209,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
         scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
         const int64_t width = b.count * l.heads;
         move_block<scalar_t, true, false>(shape, qkv.data_ptr<scalar_t>(), l, b, planes);
-        auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock> : sparse_forward_block<scalar_t, 0>;
+        constexpr int64_t D = decltype(shape)::depth;
+        auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock, D> : sparse_forward_block<scalar_t, 0, D>;
         run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
             static_cast<scalar_t>(scale), width, out_planes, scores);
         move_block<scalar_t, false, true>(shape, out.data_ptr<scalar_t>(), l, b, out_planes);
