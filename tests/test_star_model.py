@@ -743,7 +743,7 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
     assert len(calls) == 3 * layers
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
-    # a hook inside block 0's spatial layer: that layer runs unfused, so block 0 projects twice, and the hook fires
+    # a hook inside block 0's spatial layer: that layer runs unfused, block 0 without the shared projection
     seen = []
     hook = model.blocks[0].spatial.feed_forward[0].register_forward_hook(lambda *_: seen.append(1))
     with torch.no_grad():

@@ -382,7 +382,7 @@ class SpatialAttention(nn.Module):
         graph = self.graph_here()
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, qkv) \
             if self.training and self.attention_dropout > 0 else None  # (E, M), columns (N, H)
-        out = fused.sparse_attention(qkv.view(n, v, 3, d, h), graph.rowptr, graph.key, keep)  # (N, V, 3, d, H) in
+        out = fused.sparse_attention(qkv.view(n, v, 3, d, h), graph.rowptr, graph.key, keep)  # (N, V, H, d)
         return out.view(n, v, c)  # (N, V, H*d)
 
     def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:

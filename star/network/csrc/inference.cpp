@@ -133,6 +133,20 @@ void with_width(int64_t c, const Run& run) {
     run(std::integral_constant<int64_t, 0>{});
 }
 
+// run(start, count, blocked, buffers) for every tile of `rows` rows, threads splitting them: the tile's first row
+// and its row count, that count rounded up to whole register blocks, and `buffers`, one thread's, kept from
+// tile to tile
+template <typename T, typename Run>
+void over_tiles(int64_t rows, const Run& run) {
+  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t first, int64_t last) {
+    std::vector<std::vector<T>> buffers;
+    for (int64_t tile = first; tile < last; ++tile) {
+      const int64_t start = tile * kTile, count = std::min(kTile, rows - start);
+      run(start, count, (count + kRows - 1) / kRows * kRows, buffers);
+    }
+  });
+}
+
 template <typename T, int64_t C>
 void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vector<const T*>& norm1,
                        const std::vector<T>& w1t, const T* b1, const std::vector<T>& w2t, const T* b2,
@@ -141,20 +155,19 @@ void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vect
   const KeepDraw none(0.0, 0);
   const T *xs = x.data_ptr<T>(), *ys = y.data_ptr<T>();
   T* outs = out.data_ptr<T>();
-  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t first, int64_t last) {
-    // the rows past a last, partial tile take part in the products (whole register blocks) and are not written
-    std::vector<T> h(kTile * c, T(0)), a(kTile * c, T(0)), f(kTile * c), sums(c);
-    for (int64_t tile = first; tile < last; ++tile) {
-      const int64_t start = tile * kTile, count = std::min(kTile, rows - start);
-      const int64_t blocked = (count + kRows - 1) / kRows * kRows;
-      add_norm_rows<T>(xs + start * c, ys + start * c, norm1[0], norm1[1], none, 0.0, eps1, c, 0, count,
-                       sums.data(), false, h.data(), nullptr, nullptr);
-      tile_product<T, C, C>(h.data(), w1t.data(), b1, a.data(), blocked, c, c);
-      activate(kind, a.data(), count * c);
-      tile_product<T, C, C>(a.data(), w2t.data(), b2, f.data(), blocked, c, c);
-      add_norm_rows<T>(h.data(), f.data(), norm2[0], norm2[1], none, 0.0, eps2, c, 0, count, sums.data(), false,
-                       outs + start * c, nullptr, nullptr);
-    }
+  over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
+    // h, the first product, the second, a row's sum; the rows past a last, partial tile take part in the
+    // products (whole register blocks, zero until a tile fills them) and are not written
+    if (buffers.empty()) buffers = {std::vector<T>(kTile * c), std::vector<T>(kTile * c), std::vector<T>(kTile * c),
+                                    std::vector<T>(c)};
+    T *h = buffers[0].data(), *a = buffers[1].data(), *f = buffers[2].data(), *sums = buffers[3].data();
+    add_norm_rows<T>(xs + start * c, ys + start * c, norm1[0], norm1[1], none, 0.0, eps1, c, 0, count, sums, false,
+                     h, nullptr, nullptr);
+    tile_product<T, C, C>(h, w1t.data(), b1, a, blocked, c, c);
+    activate(kind, a, count * c);
+    tile_product<T, C, C>(a, w2t.data(), b2, f, blocked, c, c);
+    add_norm_rows<T>(h, f, norm2[0], norm2[1], none, 0.0, eps2, c, 0, count, sums, false, outs + start * c, nullptr,
+                     nullptr);
   });
 }
 
@@ -164,28 +177,25 @@ void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vect
 template <typename T, int64_t K>
 void projection_rows(const T* xs, const std::vector<std::vector<T>>& transposes, std::vector<at::Tensor>& outs,
                      int64_t rows, int64_t k) {
-  at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> in, out;
-    for (int64_t tile = first; tile < last; ++tile) {
-      const int64_t start = tile * kTile, count = std::min(kTile, rows - start);
-      const int64_t blocked = (count + kRows - 1) / kRows * kRows;
-      const T* tile_in = xs + start * k;
-      if (blocked != count) {
-        in.assign(blocked * k, T(0));
-        std::copy_n(tile_in, count * k, in.data());
-        tile_in = in.data();
-      }
-      for (size_t i = 0; i < outs.size(); ++i) {
-        const int64_t n = outs[i].size(1);
-        T* tile_out = outs[i].data_ptr<T>() + start * n;
-        T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
-        const T* wt = transposes[i].data();
-        if (K > 0 && n == 3 * K)  // a query, key and value projection of a compiled-in width
-          tile_product<T, K, 3 * K>(tile_in, wt, nullptr, target, blocked, k, n);
-        else
-          tile_product<T, 0, 0>(tile_in, wt, nullptr, target, blocked, k, n);
-        if (target != tile_out) std::copy_n(target, count * n, tile_out);
-      }
+  over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
+    if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
+    auto &in = buffers[0], &out = buffers[1];
+    const T* tile_in = xs + start * k;
+    if (blocked != count) {
+      in.assign(blocked * k, T(0));
+      std::copy_n(tile_in, count * k, in.data());
+      tile_in = in.data();
+    }
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const int64_t n = outs[i].size(1);
+      T* tile_out = outs[i].data_ptr<T>() + start * n;
+      T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
+      const T* wt = transposes[i].data();
+      if (K > 0 && n == 3 * K)  // a query, key and value projection of a compiled-in width
+        tile_product<T, K, 3 * K>(tile_in, wt, nullptr, target, blocked, k, n);
+      else
+        tile_product<T, 0, 0>(tile_in, wt, nullptr, target, blocked, k, n);
+      if (target != tile_out) std::copy_n(target, count * n, tile_out);
     }
   });
 }
@@ -204,12 +214,13 @@ at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const 
   for (const auto& [t, name] : {std::pair{norm1_weight, "norm1_weight"}, std::pair{norm1_bias, "norm1_bias"},
                                 std::pair{bias1, "bias1"}, std::pair{bias2, "bias2"},
                                 std::pair{norm2_weight, "norm2_weight"}, std::pair{norm2_bias, "norm2_bias"}})
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == c && t.is_contiguous() && t.scalar_type() == x.scalar_type(), name,
-                " must be (", c, ") in x's dtype");
-  for (const auto& [t, name] : {std::pair{weight1, "weight1"}, std::pair{weight2, "weight2"}})
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == c && t.size(1) == c && t.is_contiguous() &&
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == c && t.is_contiguous() &&
                     t.scalar_type() == x.scalar_type(),
-                name, " must be (", c, ", ", c, ") in x's dtype");
+                name, " must be a contiguous (", c, ") CPU tensor in x's dtype");
+  for (const auto& [t, name] : {std::pair{weight1, "weight1"}, std::pair{weight2, "weight2"}})
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == c && t.size(1) == c && t.is_contiguous() &&
+                    t.scalar_type() == x.scalar_type(),
+                name, " must be a contiguous (", c, ", ", c, ") CPU tensor in x's dtype");
   const Activation kind = activation_of(std::string_view(activation.data(), activation.size()));
   auto out = new_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tail_forward", [&] {
@@ -232,9 +243,9 @@ std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList 
   const int64_t rows = x.size(0), k = x.size(1);
   std::vector<at::Tensor> outs;
   for (const auto& weight : weights) {
-    TORCH_CHECK(weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
+    TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
                     weight.scalar_type() == x.scalar_type(),
-                "each weight must be a contiguous (out, ", k, ") matrix in x's dtype, got ", weight.sizes());
+                "each weight must be a contiguous (out, ", k, ") CPU matrix in x's dtype, got ", weight.sizes());
     outs.push_back(new_tensor({rows, weight.size(0)}, x.scalar_type()));
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projections_forward", [&] {
