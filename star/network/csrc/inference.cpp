@@ -85,27 +85,32 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
       }
     }
   } else {
-    constexpr int64_t cols = std::min<int64_t>(N, kColumnVectors * kVectorBytes / static_cast<int64_t>(sizeof(T)));
-    static_assert(N % cols == 0, "the output width must be a multiple of a block's columns");
+    // the accumulators as vector-extension values, so that they are registers from the bias to the store
+    typedef T Vec __attribute__((vector_size(kVectorBytes)));
+    constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+    constexpr int64_t vectors = std::min<int64_t>(N / lanes, kColumnVectors), cols = vectors * lanes;
+    static_assert(N % lanes == 0 && N % cols == 0, "the output width must be a multiple of a block's columns");
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       for (int64_t n0 = 0; n0 < N; n0 += cols) {
-        T acc[kRows][cols];
-        for (int64_t r = 0; r < kRows; ++r)
-#pragma omp simd
-          for (int64_t n = 0; n < cols; ++n) acc[r][n] = bias ? bias[n0 + n] : T(0);
+        Vec acc[kRows][vectors];
+        for (int64_t v = 0; v < vectors; ++v) {
+          Vec start{};
+          if (bias) __builtin_memcpy(&start, bias + n0 + v * lanes, sizeof(Vec));
+          for (int64_t r = 0; r < kRows; ++r) acc[r][v] = start;
+        }
 #pragma GCC unroll 4
         for (int64_t k = 0; k < K; ++k) {
-          const T* __restrict__ w = wt + k * N + n0;
+          Vec w[vectors];
+          for (int64_t v = 0; v < vectors; ++v) __builtin_memcpy(&w[v], wt + k * N + n0 + v * lanes, sizeof(Vec));
 #pragma GCC unroll 8
           for (int64_t r = 0; r < kRows; ++r) {
             const T a = in[(r0 + r) * K + k];
-#pragma omp simd
-            for (int64_t n = 0; n < cols; ++n) acc[r][n] += a * w[n];
+            for (int64_t v = 0; v < vectors; ++v) acc[r][v] += a * w[v];
           }
         }
         for (int64_t r = 0; r < kRows; ++r)
-#pragma omp simd
-          for (int64_t n = 0; n < cols; ++n) out[(r0 + r) * N + n0 + n] = acc[r][n];
+          for (int64_t v = 0; v < vectors; ++v)
+            __builtin_memcpy(out + (r0 + r) * N + n0 + v * lanes, &acc[r][v], sizeof(Vec));
       }
     }
   }
