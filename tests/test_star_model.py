@@ -681,26 +681,34 @@ def test_fused_add_norm_trains_the_model_as_the_unfused_form_does(monkeypatch):
 @needs_fused
 @pytest.mark.parametrize("width", [64, 128, 24])  # the two compiled-in widths, and one read at run time
 @pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
-def test_fused_encoder_tail_is_add_norm_feed_forward_add_norm(width, activation):
-    """In inference, norm2(h + FF(h)) with h = norm1(x + y): float64 to 1e-12 of the unfused layers, float32 to
-    1e-5 of them in float64, on 307 rows (three tiles of 96 and a fourth whose last register block is partial),
-    96 (one whole tile) and 5 (less than a register block)."""
+def test_fused_encoder_tails_are_add_norm_feed_forward_add_norm_summed(width, activation):
+    """In inference, norm2(h + FF(h)) with h = norm1(x + y), of one layer and summed over two on the same x:
+    float64 to 1e-12 of the unfused layers, float32 to 1e-5 of them in float64, on 307 rows (three tiles of 96
+    and a fourth whose last register block is partial), 96 (one whole tile) and 5 (less than a register block)."""
     generator = torch.Generator().manual_seed(width)
-    first, second = nn.LayerNorm(width), nn.LayerNorm(width)
-    feed_forward = FeedForward(width, activation, 0.5).eval()
-    with torch.no_grad():
-        for norm in (first, second):
-            norm.weight.normal_(1, 0.3, generator=generator), norm.bias.normal_(0, 0.3, generator=generator)
-    layers = [copy.deepcopy(m).double() for m in (first, feed_forward, second)]
-    for rows in (307, 96, 5):
-        x, y = (2 * torch.randn(rows, width, generator=generator) for _ in range(2))
+    layers = []
+    for _ in range(2):
+        first, second = nn.LayerNorm(width), nn.LayerNorm(width)
         with torch.no_grad():
-            h = layers[0](x.double() + y.double())
-            reference = layers[2](h + layers[1](h))
-            exact = fused.encoder_tail(x.double(), y.double(), *layers, activation)
-            got = fused.encoder_tail(x, y, first, feed_forward, second, activation)
-        torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
-        torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
+            for norm in (first, second):
+                norm.weight.normal_(1, 0.3, generator=generator), norm.bias.normal_(0, 0.3, generator=generator)
+        layers.append((first, FeedForward(width, activation, 0.5).eval(), second))
+    exact_layers = [[copy.deepcopy(m).double() for m in layer] for layer in layers]
+    for rows in (307, 96, 5):
+        x, *ys = (2 * torch.randn(rows, width, generator=generator) for _ in range(3))
+        with torch.no_grad():
+            references = []
+            for y, (norm1, feed_forward, norm2) in zip(ys, exact_layers, strict=True):
+                h = norm1(x.double() + y.double())
+                references.append(norm2(h + feed_forward(h)))
+            for count in (1, 2):
+                reference = sum(references[:count])
+                exact = fused.encoder_tails(x.double(), [(y.double(), *layer) for y, layer in
+                                                         zip(ys[:count], exact_layers, strict=False)], activation)
+                got = fused.encoder_tails(x, [(y, *layer) for y, layer in zip(ys[:count], layers, strict=False)],
+                                          activation)
+                torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
+                torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
 
 
 @needs_fused
@@ -724,34 +732,40 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 @pytest.mark.parametrize("spatial", ["sparse", "full"])
 def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
     """STAR-64 in eval mode without gradients projects each ST-block's input for both encoders in one kernel (5
-    calls) and runs each encoder layer's tail as one (10), with the logits of the unfused layers to 1e-5; with
-    gradients asked for, in training, in the ATen kernel form, with the config's inference_kernels off, or in a
-    layer with a hook inside it, the unfused layers run (autograd reaches every parameter, the hook fires)."""
+    calls) and runs both encoder layers' tails and their sum as one (5 calls of two layers), with the logits of the
+    unfused layers to 1e-5; with gradients asked for, in training, in the ATen kernel form, with the config's
+    inference_kernels off, or in a layer with a hook on it or inside it, the unfused layers run (autograd reaches
+    every parameter, the hook fires)."""
     calls = []
-    for name in ("projections", "encoder_tail"):
-        kernel = getattr(fused, name)
-        monkeypatch.setattr(fused, name, lambda *args, name=name, kernel=kernel: calls.append(name) or kernel(*args))
+    kernels = {name: getattr(fused, name) for name in ("projections", "encoder_tails")}
+    monkeypatch.setattr(fused, "projections", lambda *args: calls.append("projections") or
+                        kernels["projections"](*args))
+    monkeypatch.setattr(fused, "encoder_tails", lambda x, tails, activation: calls.append(f"tails of {len(tails)}")
+                        or kernels["encoder_tails"](x, tails, activation))
     batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
     torch.manual_seed(0)
     model = STAR(STARConfig(spatial=spatial)).eval()
     with torch.no_grad():
         fused_logits = model(*inputs(batch))
     layers = model.config.layers
-    assert (calls.count("projections"), calls.count("encoder_tail")) == (layers, 2 * layers)
+    assert sorted(calls) == ["projections"] * layers + ["tails of 2"] * layers
     logits = model(*inputs(batch))
     logits.square().sum().backward()
-    assert len(calls) == 3 * layers
+    assert len(calls) == 2 * layers
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
-    # a hook inside block 0's spatial layer: that layer runs unfused, block 0 without the shared projection
-    seen = []
-    hook = model.blocks[0].spatial.feed_forward[0].register_forward_hook(lambda *_: seen.append(1))
-    with torch.no_grad():
-        hooked = model(*inputs(batch))
-    hook.remove()
-    assert (len(seen), calls.count("projections") - layers, calls.count("encoder_tail") - 2 * layers) == \
-        (1, layers - 1, 2 * layers - 1)
-    torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
+    # a hook on block 0's spatial layer and one inside it: that layer runs unfused, block 0's temporal layer on its
+    # own projection and with its own tail
+    for hooked_module in (model.blocks[0].spatial, model.blocks[0].spatial.feed_forward[0]):
+        calls.clear()
+        seen = []
+        hook = hooked_module.register_forward_hook(lambda *_, seen=seen: seen.append(1))
+        with torch.no_grad():
+            hooked = model(*inputs(batch))
+        hook.remove()
+        assert len(seen) == 1
+        assert sorted(calls) == ["projections"] * (layers - 1) + ["tails of 1"] + ["tails of 2"] * (layers - 1)
+        torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
     calls.clear()
     with torch.no_grad():
         model.train()(*inputs(batch))

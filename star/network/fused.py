@@ -14,9 +14,10 @@ dropout(y)), is one pass over x and y instead of three. In inference (eval
 mode, no gradient asked for) everything of an encoder layer after its
 attention, Add & Norm, the feed-forward's two products and activation, and
 Add & Norm again, is one kernel that takes a tile of rows through all of it
-in the cache (`encoder_tail`), instead of five operators that write and read
-back an activation of the layer's size each, and an ST-block's two
-projections of its input are one pass over it (`projections`).
+in the cache (`encoder_tails`), instead of five operators that write and read
+back an activation of the layer's size each, an ST-block's two encoders'
+tails and their sum are one such kernel, and the block's two projections of
+its input are one pass over it (`projections`).
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
@@ -213,19 +214,22 @@ def add_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, p: floa
                           norm.eps, keep_sum)
 
 
-def encoder_tail(x: torch.Tensor, y: torch.Tensor, attention_norm: torch.nn.LayerNorm,
-                 feed_forward: torch.nn.Sequential, feed_forward_norm: torch.nn.LayerNorm,
-                 activation: str) -> torch.Tensor:
-    """An encoder layer after its attention, in inference: norm2(h + W2 act(W1 h + b1) + b2) with h = norm1(x + y),
-    x and y (..., C), for a tile of rows at a time in the cache, the intermediate activations never written.
+def encoder_tails(x: torch.Tensor, tails: list[tuple], activation: str) -> torch.Tensor:
+    """Encoder layers after their attentions, in inference, summed: the sum over `tails` of
+    norm2(h + W2 act(W1 h + b1) + b2) with h = norm1(x + y), each tail (y, norm1, feed_forward, norm2) of one
+    layer on the same x, x and every y (..., C); a tile of rows at a time in the cache, the intermediate
+    activations never written, and of two layers (an ST-block's encoders) their sum written once.
     `feed_forward` is star.network.star.FeedForward, whose first and fourth modules are its linear layers; its
     dropout, as the layers', is the identity in inference. No gradient flows through it."""
     _require(x)
-    first, second = feed_forward[0], feed_forward[3]
-    return torch.ops.star_fused.encoder_tail_forward(
-        x.contiguous(), y.contiguous(), attention_norm.weight, attention_norm.bias, attention_norm.eps,
-        first.weight, first.bias, second.weight, second.bias, feed_forward_norm.weight, feed_forward_norm.bias,
-        feed_forward_norm.eps, activation)
+    params, eps = [], []
+    for _, norm1, feed_forward, norm2 in tails:
+        first, second = feed_forward[0], feed_forward[3]
+        params += [norm1.weight, norm1.bias, first.weight, first.bias, second.weight, second.bias, norm2.weight,
+                   norm2.bias]
+        eps += [norm1.eps, norm2.eps]
+    return torch.ops.star_fused.encoder_tails_forward(x.contiguous(), [y.contiguous() for y, *_ in tails], params,
+                                                      eps, activation)
 
 
 def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -215,24 +215,26 @@ class EncoderLayer(nn.Module):
         return norm(x + self.dropout(sublayer))
 
     def inference_tail(self, x: torch.Tensor) -> bool:
-        """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tail):
+        """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tails):
         the attention's fused kernel runs, every module of the layer in eval mode (every dropout the identity),
-        no gradient asked for, and no hook on a module inside the layer (the kernel calls none of them), unless
-        the config's inference_kernels is off."""
+        no gradient asked for, and no hook on the layer or a module inside it (the kernel calls none of them),
+        unless the config's inference_kernels is off."""
         if not self.inference_kernels or self.attention.kernel_for(x) != "fused":
             return False
         if any(m.training for m in self.modules()) or _global_hooks() or any(
-                m._forward_hooks or m._forward_pre_hooks for m in list(self.modules())[1:]):
+                m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
             return False
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
-    def forward(self, x: torch.Tensor, *context, projected: torch.Tensor | None = None) -> torch.Tensor:
-        """`projected`: the attention's projection of x as rows, where the caller made it (see STBlock)."""
+    def tail(self, attended: torch.Tensor) -> tuple:
+        """The layer's part of star.network.fused.encoder_tails: its attention's output and the modules after it."""
+        return attended, self.attention_norm, self.feed_forward, self.feed_forward_norm
+
+    def forward(self, x: torch.Tensor, *context) -> torch.Tensor:
         n, v, c = x.shape
-        attended = self.attention(x, *context, projected=projected)
+        attended = self.attention(x, *context)
         if self.inference_tail(x):
-            return fused.encoder_tail(x, attended, self.attention_norm, self.feed_forward, self.feed_forward_norm,
-                                      self.activation)
+            return fused.encoder_tails(x, [self.tail(attended)], self.activation)
         x = self.add_norm(self.attention_norm, x, attended).view(n * v, c)  # (N*V, C)
         # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
         return self.add_norm(self.feed_forward_norm, x, self.feed_forward(x)).view(n, v, c)
@@ -253,11 +255,14 @@ class STBlock(nn.Module):
     def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
         if not (self.spatial.inference_tail(x) and self.temporal.inference_tail(x)):
             return self.spatial(x) + self.temporal(x, segments)
-        # inference on the fused kernels: both encoders' projections of x in one pass over it
+        # inference on the fused kernels: both encoders' projections of x in one pass over it, both attentions on
+        # them, and both layers' tails and their sum in one pass (no hook on either layer: inference_tail)
         n, v, c = x.shape
         weights = [self.spatial.attention.rows_weight(), self.temporal.attention.rows_weight()]
         spatial, temporal = fused.projections(x.reshape(n * v, c), weights)  # (N*V, 3C) each
-        return self.spatial(x, projected=spatial) + self.temporal(x, segments, projected=temporal)
+        tails = [self.spatial.tail(self.spatial.attention(x, projected=spatial)),
+                 self.temporal.tail(self.temporal.attention(x, segments, projected=temporal))]
+        return fused.encoder_tails(x, tails, self.spatial.activation)
 
 
 class STAR(nn.Module):

@@ -203,11 +203,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_forward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
     const at::Tensor& grad_out_in, const at::Tensor& total, const at::Tensor& mean, const at::Tensor& rstd,
     const at::Tensor& weight, double p, int64_t seed);
-at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& norm1_weight,
-                                const at::Tensor& norm1_bias, double eps1, const at::Tensor& weight1,
-                                const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
-                                const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, double eps2,
-                                c10::string_view activation);
+at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::TensorList params,
+                                 at::ArrayRef<double> eps, c10::string_view activation);
 std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights);
 
 }  // namespace star_fused

@@ -4,11 +4,13 @@
 // over x, a tile of rows at a time, instead of one product each.
 //
 // The rest of an encoder layer after its attention: h = LayerNorm1(x + y), then
-// LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache. The unfused layers write
+// LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache, and of several layers on
+// the same x (an ST-block's two encoders) their sum. The unfused layers write
 // and read back four activations of the layer's size between them (h, the first product, the activation, the
 // second product); here each tile's go through buffers a thread keeps, and only the output leaves them. No
 // dropout: in eval mode every dropout is the identity.
 
+#include <string>
 #include <string_view>
 
 #include "common.h"
@@ -152,27 +154,44 @@ void over_tiles(int64_t rows, const Run& run) {
   });
 }
 
+// One encoder layer's tail: its two norms' weights and biases and epsilons, its feed-forward's weights
+// transposed and biases
+template <typename T>
+struct Tail {
+  const T *norm1_weight, *norm1_bias, *bias1, *bias2, *norm2_weight, *norm2_bias;
+  std::vector<T> w1t, w2t;
+  T eps1, eps2;
+};
+
+// out = the sum over layers of tail_i(x, y_i), a tile of rows at a time: each layer's tail through the thread's
+// buffers, the first written to the output's rows and the others added to them while they are in the cache
 template <typename T, int64_t C>
-void encoder_tail_rows(const at::Tensor& x, const at::Tensor& y, const std::vector<const T*>& norm1,
-                       const std::vector<T>& w1t, const T* b1, const std::vector<T>& w2t, const T* b2,
-                       const std::vector<const T*>& norm2, T eps1, T eps2, Activation kind, int64_t rows, int64_t c,
-                       at::Tensor& out) {
+void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std::vector<Tail<T>>& tails,
+                        Activation kind, int64_t rows, int64_t c, T* outs) {
   const KeepDraw none(0.0, 0);
-  const T *xs = x.data_ptr<T>(), *ys = y.data_ptr<T>();
-  T* outs = out.data_ptr<T>();
   over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
-    // h, the first product, the second, a row's sum; the rows past a last, partial tile take part in the
-    // products (whole register blocks, zero until a tile fills them) and are not written
-    if (buffers.empty()) buffers = {std::vector<T>(kTile * c), std::vector<T>(kTile * c), std::vector<T>(kTile * c),
-                                    std::vector<T>(c)};
+    // h, the first product, the second, a row's sum, another layer's output; the rows past a last, partial tile
+    // take part in the products (whole register blocks, zero until a tile fills them) and are not written
+    if (buffers.empty())
+      buffers = {std::vector<T>(kTile * c), std::vector<T>(kTile * c), std::vector<T>(kTile * c), std::vector<T>(c),
+                 std::vector<T>(tails.size() > 1 ? kTile * c : 0)};
     T *h = buffers[0].data(), *a = buffers[1].data(), *f = buffers[2].data(), *sums = buffers[3].data();
-    add_norm_rows<T>(xs + start * c, ys + start * c, norm1[0], norm1[1], none, 0.0, eps1, c, 0, count, sums, false,
-                     h, nullptr, nullptr);
-    tile_product<T, C, C>(h, w1t.data(), b1, a, blocked, c, c);
-    activate(kind, a, count * c);
-    tile_product<T, C, C>(a, w2t.data(), b2, f, blocked, c, c);
-    add_norm_rows<T>(h, f, norm2[0], norm2[1], none, 0.0, eps2, c, 0, count, sums, false, outs + start * c, nullptr,
-                     nullptr);
+    T* __restrict__ out = outs + start * c;
+    for (size_t i = 0; i < tails.size(); ++i) {
+      const Tail<T>& tail = tails[i];
+      T* __restrict__ o = i == 0 ? out : buffers[4].data();
+      add_norm_rows<T>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0, tail.eps1, c,
+                       0, count, sums, false, h, nullptr, nullptr);
+      tile_product<T, C, C>(h, tail.w1t.data(), tail.bias1, a, blocked, c, c);
+      activate(kind, a, count * c);
+      tile_product<T, C, C>(a, tail.w2t.data(), tail.bias2, f, blocked, c, c);
+      add_norm_rows<T>(h, f, tail.norm2_weight, tail.norm2_bias, none, 0.0, tail.eps2, c, 0, count, sums, false, o,
+                       nullptr, nullptr);
+      if (i > 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < count * c; ++j) out[j] += o[j];
+      }
+    }
   });
 }
 
@@ -207,38 +226,45 @@ void projection_rows(const T* xs, const std::vector<std::vector<T>>& transposes,
 
 }  // namespace
 
-at::Tensor encoder_tail_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& norm1_weight,
-                                const at::Tensor& norm1_bias, double eps1, const at::Tensor& weight1,
-                                const at::Tensor& bias1, const at::Tensor& weight2, const at::Tensor& bias2,
-                                const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, double eps2,
-                                c10::string_view activation) {
+at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::TensorList params,
+                                 at::ArrayRef<double> eps, c10::string_view activation) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1 && x.is_contiguous(), "x must be a contiguous CPU tensor");
-  TORCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
-              "y must be contiguous and of x's shape and dtype, got ", y.sizes());
+  const int64_t layers = static_cast<int64_t>(ys.size());
+  TORCH_CHECK(layers >= 1 && static_cast<int64_t>(params.size()) == 8 * layers &&
+                  static_cast<int64_t>(eps.size()) == 2 * layers,
+              "need a y, eight parameters and two epsilons per layer, got ", ys.size(), " y, ", params.size(),
+              " parameters and ", eps.size(), " epsilons");
+  for (const auto& y : ys)
+    TORCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
+                "each y must be contiguous and of x's shape and dtype, got ", y.sizes());
   const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
-  for (const auto& [t, name] : {std::pair{norm1_weight, "norm1_weight"}, std::pair{norm1_bias, "norm1_bias"},
-                                std::pair{bias1, "bias1"}, std::pair{bias2, "bias2"},
-                                std::pair{norm2_weight, "norm2_weight"}, std::pair{norm2_bias, "norm2_bias"}})
-    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == c && t.is_contiguous() &&
-                    t.scalar_type() == x.scalar_type(),
-                name, " must be a contiguous (", c, ") CPU tensor in x's dtype");
-  for (const auto& [t, name] : {std::pair{weight1, "weight1"}, std::pair{weight2, "weight2"}})
-    TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == c && t.size(1) == c && t.is_contiguous() &&
-                    t.scalar_type() == x.scalar_type(),
-                name, " must be a contiguous (", c, ", ", c, ") CPU tensor in x's dtype");
+  // per layer: norm1 weight and bias, weight1, bias1, weight2, bias2, norm2 weight and bias
+  static constexpr const char* kNames[] = {"norm1_weight", "norm1_bias", "weight1",      "bias1",
+                                           "weight2",      "bias2",      "norm2_weight", "norm2_bias"};
+  for (int64_t i = 0; i < 8 * layers; ++i) {
+    const auto& t = params[i];
+    const bool matrix = i % 8 == 2 || i % 8 == 4;
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == (matrix ? 2 : 1) && t.size(0) == c &&
+                    (!matrix || t.size(1) == c) && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
+                "layer ", i / 8, "'s ", kNames[i % 8], " must be a contiguous (", c, matrix ? ", " : "",
+                matrix ? std::to_string(c) : "", ") CPU tensor in x's dtype, got ", t.sizes());
+  }
   const Activation kind = activation_of(std::string_view(activation.data(), activation.size()));
   auto out = new_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tail_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tails_forward", [&] {
     using T = scalar_t;
-    const auto w1t = transposed<T>(weight1), w2t = transposed<T>(weight2);
-    const std::vector<const T*> norm1{norm1_weight.data_ptr<T>(), norm1_bias.data_ptr<T>()},
-        norm2{norm2_weight.data_ptr<T>(), norm2_bias.data_ptr<T>()};
-    const auto run = [&](auto width) {
-      encoder_tail_rows<T, decltype(width)::value>(x, y, norm1, w1t, bias1.data_ptr<T>(), w2t, bias2.data_ptr<T>(),
-                                                    norm2, static_cast<T>(eps1), static_cast<T>(eps2), kind, rows, c,
-                                                    out);
-    };
-    with_width(c, run);
+    std::vector<const T*> inputs;
+    std::vector<Tail<T>> tails;
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto p = [&](int64_t i) { return params[8 * l + i].data_ptr<T>(); };
+      inputs.push_back(ys[l].data_ptr<T>());
+      tails.push_back(Tail<T>{p(0), p(1), p(3), p(5), p(6), p(7), transposed<T>(params[8 * l + 2]),
+                              transposed<T>(params[8 * l + 4]), static_cast<T>(eps[2 * l]),
+                              static_cast<T>(eps[2 * l + 1])});
+    }
+    with_width(c, [&](auto width) {
+      encoder_tails_rows<T, decltype(width)::value>(x.data_ptr<T>(), inputs, tails, kind, rows, c, out.data_ptr<T>());
+    });
   });
   return out;
 }

@@ -20,9 +20,7 @@ TORCH_LIBRARY(star_fused, library) {
               "bool keep_sum) -> (Tensor, Tensor, Tensor, Tensor)");
   library.def("add_norm_backward(Tensor grad_out, Tensor total, Tensor mean, Tensor rstd, Tensor weight, float p, "
               "int seed) -> (Tensor, Tensor, Tensor, Tensor)");
-  library.def("encoder_tail_forward(Tensor x, Tensor y, Tensor norm1_weight, Tensor norm1_bias, float eps1, "
-              "Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2, Tensor norm2_weight, Tensor norm2_bias, "
-              "float eps2, str activation) -> Tensor");
+  library.def("encoder_tails_forward(Tensor x, Tensor[] ys, Tensor[] params, float[] eps, str activation) -> Tensor");
   library.def("projections_forward(Tensor x, Tensor[] weights) -> Tensor[]");
   library.def("linear_attention_forward(Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
   library.def("linear_attention_backward(Tensor grad_out, Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
@@ -36,6 +34,6 @@ TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
   library.impl("apply_keep_mask", &star_fused::apply_keep_mask);
   library.impl("add_norm_forward", &star_fused::add_norm_forward);
   library.impl("add_norm_backward", &star_fused::add_norm_backward);
-  library.impl("encoder_tail_forward", &star_fused::encoder_tail_forward);
+  library.impl("encoder_tails_forward", &star_fused::encoder_tails_forward);
   library.impl("projections_forward", &star_fused::projections_forward);
 }
