@@ -193,18 +193,32 @@ void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, co
   }
 }
 
-// every task of a call, threads splitting them: each clip's joints in groups of kJointGroup
+// every task of a call, each clip's joints in groups of kJointGroup, threads splitting them into runs of about
+// equal work: a task costs its clip's rows times its joints, and parallel_for's runs of equal numbers of tasks
+// would leave one thread the longer clips. A task's index fixes what it writes, so the split changes no result.
 constexpr int64_t kJointGroup = 5;
 
 template <typename T, typename Run>
 void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
   const int64_t clips = static_cast<int64_t>(bounds.size()) - 1, groups = (joints + kJointGroup - 1) / kJointGroup;
-  at::parallel_for(0, clips * groups, 1, [&](int64_t first, int64_t last) {
+  const int64_t tasks = clips * groups;
+  const auto task = [&](int64_t index) {
+    const int64_t m = index / groups, j0 = index % groups * kJointGroup;
+    return Task{bounds[m], bounds[m + 1], j0, std::min(joints, j0 + kJointGroup)};
+  };
+  std::vector<int64_t> begins(tasks + 1, 0);  // the work before each task, and in all
+  for (int64_t index = 0; index < tasks; ++index) {
+    const Task t = task(index);
+    begins[index + 1] = begins[index] + (t.t1 - t.t0) * (t.j1 - t.j0);
+  }
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+  const auto first_task = [&](int64_t part) {  // the first task whose work begins in the part's share or later
+    const int64_t share = begins[tasks] * part / parts;
+    return static_cast<int64_t>(std::lower_bound(begins.begin(), begins.begin() + tasks, share) - begins.begin());
+  };
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
     std::vector<T> buffer;
-    for (int64_t index = first; index < last; ++index) {
-      const int64_t m = index / groups, j0 = index % groups * kJointGroup;
-      run(Task{bounds[m], bounds[m + 1], j0, std::min(joints, j0 + kJointGroup)}, buffer);
-    }
+    for (int64_t index = first_task(first); index < first_task(last); ++index) run(task(index), buffer);
   });
 }
 
