@@ -23,11 +23,13 @@ autocast) and
 
 - `fused` (`auto` on the CPU): the `rows` form below as one C++ operator
   (`star.network.fused`), forward and backward, on the projections as one
-  nn.Linear product writes them, rows (N, V, 3, d, H): threads split the rows
-  into blocks of 64 columns (row, head), gather each block into joint planes
-  in the cache, and within a block every query joint's scores, softmax and
-  weighted sum run there, so each key and value plane is read once per block
-  instead of once per edge; output and gradient go back as rows.
+  nn.Linear product writes them, rows (N, V, 3, d, H). The forward pass
+  works on each row's tokens where they lie, the H heads of a line side by
+  side as vector lanes, the next row prefetched. The backward pass splits
+  the rows into blocks of 64 columns (row, head), gathers each block into
+  joint planes in the cache, and within a block runs every query joint's
+  gradients there, so each key and value plane is read once per block
+  instead of once per edge. Output and gradient go back as rows.
 - `rows`: the neighbourhood as CSR rows, one query joint at a
   time, in a joint-major layout (V, d, M) where M = frames x heads is the
   innermost, contiguous axis, so each joint's key and value is one contiguous

@@ -1,8 +1,8 @@
-// Sparse attention (Eq. 2-3) on qkv (N, V, 3, d, H), forward and backward: threads split the rows into blocks
-// of kBlock / H rows and gather each block into joint planes (V, 3, d, kBlock), columns (row, head) innermost,
-// H contiguous values of each row at a time. Within a block every query joint's scores, softmax and weighted
-// sum run along the columns in the cache, so each key and value plane is read once per block, not once per
-// edge; the output planes go back to rows (N, V, H, d). Blocks never interact, so the backward pass adds into
+// Sparse attention (Eq. 2-3) on qkv (N, V, 3, d, H), forward and backward. The forward pass walks each row's
+// tokens where they lie, the H heads of a line side by side as vector lanes. The backward pass splits the rows
+// into blocks of kBlock / H rows and gathers each block into joint planes (V, 3, d, kBlock), columns (row, head)
+// innermost; within a block every query joint's gradients run along the columns in the cache, so each key and
+// value plane is read once per block, not once per edge. Blocks never interact, so the backward pass adds into
 // its own block's key and value gradients without races.
 
 #include "common.h"
@@ -12,6 +12,7 @@ namespace star_fused {
 namespace {
 
 constexpr int64_t kBlock = 64;  // columns (row, head) of a sparse-attention block
+constexpr int64_t kAheadRows = 1;  // the forward pass prefetches the next row  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead
 
 // A block of the sparse attention: rows n0..n0+count, laid out as joint planes with kBlock columns (row, head)
 // innermost. Each row's qkv is one token of (3, d, H) values per joint, so a plane row gathers H contiguous
@@ -58,101 +59,112 @@ void over_row_blocks(const RowLayout& l, const Run& run) {
   });
 }
 
-// One block's attention on its planes (V, 3, d, kBlock) (q, k, v of joint i at plane + i 3 d kBlock, then d kBlock
-// and 2 d kBlock further), columns 0..width; the output into planes (V, d, kBlock). The weights (and the dropout
-// mask) are (E, M) in edge order, this block's columns from c0 on, one edge a row of `edge_stride`.
-// With the block's width W and the depth D compile-time, and D vectors fitting in the registers, the scores
-// and the weighted sum run a vector register's width of columns at a time, q_i's D values (and the output's D
-// sums) held in registers across the row's edges, so that each product loads one value instead of three;
-// otherwise column by column.
-template <typename T, int64_t W, int64_t D>
-void sparse_forward_block(const T* planes, int64_t d_runtime, const int64_t* rowptr, const int64_t* keys,
-                          int64_t joints, const T* keep, T* alpha, int64_t edge_stride, int64_t c0, T scale,
-                          int64_t width, T* out, T* scores) {
-  constexpr int64_t registers = kVectorBytes == 64 ? 32 : 16;  // AVX-512's, else AVX2's or SSE's
-  constexpr bool in_registers = W > 0 && D > 0 && D + 4 <= registers;  // D sums, and room for the loads
-  constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
-  const int64_t w = W > 0 ? W : width, d = D > 0 ? D : d_runtime, joint_stride = 3 * d * kBlock;
+// One row's attention on its tokens as qkv holds them, (V, 3, d, H), the H heads side by side: every step runs
+// along a line of H contiguous values, a head in each vector lane, so the forward pass reads qkv where it lies
+// (the backward pass gathers blocks into planes). The output (V, H, d) of the row is written heads first from
+// the (d, H) sums. The weights (and the dropout mask) are (E, M) in edge order, this row's H columns from c0
+// on, one edge a row of `edge_stride`. `scores` holds (largest degree, H) values, `sums` (d, H).
+template <typename T, int64_t H, int64_t D>
+void sparse_forward_row(Shape<H, D> shape, const T* __restrict__ tokens, const int64_t* rowptr,
+                        const int64_t* keys, int64_t joints, const T* keep, T* alpha, int64_t edge_stride, int64_t c0,
+                        T scale, T* __restrict__ out, T* __restrict__ scores, T* __restrict__ sums,
+                        const T* ahead) {
+  const int64_t heads = shape.heads(), d = shape.d(), line = heads, token = 3 * d * line;
+  constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // a cache line's
+  // with H and d compile-time, a line of H values is one vector-extension value, and q_i's lines (or the sums)
+  // stay in registers across a joint's edges where d of them fit (d 8 and 16 with AVX-512's 32 registers, 8 with
+  // AVX2's 16)
+  constexpr int64_t registers = kVectorBytes == 64 ? 32 : 16;
+  constexpr bool kLines = H > 0 && D > 0 && D + 4 <= registers && (H * sizeof(T)) % 16 == 0;
+  typedef T Line __attribute__((vector_size(kLines ? H * sizeof(T) : sizeof(T))));
+  T top[kBlock], total[kBlock];
   for (int64_t i = 0; i < joints; ++i) {
     const int64_t start = rowptr[i], degree = rowptr[i + 1] - rowptr[i];
-    const T* __restrict__ qi = planes + i * joint_stride;
-    if constexpr (in_registers) {  // scores q_i . k_j / sqrt(d)
-      for (int64_t x0 = 0; x0 < W; x0 += lanes) {
-        T q[D][lanes];
-        for (int64_t c = 0; c < D; ++c)
-#pragma omp simd
-          for (int64_t x = 0; x < lanes; ++x) q[c][x] = qi[c * kBlock + x0 + x];
-        for (int64_t e = 0; e < degree; ++e) {
-          const T* __restrict__ kj = planes + keys[start + e] * joint_stride + D * kBlock + x0;
-          T sum[lanes] = {};
-          for (int64_t c = 0; c < D; ++c)
-#pragma omp simd
-            for (int64_t x = 0; x < lanes; ++x) sum[x] += q[c][x] * kj[c * kBlock + x];
-#pragma omp simd
-          for (int64_t x = 0; x < lanes; ++x) scores[e * kBlock + x0 + x] = sum[x];
+    const T* __restrict__ q = tokens + i * token;
+    if (ahead)  // joint i's token of a later row, so that the row is in the cache when its turn comes
+      for (int64_t at = 0; at < token; at += kLineValues) __builtin_prefetch(ahead + i * token + at);
+    if constexpr (kLines) {  // scores q_i . k_j, per head: q_i's d lines held in registers across the edges
+      Line qi[D];
+      for (int64_t c = 0; c < D; ++c) __builtin_memcpy(&qi[c], q + c * line, sizeof(Line));
+      for (int64_t e = 0; e < degree; ++e) {
+        const T* __restrict__ k = tokens + keys[start + e] * token + d * line;
+        Line sum{}, kc;
+        for (int64_t c = 0; c < D; ++c) {
+          __builtin_memcpy(&kc, k + c * line, sizeof(Line));
+          sum += qi[c] * kc;
         }
+        __builtin_memcpy(scores + e * line, &sum, sizeof(Line));
       }
     } else {
       for (int64_t e = 0; e < degree; ++e) {
-        const T* __restrict__ kj = planes + keys[start + e] * joint_stride + d * kBlock;
-        T* __restrict__ s = scores + e * kBlock;
-        for (int64_t x = 0; x < w; ++x) s[x] = 0;
+        const T* __restrict__ k = tokens + keys[start + e] * token + d * line;
+        T* __restrict__ s = scores + e * line;
+        for (int64_t h = 0; h < heads; ++h) s[h] = 0;
         for (int64_t c = 0; c < d; ++c)
-          for (int64_t x = 0; x < w; ++x) s[x] += qi[c * kBlock + x] * kj[c * kBlock + x];
+          for (int64_t h = 0; h < heads; ++h) s[h] += q[c * line + h] * k[c * line + h];
       }
     }
-    T top[kBlock], total[kBlock];  // softmax over the row's edges, column by column
-    for (int64_t x = 0; x < w; ++x) top[x] = scores[x];
-    for (int64_t e = 1; e < degree; ++e)
-      for (int64_t x = 0; x < w; ++x) top[x] = scores[e * kBlock + x] > top[x] ? scores[e * kBlock + x] : top[x];
-    for (int64_t x = 0; x < w; ++x) total[x] = 0;
-    for (int64_t e = 0; e < degree; ++e) {
-      T* __restrict__ s = scores + e * kBlock;
+    // softmax over the row's edges, head by head
 #pragma omp simd
-      for (int64_t x = 0; x < w; ++x) {
-        const T weight = exp_of<T>((s[x] - top[x]) * scale);
-        s[x] = weight;
-        total[x] += weight;
+    for (int64_t h = 0; h < heads; ++h) top[h] = degree > 0 ? scores[h] : T(0);
+    for (int64_t e = 1; e < degree; ++e)
+#pragma omp simd
+      for (int64_t h = 0; h < heads; ++h) top[h] = scores[e * line + h] > top[h] ? scores[e * line + h] : top[h];
+#pragma omp simd
+    for (int64_t h = 0; h < heads; ++h) total[h] = 0;
+    for (int64_t e = 0; e < degree; ++e) {
+      T* __restrict__ s = scores + e * line;
+#pragma omp simd
+      for (int64_t h = 0; h < heads; ++h) {
+        const T weight = exp_of<T>((s[h] - top[h]) * scale);
+        s[h] = weight;
+        total[h] += weight;
       }
     }
-    for (int64_t x = 0; x < w; ++x) total[x] = T(1) / total[x];
-    T* __restrict__ oi = out + i * d * kBlock;
+#pragma omp simd
+    for (int64_t h = 0; h < heads; ++h) total[h] = T(1) / total[h];
     for (int64_t e = 0; e < degree; ++e) {  // alpha_ij (times the dropout mask)
-      T* __restrict__ s = scores + e * kBlock;
-      for (int64_t x = 0; x < w; ++x) s[x] *= total[x];
+      T* __restrict__ s = scores + e * line;
+#pragma omp simd
+      for (int64_t h = 0; h < heads; ++h) s[h] *= total[h];
       if (alpha) {  // kept for the backward pass only
         T* __restrict__ a = alpha + (start + e) * edge_stride + c0;
-        for (int64_t x = 0; x < w; ++x) a[x] = s[x];
+#pragma omp simd
+        for (int64_t h = 0; h < heads; ++h) a[h] = s[h];
       }
       if (keep) {
         const T* __restrict__ mask = keep + (start + e) * edge_stride + c0;
-        for (int64_t x = 0; x < w; ++x) s[x] *= mask[x];
+#pragma omp simd
+        for (int64_t h = 0; h < heads; ++h) s[h] *= mask[h];
       }
     }
-    if constexpr (in_registers) {  // v'_i = sum_j alpha_ij v_j
-      for (int64_t x0 = 0; x0 < W; x0 += lanes) {
-        T sum[D][lanes] = {};
-        for (int64_t e = 0; e < degree; ++e) {
-          const T* __restrict__ s = scores + e * kBlock + x0;
-          const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * D * kBlock + x0;
-          for (int64_t c = 0; c < D; ++c)
-#pragma omp simd
-            for (int64_t x = 0; x < lanes; ++x) sum[c][x] += s[x] * vj[c * kBlock + x];
+    // v'_i = sum_j alpha_ij v_j as (d, H) sums, then written heads first
+    if constexpr (kLines) {  // the d sums held in registers across the edges
+      Line sum[D] = {};
+      for (int64_t e = 0; e < degree; ++e) {
+        const T* __restrict__ v = tokens + keys[start + e] * token + 2 * d * line;
+        Line weight, vc;
+        __builtin_memcpy(&weight, scores + e * line, sizeof(Line));
+        for (int64_t c = 0; c < D; ++c) {
+          __builtin_memcpy(&vc, v + c * line, sizeof(Line));
+          sum[c] += weight * vc;
         }
-        for (int64_t c = 0; c < D; ++c)
-#pragma omp simd
-          for (int64_t x = 0; x < lanes; ++x) oi[c * kBlock + x0 + x] = sum[c][x];
       }
+      for (int64_t c = 0; c < D; ++c) __builtin_memcpy(sums + c * line, &sum[c], sizeof(Line));
     } else {
       for (int64_t c = 0; c < d; ++c)
-        for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] = 0;
+        for (int64_t h = 0; h < heads; ++h) sums[c * line + h] = 0;
       for (int64_t e = 0; e < degree; ++e) {
-        const T* __restrict__ s = scores + e * kBlock;
-        const T* __restrict__ vj = planes + keys[start + e] * joint_stride + 2 * d * kBlock;
+        const T* __restrict__ s = scores + e * line;
+        const T* __restrict__ v = tokens + keys[start + e] * token + 2 * d * line;
         for (int64_t c = 0; c < d; ++c)
-          for (int64_t x = 0; x < w; ++x) oi[c * kBlock + x] += s[x] * vj[c * kBlock + x];
+          for (int64_t h = 0; h < heads; ++h) sums[c * line + h] += s[h] * v[c * line + h];
       }
     }
+    T* __restrict__ o = out + i * heads * d;
+    for (int64_t h = 0; h < heads; ++h)
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) o[h * d + c] = sums[c * line + h];
   }
 }
 
@@ -192,6 +204,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
                                                             const std::optional<at::Tensor>& keep, double scale,
                                                             bool weights) {
   const RowLayout l = check_rows(qkv, true);
+  TORCH_CHECK(l.heads <= kBlock, "the sparse attention takes at most ", kBlock, " heads, got ", l.heads);
   const int64_t degree = check_graph(rowptr, keys, l.joints), columns = l.rows * l.heads;
   check_keep(keep, keys.size(0), columns, qkv);
   auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, qkv.scalar_type());
@@ -202,18 +215,16 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sparse_attention_forward", [&] {
     const scalar_t* keep_data = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     scalar_t* alpha_data = weights ? alpha.data_ptr<scalar_t>() : nullptr;
-    const int64_t plane_size = l.joints * l.d * kBlock;
+    const scalar_t* tokens = qkv.data_ptr<scalar_t>();
+    scalar_t* outs = out.data_ptr<scalar_t>();
     with_shape(l, [&](auto shape) {
-      over_row_blocks<scalar_t>(l, [&](const Block& b, std::vector<scalar_t>& buffer) {
-        buffer.resize(4 * plane_size + degree * kBlock);  // q, k, v planes, the output's, the scores
-        scalar_t *planes = buffer.data(), *out_planes = planes + 3 * plane_size, *scores = out_planes + plane_size;
-        const int64_t width = b.count * l.heads;
-        move_block<scalar_t, true, false>(shape, qkv.data_ptr<scalar_t>(), l, b, planes);
-        constexpr int64_t D = decltype(shape)::depth;
-        auto run = width == kBlock ? sparse_forward_block<scalar_t, kBlock, D> : sparse_forward_block<scalar_t, 0, D>;
-        run(planes, l.d, ptr, key, l.joints, keep_data, alpha_data, columns, b.n0 * l.heads,
-            static_cast<scalar_t>(scale), width, out_planes, scores);
-        move_block<scalar_t, false, true>(shape, out.data_ptr<scalar_t>(), l, b, out_planes);
+      at::parallel_for(0, l.rows, 1, [&](int64_t first, int64_t last) {
+        std::vector<scalar_t> buffer((degree + l.d) * l.heads);  // the scores, the sums
+        for (int64_t r = first; r < last; ++r)
+          sparse_forward_row(shape, tokens + r * l.row_stride(), ptr, key, l.joints, keep_data, alpha_data, columns,
+                             r * l.heads, static_cast<scalar_t>(scale), outs + r * l.joints * l.heads * l.d,
+                             buffer.data(), buffer.data() + degree * l.heads,
+                             r + kAheadRows < last ? tokens + (r + kAheadRows) * l.row_stride() : nullptr);
       });
     });
   });
