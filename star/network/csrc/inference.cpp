@@ -68,10 +68,18 @@ constexpr int64_t kColumnVectors = kVectorBytes == 64 ? 4 : 2;
 constexpr int64_t kRows = 6;
 constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
 
-// out = in wt + bias on `rows` rows (a multiple of kRows): in (rows, K), wt (K, N) the weight transposed, out
-// (rows, N), bias (N) or none. K and N compile-time where they are (the widths 64 and 128 and their
-// projections' 3 x), so that the accumulators of a block stay in registers; otherwise (K = N = 0) read at
-// run time, each row a loop over the columns.
+// The output columns of a register block of the tile product for an output width n compiled in
+template <typename T>
+constexpr int64_t block_columns(int64_t n) {
+  constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+  return std::min<int64_t>(n / lanes, kColumnVectors) * lanes;
+}
+
+// out = in wt + bias on `rows` rows (a multiple of kRows): in (rows, K), wt the weight as `panels` lays it out,
+// out (rows, N), bias (N) or none. K and N compile-time where they are (the widths 64 and 128 and their
+// projections' 3 x), so that the accumulators of a block stay in registers, and wt in panels of a block's
+// columns; otherwise (K = N = 0) read at run time, each row a loop over the columns, and wt the weight
+// transposed (K, N).
 template <typename T, int64_t K, int64_t N>
 void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* __restrict__ bias,
                   T* __restrict__ out, int64_t rows, int64_t k_runtime, int64_t n_runtime) {
@@ -90,7 +98,7 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
     // the accumulators as vector-extension values, so that they are registers from the bias to the store
     typedef T Vec __attribute__((vector_size(kVectorBytes)));
     constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
-    constexpr int64_t vectors = std::min<int64_t>(N / lanes, kColumnVectors), cols = vectors * lanes;
+    constexpr int64_t cols = block_columns<T>(N), vectors = cols / lanes;
     static_assert(N % lanes == 0 && N % cols == 0, "the output width must be a multiple of a block's columns");
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       for (int64_t n0 = 0; n0 < N; n0 += cols) {
@@ -103,7 +111,8 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
 #pragma GCC unroll 4
         for (int64_t k = 0; k < K; ++k) {
           Vec w[vectors];
-          for (int64_t v = 0; v < vectors; ++v) __builtin_memcpy(&w[v], wt + k * N + n0 + v * lanes, sizeof(Vec));
+          for (int64_t v = 0; v < vectors; ++v)
+            __builtin_memcpy(&w[v], wt + n0 * K + k * cols + v * lanes, sizeof(Vec));
 #pragma GCC unroll 8
           for (int64_t r = 0; r < kRows; ++r) {
             const T a = in[(r0 + r) * K + k];
@@ -118,14 +127,15 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
   }
 }
 
-// (out, in) nn.Linear weight -> (in, out), so that a tile product reads one row of it per input column
+// (out, in) nn.Linear weight -> panels of `cols` output columns one after the other, each (in, cols), so that a
+// register block of the tile product reads its weights in memory order; cols = out gives the weight transposed
 template <typename T>
-std::vector<T> transposed(const at::Tensor& weight) {
+std::vector<T> panels(const at::Tensor& weight, int64_t cols) {
   const int64_t outputs = weight.size(0), inputs = weight.size(1);
   const T* w = weight.data_ptr<T>();
   std::vector<T> wt(outputs * inputs);
   for (int64_t o = 0; o < outputs; ++o)
-    for (int64_t i = 0; i < inputs; ++i) wt[i * outputs + o] = w[o * inputs + i];
+    for (int64_t i = 0; i < inputs; ++i) wt[o / cols * inputs * cols + i * cols + o % cols] = w[o * inputs + i];
   return wt;
 }
 
@@ -154,8 +164,8 @@ void over_tiles(int64_t rows, const Run& run) {
   });
 }
 
-// One encoder layer's tail: its two norms' weights and biases and epsilons, its feed-forward's weights
-// transposed and biases
+// One encoder layer's tail: its two norms' weights and biases and epsilons, its feed-forward's weights in panels
+// and biases
 template <typename T>
 struct Tail {
   const T *norm1_weight, *norm1_bias, *bias1, *bias2, *norm2_weight, *norm2_bias;
@@ -199,8 +209,12 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
 // cache. Whole tiles are read from x and written to the outputs in place; the last, partial one goes through
 // buffers padded to whole register blocks.
 template <typename T, int64_t K>
-void projection_rows(const T* xs, const std::vector<std::vector<T>>& transposes, std::vector<at::Tensor>& outs,
+void projection_rows(const T* xs, const std::vector<at::Tensor>& weights, std::vector<at::Tensor>& outs,
                      int64_t rows, int64_t k) {
+  const auto compiled = [](int64_t n) { return K > 0 && n == 3 * K; };  // a query, key and value projection
+  std::vector<std::vector<T>> packed;
+  for (const auto& weight : weights)
+    packed.push_back(panels<T>(weight, compiled(weight.size(0)) ? block_columns<T>(weight.size(0)) : weight.size(0)));
   over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
     if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
     auto &in = buffers[0], &out = buffers[1];
@@ -214,8 +228,8 @@ void projection_rows(const T* xs, const std::vector<std::vector<T>>& transposes,
       const int64_t n = outs[i].size(1);
       T* tile_out = outs[i].data_ptr<T>() + start * n;
       T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
-      const T* wt = transposes[i].data();
-      if (K > 0 && n == 3 * K)  // a query, key and value projection of a compiled-in width
+      const T* wt = packed[i].data();
+      if (compiled(n))
         tile_product<T, K, 3 * K>(tile_in, wt, nullptr, target, blocked, k, n);
       else
         tile_product<T, 0, 0>(tile_in, wt, nullptr, target, blocked, k, n);
@@ -253,17 +267,19 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
   auto out = new_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "encoder_tails_forward", [&] {
     using T = scalar_t;
-    std::vector<const T*> inputs;
-    std::vector<Tail<T>> tails;
-    for (int64_t l = 0; l < layers; ++l) {
-      const auto p = [&](int64_t i) { return params[8 * l + i].data_ptr<T>(); };
-      inputs.push_back(ys[l].data_ptr<T>());
-      tails.push_back(Tail<T>{p(0), p(1), p(3), p(5), p(6), p(7), transposed<T>(params[8 * l + 2]),
-                              transposed<T>(params[8 * l + 4]), static_cast<T>(eps[2 * l]),
-                              static_cast<T>(eps[2 * l + 1])});
-    }
     with_width(c, [&](auto width) {
-      encoder_tails_rows<T, decltype(width)::value>(x.data_ptr<T>(), inputs, tails, kind, rows, c, out.data_ptr<T>());
+      constexpr int64_t C = decltype(width)::value;
+      const int64_t cols = C > 0 ? block_columns<T>(C) : c;
+      std::vector<const T*> inputs;
+      std::vector<Tail<T>> tails;
+      for (int64_t l = 0; l < layers; ++l) {
+        const auto p = [&](int64_t i) { return params[8 * l + i].data_ptr<T>(); };
+        inputs.push_back(ys[l].data_ptr<T>());
+        tails.push_back(Tail<T>{p(0), p(1), p(3), p(5), p(6), p(7), panels<T>(params[8 * l + 2], cols),
+                                panels<T>(params[8 * l + 4], cols), static_cast<T>(eps[2 * l]),
+                                static_cast<T>(eps[2 * l + 1])});
+      }
+      encoder_tails_rows<T, C>(x.data_ptr<T>(), inputs, tails, kind, rows, c, out.data_ptr<T>());
     });
   });
   return out;
@@ -280,10 +296,8 @@ std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList 
     outs.push_back(new_tensor({rows, weight.size(0)}, x.scalar_type()));
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projections_forward", [&] {
-    std::vector<std::vector<scalar_t>> transposes;
-    for (const auto& weight : weights) transposes.push_back(transposed<scalar_t>(weight));
     with_width(k, [&](auto width) {
-      projection_rows<scalar_t, decltype(width)::value>(x.data_ptr<scalar_t>(), transposes, outs, rows, k);
+      projection_rows<scalar_t, decltype(width)::value>(x.data_ptr<scalar_t>(), weights.vec(), outs, rows, k);
     });
   });
   return outs;
