@@ -153,11 +153,29 @@ struct KeepDraw {
   }
 };
 
+// The sum of n values (n a power of two) as a tree: halves added lane by lane, which the compiler does a
+// register's half at a time, instead of one long chain of additions
+template <typename T, int64_t N>
+inline T tree_sum(const T* values) {
+  if constexpr (N == 1) {
+    return values[0];
+  } else {
+    T half[N / 2];
+#pragma omp simd
+    for (int64_t i = 0; i < N / 2; ++i) half[i] = values[i] + values[i + N / 2];
+    return tree_sum<T, N / 2>(half);
+  }
+}
+
 // rows first..last: s = x + dropout(y) (into `sums`, row by row), out = LayerNorm(s); each row's mean and
-// 1 / std into mean and rstd where given
-template <typename T>
+// 1 / std into mean and rstd where given. C: the row's c values compile-time (0: read at run time), so that
+// the loops over a row unroll into whole-register steps.
+template <typename T, int64_t C = 0>
 void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDraw& draw, double p, T eps,
-                   int64_t c, int64_t first, int64_t last, T* sums, bool sums_all_rows, T* out, T* mean, T* rstd) {
+                   int64_t c_runtime, int64_t first, int64_t last, T* sums, bool sums_all_rows, T* out, T* mean,
+                   T* rstd) {
+  const int64_t c = C > 0 ? C : c_runtime;
+  constexpr int64_t kLanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
   const T kept = static_cast<T>(1.0 / (1.0 - p));
   for (int64_t r = first; r < last; ++r) {
     T* __restrict__ s = sums_all_rows ? sums + r * c : sums;
@@ -166,13 +184,30 @@ void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDra
     if (p > 0)
       draw.each(r * c, (r + 1) * c, kept, [&](int64_t i, T m) { s[i - r * c] = xr[i - r * c] + yr[i - r * c] * m; });
     else
+#pragma omp simd
       for (int64_t i = 0; i < c; ++i) s[i] = xr[i] + yr[i];
     T sum = 0, squares = 0;
+    if constexpr (C > 0 && C % kLanes == 0) {  // a register's lanes at a time, the lanes summed as a tree
+      T lanes[kLanes] = {};
+      for (int64_t i = 0; i < C; i += kLanes)
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) lanes[j] += s[i + j];
+      sum = tree_sum<T, kLanes>(lanes);
+    } else {
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < c; ++i) sum += s[i];
+      for (int64_t i = 0; i < c; ++i) sum += s[i];
+    }
     const T mu = sum / c;
+    if constexpr (C > 0 && C % kLanes == 0) {
+      T lanes[kLanes] = {};
+      for (int64_t i = 0; i < C; i += kLanes)
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) lanes[j] += (s[i + j] - mu) * (s[i + j] - mu);
+      squares = tree_sum<T, kLanes>(lanes);
+    } else {
 #pragma omp simd reduction(+ : squares)
-    for (int64_t i = 0; i < c; ++i) squares += (s[i] - mu) * (s[i] - mu);
+      for (int64_t i = 0; i < c; ++i) squares += (s[i] - mu) * (s[i] - mu);
+    }
     const T inverse = T(1) / std::sqrt(squares / c + eps);
     T* __restrict__ o = out + r * c;
 #pragma omp simd

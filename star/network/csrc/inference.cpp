@@ -190,12 +190,12 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
     for (size_t i = 0; i < tails.size(); ++i) {
       const Tail<T>& tail = tails[i];
       T* __restrict__ o = i == 0 ? out : buffers[4].data();
-      add_norm_rows<T>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0, tail.eps1, c,
+      add_norm_rows<T, C>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0, tail.eps1, c,
                        0, count, sums, false, h, nullptr, nullptr);
       tile_product<T, C, C>(h, tail.w1t.data(), tail.bias1, a, blocked, c, c);
       activate(kind, a, count * c);
       tile_product<T, C, C>(a, tail.w2t.data(), tail.bias2, f, blocked, c, c);
-      add_norm_rows<T>(h, f, tail.norm2_weight, tail.norm2_bias, none, 0.0, tail.eps2, c, 0, count, sums, false, o,
+      add_norm_rows<T, C>(h, f, tail.norm2_weight, tail.norm2_bias, none, 0.0, tail.eps2, c, 0, count, sums, false, o,
                        nullptr, nullptr);
       if (i > 0) {
 #pragma omp simd
