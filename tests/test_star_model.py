@@ -195,6 +195,25 @@ def test_fused_sparse_kernel_equals_masked_dense_and_the_rows_kernel_with_gradie
 
 
 @needs_fused
+@pytest.mark.parametrize("d", [8, 16], ids=["star-64", "star-128"])
+def test_fused_sparse_forward_in_float64_and_for_a_joint_without_edges(d):
+    """STAR's shapes (8 heads of depth 8 and 16) in float64, whose lines of 8 heads are twice the bytes of
+    float32's: to 1e-12 of the masked dense softmax, and 0 for a joint that attends to nothing (joint 3's edges
+    removed; the dense softmax over no keys is NaN)."""
+    counts = MASK.astype(int)
+    counts[3] = 0  # (NeighbourhoodGraph refuses such a graph: the kernel's CSR is built here)
+    rowptr = torch.as_tensor(np.concatenate([[0], np.cumsum(counts.sum(1))]), dtype=torch.int64)
+    keys = torch.as_tensor(np.nonzero(counts)[1], dtype=torch.int64).contiguous()
+    qkv = _token_rows(7, d, 8, dtype=torch.float64)  # (N, V, 3, d, H)
+    out, _ = torch.ops.star_fused.sparse_attention_forward(qkv, rowptr, keys, None, d ** -0.5, False)
+    q, k, v = qkv.permute(2, 0, 4, 1, 3)  # (N, H, V, d) each
+    reference = dense_attention(q, k, v, mask=torch.as_tensor(counts)).transpose(1, 2)  # (N, V, H, d)
+    others = [j for j in range(25) if j != 3]
+    torch.testing.assert_close(out[:, others], reference[:, others], atol=1e-12, rtol=1e-12)
+    assert torch.equal(out[:, 3], torch.zeros_like(out[:, 3]))
+
+
+@needs_fused
 @pytest.mark.parametrize("eps", [1e-6, 0.0])
 @pytest.mark.parametrize(("h", "d"), [(2, 5), (8, 8), (8, 16)], ids=["any", "star-64", "star-128"])
 def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps, h, d):
@@ -709,6 +728,22 @@ def test_fused_encoder_tails_are_add_norm_feed_forward_add_norm_summed(width, ac
                                           activation)
                 torch.testing.assert_close(exact, reference, atol=1e-12, rtol=1e-12)
                 torch.testing.assert_close(got, reference.float(), atol=1e-5, rtol=1e-5)
+
+
+@needs_fused
+def test_fused_encoder_tails_name_what_is_missing():
+    """A layer's parameters or epsilons missing, or a y of another shape, fail naming what was expected."""
+    x = torch.randn(5, 8)
+    norm, feed_forward = nn.LayerNorm(8), FeedForward(8, "relu", 0.0)
+    params = [norm.weight, norm.bias, feed_forward[0].weight, feed_forward[0].bias, feed_forward[3].weight,
+              feed_forward[3].bias, norm.weight, norm.bias]
+    with torch.no_grad():
+        for ys, given, eps, message in (([x], params[:7], [1e-5, 1e-5], "eight parameters"),
+                                        ([x], params, [1e-5], "two epsilons"),
+                                        ([x[:4]], params, [1e-5, 1e-5], "x's shape"),
+                                        ([x], params[:2] + [params[3]] * 6, [1e-5, 1e-5], "layer 0's weight1")):
+            with pytest.raises(RuntimeError, match=message):
+                torch.ops.star_fused.encoder_tails_forward(x, ys, given, eps, "relu")
 
 
 @needs_fused

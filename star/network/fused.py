@@ -7,7 +7,7 @@ plane, each clip of the linear attention a few more, so every key and value
 plane goes through memory once per edge, and the projection's output is
 turned into planes and the attention's output back into rows. The fused
 kernels take the projection as one nn.Linear product writes it, rows of
-tokens, walk it in cache-sized blocks, one operator a call, and give output
+tokens, walk it row by row or in cache-sized blocks, one operator a call, and give output
 and gradient back as rows (forward and backward written by hand, tested
 against autograd of the reference forms). Add & Norm, LayerNorm(x +
 dropout(y)), is one pass over x and y instead of three. In inference (eval

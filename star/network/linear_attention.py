@@ -19,9 +19,10 @@ any other device and under `torch.compile`):
 
 - `fused`: one C++ operator (`star.network.fused`) per call, forward and
   backward, on the projections as one nn.Linear product writes them, rows
-  (N, V, 3, H, d), applying phi itself: one task per clip and group of joints
-  walks the clip's rows in memory order, sums U and Z of each joint and head
-  as rank-one updates, then writes every output row. The backward pass
+  (N, V, 3, H, d), applying phi itself: one task per clip and joint (threads
+  take runs of tasks of about equal rows) walks the clip's rows in memory
+  order, sums U and Z of each head as rank-one updates, then writes every
+  output row. The backward pass
   recomputes phi, U and Z instead of keeping them, so training keeps no
   phi(Q), phi(K) tensors, and gives the gradient back as rows, so neither the
   projection nor its gradient is ever turned around.

@@ -217,8 +217,9 @@ class EncoderLayer(nn.Module):
     def inference_tail(self, x: torch.Tensor) -> bool:
         """True where the layer after its attention runs as one fused kernel (star.network.fused.encoder_tails):
         the attention's fused kernel runs, every module of the layer in eval mode (every dropout the identity),
-        no gradient asked for, and no hook on the layer or a module inside it (the kernel calls none of them),
-        unless the config's inference_kernels is off."""
+        no gradient asked for, and no hook on the layer or a module inside it (the kernel calls none of them;
+        STBlock's fused path does not call the layer either, so a hook on the layer keeps it unfused even where
+        its own forward would have fired the hook), unless the config's inference_kernels is off."""
         if not self.inference_kernels or self.attention.kernel_for(x) != "fused":
             return False
         if any(m.training for m in self.modules()) or _global_hooks() or any(
@@ -262,7 +263,7 @@ class STBlock(nn.Module):
         spatial, temporal = fused.projections(x.reshape(n * v, c), weights)  # (N*V, 3C) each
         tails = [self.spatial.tail(self.spatial.attention(x, projected=spatial)),
                  self.temporal.tail(self.temporal.attention(x, segments, projected=temporal))]
-        return fused.encoder_tails(x, tails, self.spatial.activation)
+        return fused.encoder_tails(x, tails, self.spatial.activation)  # both layers' activation: the config's
 
 
 class STAR(nn.Module):

@@ -186,28 +186,23 @@ void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDra
     else
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) s[i] = xr[i] + yr[i];
-    T sum = 0, squares = 0;
-    if constexpr (C > 0 && C % kLanes == 0) {  // a register's lanes at a time, the lanes summed as a tree
-      T lanes[kLanes] = {};
-      for (int64_t i = 0; i < C; i += kLanes)
+    // sum of f(s_i) over the row: with C compile-time a register's lanes at a time and the lanes as a tree
+    const auto row_sum = [&](const auto& f) {
+      T total = 0;
+      if constexpr (C > 0 && C % kLanes == 0) {
+        T lanes[kLanes] = {};
+        for (int64_t i = 0; i < C; i += kLanes)
 #pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) lanes[j] += s[i + j];
-      sum = tree_sum<T, kLanes>(lanes);
-    } else {
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < c; ++i) sum += s[i];
-    }
-    const T mu = sum / c;
-    if constexpr (C > 0 && C % kLanes == 0) {
-      T lanes[kLanes] = {};
-      for (int64_t i = 0; i < C; i += kLanes)
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) lanes[j] += (s[i + j] - mu) * (s[i + j] - mu);
-      squares = tree_sum<T, kLanes>(lanes);
-    } else {
-#pragma omp simd reduction(+ : squares)
-      for (int64_t i = 0; i < c; ++i) squares += (s[i] - mu) * (s[i] - mu);
-    }
+          for (int64_t j = 0; j < kLanes; ++j) lanes[j] += f(s[i + j]);
+        total = tree_sum<T, kLanes>(lanes);
+      } else {
+#pragma omp simd reduction(+ : total)
+        for (int64_t i = 0; i < c; ++i) total += f(s[i]);
+      }
+      return total;
+    };
+    const T mu = row_sum([](T v) { return v; }) / c;
+    const T squares = row_sum([mu](T v) { return (v - mu) * (v - mu); });
     const T inverse = T(1) / std::sqrt(squares / c + eps);
     T* __restrict__ o = out + r * c;
 #pragma omp simd

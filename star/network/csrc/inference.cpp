@@ -139,6 +139,13 @@ std::vector<T> panels(const at::Tensor& weight, int64_t cols) {
   return wt;
 }
 
+// The weight as tile_product<T, K, N> reads it: in panels of its register block's columns where K and N are
+// compile-time, else transposed
+template <typename T, int64_t K, int64_t N>
+std::vector<T> packed_weight(const at::Tensor& weight) {
+  return panels<T>(weight, K > 0 ? block_columns<T>(N) : weight.size(0));
+}
+
 // run(std::integral_constant<int64_t, w>) with w = c where the kernels are compiled for that width, else 0
 template <typename Run>
 void with_width(int64_t c, const Run& run) {
@@ -189,7 +196,7 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
     T* __restrict__ out = outs + start * c;
     for (size_t i = 0; i < tails.size(); ++i) {
       const Tail<T>& tail = tails[i];
-      T* __restrict__ o = i == 0 ? out : buffers[4].data();
+      T* o = i == 0 ? out : buffers[4].data();
       add_norm_rows<T, C>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0, tail.eps1, c,
                        0, count, sums, false, h, nullptr, nullptr);
       tile_product<T, C, C>(h, tail.w1t.data(), tail.bias1, a, blocked, c, c);
@@ -214,7 +221,7 @@ void projection_rows(const T* xs, const std::vector<at::Tensor>& weights, std::v
   const auto compiled = [](int64_t n) { return K > 0 && n == 3 * K; };  // a query, key and value projection
   std::vector<std::vector<T>> packed;
   for (const auto& weight : weights)
-    packed.push_back(panels<T>(weight, compiled(weight.size(0)) ? block_columns<T>(weight.size(0)) : weight.size(0)));
+    packed.push_back(compiled(weight.size(0)) ? packed_weight<T, K, 3 * K>(weight) : packed_weight<T, 0, 0>(weight));
   over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
     if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
     auto &in = buffers[0], &out = buffers[1];
@@ -249,8 +256,8 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
               "need a y, eight parameters and two epsilons per layer, got ", ys.size(), " y, ", params.size(),
               " parameters and ", eps.size(), " epsilons");
   for (const auto& y : ys)
-    TORCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
-                "each y must be contiguous and of x's shape and dtype, got ", y.sizes());
+    TORCH_CHECK(y.device().is_cpu() && y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
+                "each y must be a contiguous CPU tensor of x's shape and dtype, got ", y.sizes());
   const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
   // per layer: norm1 weight and bias, weight1, bias1, weight2, bias2, norm2 weight and bias
   static constexpr const char* kNames[] = {"norm1_weight", "norm1_bias", "weight1",      "bias1",
@@ -269,14 +276,13 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
     using T = scalar_t;
     with_width(c, [&](auto width) {
       constexpr int64_t C = decltype(width)::value;
-      const int64_t cols = C > 0 ? block_columns<T>(C) : c;
       std::vector<const T*> inputs;
       std::vector<Tail<T>> tails;
       for (int64_t l = 0; l < layers; ++l) {
         const auto p = [&](int64_t i) { return params[8 * l + i].data_ptr<T>(); };
         inputs.push_back(ys[l].data_ptr<T>());
-        tails.push_back(Tail<T>{p(0), p(1), p(3), p(5), p(6), p(7), panels<T>(params[8 * l + 2], cols),
-                                panels<T>(params[8 * l + 4], cols), static_cast<T>(eps[2 * l]),
+        tails.push_back(Tail<T>{p(0), p(1), p(3), p(5), p(6), p(7), packed_weight<T, C, C>(params[8 * l + 2]),
+                                packed_weight<T, C, C>(params[8 * l + 4]), static_cast<T>(eps[2 * l]),
                                 static_cast<T>(eps[2 * l + 1])});
       }
       encoder_tails_rows<T, C>(x.data_ptr<T>(), inputs, tails, kind, rows, c, out.data_ptr<T>());

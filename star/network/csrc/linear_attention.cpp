@@ -215,6 +215,7 @@ void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
   }
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
   const auto first_task = [&](int64_t part) {  // the first task whose work begins in the part's share or later
+    if (part == parts) return tasks;
     const int64_t share = begins[tasks] * part / parts;
     return static_cast<int64_t>(std::lower_bound(begins.begin(), begins.begin() + tasks, share) - begins.begin());
   };

@@ -12,7 +12,7 @@ namespace star_fused {
 namespace {
 
 constexpr int64_t kBlock = 64;  // columns (row, head) of a sparse-attention block
-constexpr int64_t kAheadRows = 1;  // the forward pass prefetches the next row  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead  // the forward pass prefetches the row this many ahead
+constexpr int64_t kAheadRows = 1;  // the forward pass prefetches the next row
 
 // A block of the sparse attention: rows n0..n0+count, laid out as joint planes with kBlock columns (row, head)
 // innermost. Each row's qkv is one token of (3, d, H) values per joint, so a plane row gathers H contiguous
@@ -21,8 +21,12 @@ struct Block {
   int64_t n0, count;
 };
 
-int64_t block_rows(const RowLayout& l) {
+void check_heads(const RowLayout& l) {
   TORCH_CHECK(l.heads <= kBlock, "the sparse attention takes at most ", kBlock, " heads, got ", l.heads);
+}
+
+int64_t block_rows(const RowLayout& l) {
+  check_heads(l);
   return kBlock / l.heads;
 }
 
@@ -72,10 +76,12 @@ void sparse_forward_row(Shape<H, D> shape, const T* __restrict__ tokens, const i
   const int64_t heads = shape.heads(), d = shape.d(), line = heads, token = 3 * d * line;
   constexpr int64_t kLineValues = 64 / static_cast<int64_t>(sizeof(T));  // a cache line's
   // with H and d compile-time, a line of H values is one vector-extension value, and q_i's lines (or the sums)
-  // stay in registers across a joint's edges where d of them fit (d 8 and 16 with AVX-512's 32 registers, 8 with
-  // AVX2's 16)
+  // stay in registers across a joint's edges where d of them fit (float: d 8 and 16 with AVX-512's 32
+  // registers, 8 with AVX2's 16), a line taking as many registers as its bytes need
   constexpr int64_t registers = kVectorBytes == 64 ? 32 : 16;
-  constexpr bool kLines = H > 0 && D > 0 && D + 4 <= registers && (H * sizeof(T)) % 16 == 0;
+  constexpr int64_t line_bytes = H * static_cast<int64_t>(sizeof(T));
+  constexpr bool kLines = H > 0 && D > 0 && std::has_single_bit(static_cast<uint64_t>(line_bytes)) &&
+                          line_bytes >= 16 && D * ((line_bytes + kVectorBytes - 1) / kVectorBytes) + 4 <= registers;
   typedef T Line __attribute__((vector_size(kLines ? H * sizeof(T) : sizeof(T))));
   T top[kBlock], total[kBlock];
   for (int64_t i = 0; i < joints; ++i) {
@@ -204,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
                                                             const std::optional<at::Tensor>& keep, double scale,
                                                             bool weights) {
   const RowLayout l = check_rows(qkv, true);
-  TORCH_CHECK(l.heads <= kBlock, "the sparse attention takes at most ", kBlock, " heads, got ", l.heads);
+  check_heads(l);
   const int64_t degree = check_graph(rowptr, keys, l.joints), columns = l.rows * l.heads;
   check_keep(keep, keys.size(0), columns, qkv);
   auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, qkv.scalar_type());
