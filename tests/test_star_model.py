@@ -764,6 +764,31 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 
 
 @needs_fused
+@pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (128, 384, False), (192, 64, False),
+                                                         (24, 40, True)])
+def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
+    """fused.linear against nn.functional.linear, output and the input's, weight's and bias's gradients: float64
+    to 1e-12 and float32 to 1e-5, on 307 rows (a partial tile) and 5; compiled widths (a feed-forward layer, a
+    projection and its gradient's product) and one read at run time."""
+    generator = torch.Generator().manual_seed(inputs + outputs)
+    weight = torch.randn(outputs, inputs, generator=generator, dtype=torch.float64) / inputs ** 0.5
+    b = torch.randn(outputs, generator=generator, dtype=torch.float64) if bias else None
+    for rows in (307, 5):
+        x = torch.randn(rows, inputs, generator=generator, dtype=torch.float64)
+        g = torch.randn(rows, outputs, generator=generator, dtype=torch.float64) / rows ** 0.5  # sums of order 1
+        leaves = [t for t in (x, weight, b) if t is not None]
+        want = [nn.functional.linear(x.requires_grad_(), weight.requires_grad_(),
+                                     b.requires_grad_() if bias else None)]
+        want += torch.autograd.grad(want[0], leaves, g)
+        for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            got_leaves = [t.detach().to(dtype).requires_grad_() for t in leaves]
+            out = fused.linear(got_leaves[0], got_leaves[1], got_leaves[2] if bias else None)
+            got = [out, *torch.autograd.grad(out, got_leaves, g.to(dtype))]
+            for name, a, e in zip(("out", "x", "weight", "bias"), got, want, strict=False):
+                torch.testing.assert_close(a, e.detach().to(dtype), atol=tolerance, rtol=tolerance, msg=name)
+
+
+@needs_fused
 @pytest.mark.parametrize("spatial", ["sparse", "full"])
 def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
     """STAR-64 in eval mode without gradients projects each ST-block's input for both encoders in one kernel (5

@@ -237,4 +237,35 @@ def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tens
     multiplied by every weight while in the cache (both encoders of an ST-block project the same input). No
     gradient flows through it."""
     _require(x)
-    return torch.ops.star_fused.projections_forward(x.contiguous(), [w.contiguous() for w in weights])
+    return torch.ops.star_fused.products_forward(x.contiguous(), [w.contiguous() for w in weights],
+                                                 [None] * len(weights))
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.star_fused.products_forward(x, [weight], [bias])[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # grad_out W: the same kernel with W^T as the weight
+            grad_x = torch.ops.star_fused.products_forward(grad_out, [weight.t().contiguous()], [None])[0]
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_out.t().mm(x)  # a sum over all rows: the BLAS's long inner product
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear on rows x (R, C) by the fused kernels' register-blocked tile products, which at STAR's widths
+    (64 and 128, their projections' 3 x, and back) outrun the BLAS on these long, narrow matrices; the input's
+    gradient by the same products, the weight's by the BLAS. The backward pass is not differentiable again (as
+    the attention kernels' are not)."""
+    _require(x)
+    return _Linear.apply(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous())

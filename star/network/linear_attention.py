@@ -166,7 +166,7 @@ class TemporalAttention(nn.Module):
         scale, kernel = d ** -0.25, self.kernel_for(x)
         if projected is not None or kernel == "fused":
             if projected is None:
-                projected = F.linear(x.reshape(n * v, c), self.rows_weight())  # (N*V, 3C)
+                projected = fused.linear(x.reshape(n * v, c), self.rows_weight())  # (N*V, 3C)
             return self.rows_attention(projected, n, v, segments)
         if kernel == "padded":
             qkv = F.linear(x.reshape(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)

@@ -395,7 +395,8 @@ class SpatialAttention(nn.Module):
         if projected is not None or self.graph is None or kernel == "fused":
             if projected is None:  # the full attention's nn.Linear called as a module: the MAC counters see it
                 rows = x.reshape(n * v, c)
-                projected = self.qkv(rows) if self.graph is None else F.linear(rows, self.rows_weight())  # (N*V, 3C)
+                # (N*V, 3C); the sparse attention's product by the fused kernels' tile products
+                projected = self.qkv(rows) if self.graph is None else fused.linear(rows, self.rows_weight())
             return self.rows_attention(projected, n, v)
         graph = self.graph_here()
         dropping = self.training and self.attention_dropout > 0

@@ -238,7 +238,18 @@ class EncoderLayer(nn.Module):
             return fused.encoder_tails(x, [self.tail(attended)], self.activation)
         x = self.add_norm(self.attention_norm, x, attended).view(n * v, c)  # (N*V, C)
         # rows of a matrix, so each linear layer is one product (3-D input adds two reshapes per layer)
-        return self.add_norm(self.feed_forward_norm, x, self.feed_forward(x)).view(n, v, c)
+        return self.add_norm(self.feed_forward_norm, x, self.feed_forward_rows(x)).view(n, v, c)
+
+    def feed_forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward on rows (R, C): where the attention runs its fused kernel and no module of the layer has a
+        hook, its linear layers' products by the fused kernels' tile products (star.network.fused.linear, which
+        calls no module), else the modules."""
+        if self.attention.kernel_for(x) != "fused" or _global_hooks() or any(
+                m._forward_hooks or m._forward_pre_hooks for m in self.feed_forward.modules()):
+            return self.feed_forward(x)
+        for module in self.feed_forward:
+            x = fused.linear(x, module.weight, module.bias) if isinstance(module, nn.Linear) else module(x)
+        return x
 
 
 class STBlock(nn.Module):

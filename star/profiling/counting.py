@@ -62,7 +62,7 @@ OP_CATEGORIES = {
     "star_fused::add_norm_forward": "LayerNorm",  # Add & Norm: the residual sum and its layer norm in one pass
     # in inference: both encoders' projections, and a layer's Add & Norm, feed-forward and Add & Norm, whose time
     # is mostly their nn.Linear products
-    "star_fused::projections_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
+    "star_fused::products_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")
 

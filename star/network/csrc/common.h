@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
@@ -235,6 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
     const at::Tensor& weight, double p, int64_t seed);
 at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::TensorList params,
                                  at::ArrayRef<double> eps, c10::string_view activation);
-std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights);
+std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList weights,
+                                         const c10::List<std::optional<at::Tensor>>& biases);
 
 }  // namespace star_fused

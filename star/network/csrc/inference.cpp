@@ -212,16 +212,32 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
   });
 }
 
-// x W_i^T for each weight, a tile of x's rows at a time: read once, multiplied by every weight while in the
+// run(std::integral_constant<int64_t, n>) with n the output width where tile products from K inputs are
+// compiled for it (STAR's widths 64 and 128 to themselves and to their query, key and value projections' 3 x,
+// and back, as the gradient of those products asks), else 0
+template <int64_t K, typename Run>
+void with_output(int64_t n, const Run& run) {
+  if constexpr (K == 64 || K == 128) {
+    if (n == K) return run(std::integral_constant<int64_t, K>{});
+    if (n == 3 * K) return run(std::integral_constant<int64_t, 3 * K>{});
+  } else if constexpr (K == 192 || K == 384) {
+    if (n == K / 3) return run(std::integral_constant<int64_t, K / 3>{});
+  }
+  run(std::integral_constant<int64_t, 0>{});
+}
+
+// x W_i^T + b_i for each weight, a tile of x's rows at a time: read once, multiplied by every weight while in the
 // cache. Whole tiles are read from x and written to the outputs in place; the last, partial one goes through
 // buffers padded to whole register blocks.
 template <typename T, int64_t K>
-void projection_rows(const T* xs, const std::vector<at::Tensor>& weights, std::vector<at::Tensor>& outs,
-                     int64_t rows, int64_t k) {
-  const auto compiled = [](int64_t n) { return K > 0 && n == 3 * K; };  // a query, key and value projection
+void product_rows(const T* xs, const std::vector<at::Tensor>& weights, const std::vector<const T*>& biases,
+                  std::vector<at::Tensor>& outs, int64_t rows, int64_t k) {
   std::vector<std::vector<T>> packed;
   for (const auto& weight : weights)
-    packed.push_back(compiled(weight.size(0)) ? packed_weight<T, K, 3 * K>(weight) : packed_weight<T, 0, 0>(weight));
+    with_output<K>(weight.size(0), [&](auto n) {
+      constexpr int64_t N = decltype(n)::value;
+      packed.push_back(packed_weight<T, (N > 0 ? K : 0), N>(weight));
+    });
   over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
     if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
     auto &in = buffers[0], &out = buffers[1];
@@ -235,11 +251,10 @@ void projection_rows(const T* xs, const std::vector<at::Tensor>& weights, std::v
       const int64_t n = outs[i].size(1);
       T* tile_out = outs[i].data_ptr<T>() + start * n;
       T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
-      const T* wt = packed[i].data();
-      if (compiled(n))
-        tile_product<T, K, 3 * K>(tile_in, wt, nullptr, target, blocked, k, n);
-      else
-        tile_product<T, 0, 0>(tile_in, wt, nullptr, target, blocked, k, n);
+      with_output<K>(n, [&](auto width) {
+        constexpr int64_t N = decltype(width)::value;
+        tile_product<T, (N > 0 ? K : 0), N>(tile_in, packed[i].data(), biases[i], target, blocked, k, n);
+      });
       if (target != tile_out) std::copy_n(target, count * n, tile_out);
     }
   });
@@ -291,20 +306,43 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
   return out;
 }
 
-std::vector<at::Tensor> projections_forward(const at::Tensor& x, at::TensorList weights) {
+std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList weights,
+                                         const c10::List<std::optional<at::Tensor>>& biases) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (rows, C) CPU tensor");
+  TORCH_CHECK(biases.size() == weights.size(), "need a bias or None for each of the ", weights.size(),
+              " weights, got ", biases.size());
   const int64_t rows = x.size(0), k = x.size(1);
-  std::vector<at::Tensor> outs;
-  for (const auto& weight : weights) {
+  std::vector<at::Tensor> outs, bias_tensors;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const auto& weight = weights[i];
     TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
                     weight.scalar_type() == x.scalar_type(),
                 "each weight must be a contiguous (out, ", k, ") CPU matrix in x's dtype, got ", weight.sizes());
+    const std::optional<at::Tensor> bias = biases.get(i);
+    TORCH_CHECK(!bias.has_value() || (bias->device().is_cpu() && bias->dim() == 1 &&
+                                      bias->size(0) == weight.size(0) && bias->is_contiguous() &&
+                                      bias->scalar_type() == x.scalar_type()),
+                "bias ", i, " must be a contiguous (", weight.size(0), ") CPU tensor in x's dtype");
+    bias_tensors.push_back(bias.has_value() ? *bias : at::Tensor());
     outs.push_back(new_tensor({rows, weight.size(0)}, x.scalar_type()));
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "projections_forward", [&] {
-    with_width(k, [&](auto width) {
-      projection_rows<scalar_t, decltype(width)::value>(x.data_ptr<scalar_t>(), weights.vec(), outs, rows, k);
-    });
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "products_forward", [&] {
+    std::vector<const scalar_t*> bias_data;
+    for (const auto& bias : bias_tensors) bias_data.push_back(bias.defined() ? bias.data_ptr<scalar_t>() : nullptr);
+    const auto run = [&](auto inputs) {
+      product_rows<scalar_t, decltype(inputs)::value>(x.data_ptr<scalar_t>(), weights.vec(), bias_data, outs, rows, k);
+    };
+    // the input widths with compiled tile products (with_output): STAR's widths and their projections' 3 x
+    if (k == 64)
+      run(std::integral_constant<int64_t, 64>{});
+    else if (k == 128)
+      run(std::integral_constant<int64_t, 128>{});
+    else if (k == 192)
+      run(std::integral_constant<int64_t, 192>{});
+    else if (k == 384)
+      run(std::integral_constant<int64_t, 384>{});
+    else
+      run(std::integral_constant<int64_t, 0>{});
   });
   return outs;
 }
