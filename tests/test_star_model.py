@@ -764,8 +764,8 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 
 
 @needs_fused
-@pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (128, 384, False), (192, 64, False),
-                                                         (24, 40, True)])
+@pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (128, 128, True), (128, 384, False),
+                                                         (192, 64, False), (24, 40, True)])
 def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
     """fused.linear against nn.functional.linear, output and the input's, weight's and bias's gradients: float64
     to 1e-12 and float32 to 1e-5, on 307 rows (a partial tile) and 5; compiled widths (a feed-forward layer, a
@@ -786,6 +786,44 @@ def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
             got = [out, *torch.autograd.grad(out, got_leaves, g.to(dtype))]
             for name, a, e in zip(("out", "x", "weight", "bias"), got, want, strict=False):
                 torch.testing.assert_close(a, e.detach().to(dtype), atol=tolerance, rtol=tolerance, msg=name)
+        # the weight's gradient alone, x a constant
+        trained = weight.detach().requires_grad_()
+        (weight_grad,) = torch.autograd.grad(fused.linear(x.detach(), trained), trained, g)
+        torch.testing.assert_close(weight_grad, g.T @ x.detach(), atol=1e-12, rtol=1e-12)
+
+
+@needs_fused
+def test_training_runs_the_linear_layers_on_the_tile_products_as_f_linear_would():
+    """A STAR-64 training forward and backward with fused.linear (2 projections and 4 feed-forward layers a block)
+    gives F.linear's logits and gradients to 1e-5; a forward hook, and alone a backward hook, on a feed-forward
+    layer fires: that layer's feed-forward runs its modules."""
+    batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
+    torch.manual_seed(0)
+    model = STAR(STARConfig()).train()
+    results, calls = [], []
+    for product in (fused.linear, lambda x, w, b=None: nn.functional.linear(x, w, b)):
+        def counted(*args, product=product):
+            calls.append(1)
+            return product(*args)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fused, "linear", counted)
+            torch.manual_seed(1)  # the same dropout masks in both runs
+            logits = model(*inputs(batch))
+            logits.square().sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad()
+    assert len(calls) == 2 * 6 * model.config.layers
+    (fused_logits, fused_grads), (logits, grads) = results
+    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+    layer = model.blocks[0].spatial.feed_forward[0]
+    for register in (layer.register_forward_hook, layer.register_full_backward_hook):
+        seen = []
+        hook = register(lambda *_, seen=seen: seen.append(1))
+        model(*inputs(batch)).sum().backward()
+        hook.remove()
+        assert seen == [1], register.__name__
 
 
 @needs_fused

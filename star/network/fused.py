@@ -17,7 +17,10 @@ Add & Norm again, is one kernel that takes a tile of rows through all of it
 in the cache (`encoder_tails`), instead of five operators that write and read
 back an activation of the layer's size each, an ST-block's two encoders'
 tails and their sum are one such kernel, and the block's two projections of
-its input are one pass over it (`projections`).
+its input are one pass over it (`projections`). The same register-blocked
+tile products run the linear layers elsewhere (`linear`: the projections
+feeding the attentions and the feed-forward's layers, in training too,
+forward and the input's gradient).
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
@@ -249,6 +252,7 @@ class _Linear(torch.autograd.Function):
         return torch.ops.star_fused.products_forward(x, [weight], [bias])[0]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous()

@@ -181,11 +181,17 @@ STAR_AS_RUN = dict(hand_layout="stgcn", duplicate_edges=True, feature_rules="cod
                    feed_forward_dropout_twice=True, linear_eps=0.0)
 
 
-def _global_hooks() -> bool:
-    """True where a forward hook is registered for every module (nn.modules.module.register_module_forward_hook)."""
-    from torch.nn.modules import module
+def _hooked(module: nn.Module) -> bool:
+    """True where a call of `module` or of a module inside it would run a hook, forward or backward, its own or one
+    registered for every module (the hooks nn.Module.__call__ runs): a fused kernel that calls none of them is
+    then not taken."""
+    from torch.nn.modules import module as modules
 
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    if (modules._global_forward_hooks or modules._global_forward_pre_hooks or modules._global_backward_hooks
+            or modules._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in module.modules())
 
 
 class FeedForward(nn.Sequential):
@@ -222,8 +228,7 @@ class EncoderLayer(nn.Module):
         its own forward would have fired the hook), unless the config's inference_kernels is off."""
         if not self.inference_kernels or self.attention.kernel_for(x) != "fused":
             return False
-        if any(m.training for m in self.modules()) or _global_hooks() or any(
-                m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+        if any(m.training for m in self.modules()) or _hooked(self):
             return False
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
@@ -241,14 +246,14 @@ class EncoderLayer(nn.Module):
         return self.add_norm(self.feed_forward_norm, x, self.feed_forward_rows(x)).view(n, v, c)
 
     def feed_forward_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The feed-forward on rows (R, C): where the attention runs its fused kernel and no module of the layer has a
-        hook, its linear layers' products by the fused kernels' tile products (star.network.fused.linear, which
-        calls no module), else the modules."""
-        if self.attention.kernel_for(x) != "fused" or _global_hooks() or any(
-                m._forward_hooks or m._forward_pre_hooks for m in self.feed_forward.modules()):
+        """The feed-forward on rows (R, C): where the attention runs its fused kernel, the fused kernels can take x
+        (fused.usable: no autocast, float32 or float64) and no module of the feed-forward has a hook, its plain
+        nn.Linear layers' products by the fused kernels' tile products (star.network.fused.linear, which calls no
+        module), else the modules."""
+        if self.attention.kernel_for(x) != "fused" or not fused.usable(x) or _hooked(self.feed_forward):
             return self.feed_forward(x)
         for module in self.feed_forward:
-            x = fused.linear(x, module.weight, module.bias) if isinstance(module, nn.Linear) else module(x)
+            x = fused.linear(x, module.weight, module.bias) if type(module) is nn.Linear else module(x)
         return x
 
 

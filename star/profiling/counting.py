@@ -60,8 +60,8 @@ OP_CATEGORIES = {
     # STAR's fused CPU kernels (star.network.fused), in the categories of the products they compute
     "star_fused::sparse_attention_forward": "Mul", "star_fused::linear_attention_forward": "MatMul",
     "star_fused::add_norm_forward": "LayerNorm",  # Add & Norm: the residual sum and its layer norm in one pass
-    # in inference: both encoders' projections, and a layer's Add & Norm, feed-forward and Add & Norm, whose time
-    # is mostly their nn.Linear products
+    # the tile products of nn.Linear layers (projections and feed-forward layers, and in training the input's
+    # gradient), and in inference a layer's Add & Norm, feed-forward and Add & Norm, mostly its products
     "star_fused::products_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")

@@ -1,7 +1,8 @@
-// Two kernels for inference only (eval mode, no gradient asked for), which keep nothing for a backward pass.
+// Register-blocked tile products, and a kernel for inference only (eval mode, no gradient asked for).
 //
-// The query, key and value projections of both encoders of an ST-block, each x W^T of the same x: one pass
-// over x, a tile of rows at a time, instead of one product each.
+// x W_i^T + b_i for one or more weights of the same x: one pass over x, a tile of rows at a time (both
+// encoders' query, key and value projections of an ST-block in inference; in training star.network.fused.linear's
+// forward and input gradient).
 //
 // The rest of an encoder layer after its attention: h = LayerNorm1(x + y), then
 // LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache, and of several layers on
@@ -146,15 +147,17 @@ std::vector<T> packed_weight(const at::Tensor& weight) {
   return panels<T>(weight, K > 0 ? block_columns<T>(N) : weight.size(0));
 }
 
-// run(std::integral_constant<int64_t, w>) with w = c where the kernels are compiled for that width, else 0
+// run(std::integral_constant<int64_t, v>) with v = value where value is one of Values, else v = 0
+template <int64_t... Values, typename Run>
+void with_constant(int64_t value, const Run& run) {
+  if (!((value == Values ? (run(std::integral_constant<int64_t, Values>{}), true) : false) || ...))
+    run(std::integral_constant<int64_t, 0>{});
+}
+
+// the widths the encoder tails are compiled for
 template <typename Run>
 void with_width(int64_t c, const Run& run) {
-  if (c == 64)
-    run(std::integral_constant<int64_t, 64>{});
-  else if (c == 128)
-    run(std::integral_constant<int64_t, 128>{});
-  else
-    run(std::integral_constant<int64_t, 0>{});
+  with_constant<64, 128>(c, run);
 }
 
 // run(start, count, blocked, buffers) for every tile of `rows` rows, threads splitting them: the tile's first row
@@ -333,16 +336,7 @@ std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList wei
       product_rows<scalar_t, decltype(inputs)::value>(x.data_ptr<scalar_t>(), weights.vec(), bias_data, outs, rows, k);
     };
     // the input widths with compiled tile products (with_output): STAR's widths and their projections' 3 x
-    if (k == 64)
-      run(std::integral_constant<int64_t, 64>{});
-    else if (k == 128)
-      run(std::integral_constant<int64_t, 128>{});
-    else if (k == 192)
-      run(std::integral_constant<int64_t, 192>{});
-    else if (k == 384)
-      run(std::integral_constant<int64_t, 384>{});
-    else
-      run(std::integral_constant<int64_t, 0>{});
+    with_constant<64, 128, 192, 384>(k, run);
   });
   return outs;
 }
