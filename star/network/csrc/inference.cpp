@@ -179,7 +179,7 @@ void over_tiles(int64_t rows, const Run& run) {
 template <typename T>
 struct Tail {
   const T *norm1_weight, *norm1_bias, *bias1, *bias2, *norm2_weight, *norm2_bias;
-  std::vector<T> w1t, w2t;
+  std::vector<T> weight1, weight2;
   T eps1, eps2;
 };
 
@@ -200,13 +200,13 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
     for (size_t i = 0; i < tails.size(); ++i) {
       const Tail<T>& tail = tails[i];
       T* o = i == 0 ? out : buffers[4].data();
-      add_norm_rows<T, C>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0, tail.eps1, c,
-                       0, count, sums, false, h, nullptr, nullptr);
-      tile_product<T, C, C>(h, tail.w1t.data(), tail.bias1, a, blocked, c, c);
+      add_norm_rows<T, C>(xs + start * c, ys[i] + start * c, tail.norm1_weight, tail.norm1_bias, none, 0.0,
+                          tail.eps1, c, 0, count, sums, false, h, nullptr, nullptr);
+      tile_product<T, C, C>(h, tail.weight1.data(), tail.bias1, a, blocked, c, c);
       activate(kind, a, count * c);
-      tile_product<T, C, C>(a, tail.w2t.data(), tail.bias2, f, blocked, c, c);
-      add_norm_rows<T, C>(h, f, tail.norm2_weight, tail.norm2_bias, none, 0.0, tail.eps2, c, 0, count, sums, false, o,
-                       nullptr, nullptr);
+      tile_product<T, C, C>(a, tail.weight2.data(), tail.bias2, f, blocked, c, c);
+      add_norm_rows<T, C>(h, f, tail.norm2_weight, tail.norm2_bias, none, 0.0, tail.eps2, c, 0, count, sums, false,
+                          o, nullptr, nullptr);
       if (i > 0) {
 #pragma omp simd
         for (int64_t j = 0; j < count * c; ++j) out[j] += o[j];
@@ -220,13 +220,12 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
 // and back, as the gradient of those products asks), else 0
 template <int64_t K, typename Run>
 void with_output(int64_t n, const Run& run) {
-  if constexpr (K == 64 || K == 128) {
-    if (n == K) return run(std::integral_constant<int64_t, K>{});
-    if (n == 3 * K) return run(std::integral_constant<int64_t, 3 * K>{});
-  } else if constexpr (K == 192 || K == 384) {
-    if (n == K / 3) return run(std::integral_constant<int64_t, K / 3>{});
-  }
-  run(std::integral_constant<int64_t, 0>{});
+  if constexpr (K == 64 || K == 128)
+    with_constant<K, 3 * K>(n, run);
+  else if constexpr (K == 192 || K == 384)
+    with_constant<K / 3>(n, run);
+  else
+    run(std::integral_constant<int64_t, 0>{});
 }
 
 // x W_i^T + b_i for each weight, a tile of x's rows at a time: read once, multiplied by every weight while in the
@@ -274,7 +273,8 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
               "need a y, eight parameters and two epsilons per layer, got ", ys.size(), " y, ", params.size(),
               " parameters and ", eps.size(), " epsilons");
   for (const auto& y : ys)
-    TORCH_CHECK(y.device().is_cpu() && y.sizes() == x.sizes() && y.is_contiguous() && y.scalar_type() == x.scalar_type(),
+    TORCH_CHECK(y.device().is_cpu() && y.sizes() == x.sizes() && y.is_contiguous() &&
+                    y.scalar_type() == x.scalar_type(),
                 "each y must be a contiguous CPU tensor of x's shape and dtype, got ", y.sizes());
   const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
   // per layer: norm1 weight and bias, weight1, bias1, weight2, bias2, norm2 weight and bias
