@@ -22,7 +22,8 @@ on others (README, "Benchmarks"):
    the test command (`python -m pytest`) under 15 and the smoke workflow
    (`snakemake --cores 2 all --configfile workflow/config/smoke.yaml` in an
    empty folder) under 5, each a wall time that counts only if the command
-   succeeds.
+   succeeds, and each with empty folders of its own for the fused kernels'
+   build and inductor's compiled kernels, as on a new machine or CI runner.
 
 `--quick` (CI) runs the speed part on 4 clips and one training step and
 skips the rest: its figures are printed, not judged. It exits 1 if a judged
@@ -134,10 +135,13 @@ def check_times(work: Path) -> list[dict]:
         smoke = name == "smoke workflow"
         folder = Path(tempfile.mkdtemp(prefix="smoke-", dir=work)) if smoke else REPO  # empty: nothing up to date
         log = work / f"{name.replace(' ', '-')}.log"
+        caches = Path(tempfile.mkdtemp(prefix="caches-", dir=work))  # nothing built or compiled yet
+        env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(caches / "extensions"),
+               "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
         begun = time.perf_counter()
         with log.open("w") as output:
             done = subprocess.run([*command, *(["--directory", str(folder)] if smoke else [])], cwd=folder,
-                                  stdout=output, stderr=subprocess.STDOUT)
+                                  stdout=output, stderr=subprocess.STDOUT, env=env)
         seconds = time.perf_counter() - begun
         tail = log.read_text().strip().splitlines()[-1:] or [""]
         summary = tail[0] if re.search(r"passed|failed|error", tail[0]) else f"exit {done.returncode}"
