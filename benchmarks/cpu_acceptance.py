@@ -23,7 +23,8 @@ on others (README, "Benchmarks"):
    (`snakemake --cores 2 all --configfile workflow/config/smoke.yaml` in an
    empty folder) under 5, each a wall time that counts only if the command
    succeeds, and each with empty folders of its own for the fused kernels'
-   build and inductor's compiled kernels, as on a new machine or CI runner.
+   build, inductor's compiled kernels and temporary files, as on a new
+   machine or CI runner.
 
 `--quick` (CI) runs the speed part on 4 clips and one training step and
 skips the rest: its figures are printed, not judged. It exits 1 if a judged
@@ -136,8 +137,9 @@ def check_times(work: Path) -> list[dict]:
         folder = Path(tempfile.mkdtemp(prefix="smoke-", dir=work)) if smoke else REPO  # empty: nothing up to date
         log = work / f"{name.replace(' ', '-')}.log"
         caches = Path(tempfile.mkdtemp(prefix="caches-", dir=work))  # nothing built or compiled yet
+        (caches / "tmp").mkdir()  # inductor's precompiled header lives under the temporary folder, not its cache
         env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(caches / "extensions"),
-               "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
+               "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"), "TMPDIR": str(caches / "tmp")}
         begun = time.perf_counter()
         with log.open("w") as output:
             done = subprocess.run([*command, *(["--directory", str(folder)] if smoke else [])], cwd=folder,

@@ -79,30 +79,37 @@ def test_model_runs_forward_and_backward_on_the_meta_device(name):
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
 
 
-def code_paths() -> list[str]:
-    """One model per code path: the first registered of those whose configurations differ only in numbers
-    (widths, sizes, rates), which run the same code at other sizes."""
-    first = {}
+SIZES = ("num_classes", "width")  # configuration fields that size a model without choosing its code
+
+
+def representatives() -> dict[str, str]:
+    """Each model's code path, named by the first registered model whose configuration differs from its own
+    at most in SIZES: compiled, the two run the same Python code (the fused kernels that eager inference takes
+    at each width are tested in test_star_model.py)."""
+    first, of = {}, {}
     for name in registry.names():
         config = registry.build(name, num_classes=CLASSES).config
-        values = ((field.name, getattr(config, field.name)) for field in fields(config))
-        choices = tuple((key, value) for key, value in values if type(value) not in (int, float))
-        first.setdefault((type(config), choices), name)
-    return list(first.values())
+        choices = tuple((f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SIZES)
+        of[name] = first.setdefault((type(config), choices), name)
+    return of
 
 
-def test_code_paths_keep_every_choice_and_drop_only_other_sizes():
-    paths = code_paths()
-    assert {"star-64", "star-64-full", "star-64-code", "st-gcn", "st-tr", "st-tr-s"} <= set(paths)
-    assert not {"star-128", "star-128-full-code"} & set(paths)  # star-64's and star-64-full-code's code, wider
+def code_paths() -> list[str]:
+    return list(dict.fromkeys(representatives().values()))
+
+
+def test_only_other_widths_share_a_code_path():
+    shared = {name: path for name, path in representatives().items() if name != path}
+    assert shared == {"star-128": "star-64", "star-128-full": "star-64-full", "star-128-code": "star-64-code",
+                      "star-128-full-code": "star-64-full-code"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", code_paths())
 def test_compiled_model_gives_the_eager_outputs(name):
     """torch.compile (inductor) on the CPU; STAR compiles its launch-light kernel forms (star.device.compiled).
-    One model per code path (code_paths): compiling cold is the slow tier's largest cost, most of it in the C++
-    compiler."""
+    One model per code path (representatives): compiling cold is the slow tier's largest cost, most of it in the
+    C++ compiler."""
     torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
