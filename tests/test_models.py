@@ -108,8 +108,7 @@ def test_only_other_widths_share_a_code_path():
 @pytest.mark.parametrize("name", code_paths())
 def test_compiled_model_gives_the_eager_outputs(name):
     """torch.compile (inductor) on the CPU; STAR compiles its launch-light kernel forms (star.device.compiled).
-    One model per code path (representatives): compiling cold is the slow tier's largest cost, most of it in the
-    C++ compiler."""
+    One model per code path (representatives): compiling from an empty cache is the slow tier's largest cost."""
     torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
