@@ -80,28 +80,39 @@ def test_model_runs_forward_and_backward_on_the_meta_device(name):
 
 
 SIZES = ("num_classes", "width")  # configuration fields that size a model without choosing its code
+PARTS = ("streams",)  # configuration fields that list which of its sub-networks a model builds
+
+
+def _code(name: str) -> tuple[type, tuple, frozenset]:
+    """A model's configuration without its SIZES, and the parts it builds."""
+    config = registry.build(name, num_classes=CLASSES).config
+    choices = tuple((f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SIZES + PARTS)
+    parts = frozenset((f.name, part) for f in fields(config) if f.name in PARTS for part in getattr(config, f.name))
+    return type(config), choices, parts
 
 
 def representatives() -> dict[str, str]:
-    """Each model's code path, named by the first registered model whose configuration differs from its own
-    at most in SIZES: compiled, the two run the same Python code (the fused kernels that eager inference takes
-    at each width are tested in test_star_model.py)."""
-    first, of = {}, {}
-    for name in registry.names():
-        config = registry.build(name, num_classes=CLASSES).config
-        choices = tuple((f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SIZES)
-        of[name] = first.setdefault((type(config), choices), name)
-    return of
+    """Each model's code path, named by the first registered model that builds at least its parts from a
+    configuration differing from its own at most in SIZES: compiled, the representative runs all the Python code
+    the model runs (ST-TR's streams summed: each stream alone is a part of it; the fused kernels that eager inference takes at each width are tested in test_star_model.py)."""
+    codes = {name: _code(name) for name in registry.names()}
+
+    def covers(other: str, name: str) -> bool:
+        return codes[other][:2] == codes[name][:2] and codes[other][2] >= codes[name][2]
+
+    # max keeps the first of equals: the first registered model of those building the most parts
+    return {name: max((other for other in codes if covers(other, name)), key=lambda other: len(codes[other][2]))
+            for name in codes}
 
 
 def code_paths() -> list[str]:
     return list(dict.fromkeys(representatives().values()))
 
 
-def test_only_other_widths_share_a_code_path():
+def test_only_other_widths_and_fewer_streams_share_a_code_path():
     shared = {name: path for name, path in representatives().items() if name != path}
     assert shared == {"star-128": "star-64", "star-128-full": "star-64-full", "star-128-code": "star-64-code",
-                      "star-128-full-code": "star-64-full-code"}
+                      "star-128-full-code": "star-64-full-code", "st-tr-s": "st-tr", "st-tr-t": "st-tr"}
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ before any job runs, and (slow) the whole smoke configuration end to end."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -16,16 +17,22 @@ import pytest
 import yaml
 from browser import find_browser, load
 from html_page import Page
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config, validate
 
+from star.config_values import typed
 from star.names import FIGURES as FIGURE_TITLES
 from star.recipe import TrainingRecipe
 from star.report.claims import claims
 from star.schemas import check
 from star.training.checkpoint import load_checkpoint
+from star.workflow_checks import ConfigError, check_config
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
 PAPER = yaml.safe_load((REPO / "workflow/config/config.yaml").read_text())
+SCHEMA_FILE = REPO / "workflow/schemas/config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text())
 SMOKE = REPO / "workflow/config/smoke.yaml"
 SMOKE_CONFIG = yaml.safe_load(SMOKE.read_text())
 FIGURES = list(FIGURE_TITLES)
@@ -51,8 +58,11 @@ def ntu_folders(tmp_path) -> Path:
     return tmp_path
 
 
-def test_paper_config_plans_every_training_job(ntu_folders):
-    jobs = planned(snakemake(ntu_folders, "-n", "--cores", "8", "all"))
+def test_paper_config_plans_every_training_job_without_importing_torch(ntu_folders):
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(SNAKEFILE), "-n",
+               "--cores", "8", "all"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ntu_folders)
+    jobs = planned(result)
     models = set(PAPER["models"]) | set(PAPER["ablation"].values()) | set(PAPER["described"]["models"])
     assert all(m.endswith("-code") for m in PAPER["ablation"].values()) and "star-64-code" in PAPER["models"]
     assert PAPER["described"]["benchmarks"] == PAPER["benchmarks"]
@@ -60,15 +70,9 @@ def test_paper_config_plans_every_training_job(ntu_folders):
     evaluations = len(PAPER["models"]) * len(PAPER["seeds"])  # on one benchmark, for the per-class evidence
     assert jobs == {"preprocess": 1, "train": runs, "profile": len(models), "table": 5, "figure": len(FIGURES),
                     "evaluate": evaluations, "claims": 1, "fidelity": 1, "resolved_config": 1, "report": 1, "all": 1}
-
-
-def test_building_the_job_graph_imports_neither_torch_nor_the_training_code(ntu_folders):
-    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(SNAKEFILE), "-n",
-               "--cores", "8", "all", "-q"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ntu_folders)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # building the job graph imports neither torch nor the training code
     imported = {line.split("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "star.names" in imported and "snakemake" in imported  # the measurement saw the workflow's imports
+    assert {"star.names", "star.workflow_checks", "snakemake"} <= imported  # the measurement saw the workflow's
     assert not imported & {"torch", "pandas", "matplotlib", "star.registry", "star.training", "star.report.html"}
 
 
@@ -79,17 +83,8 @@ def test_one_table_plans_only_what_it_needs(ntu_folders):
     assert jobs == {"preprocess": 1, "train": len(PAPER["benchmarks"]) * 2, "table": 1, "table4": 1}
 
 
-def _refused(workdir: Path, *config: str) -> str:
-    result = snakemake(workdir, "-n", "--cores", "1", "all", "--config", *config)
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "Job stats" not in output  # nothing was planned, let alone run
-    return output
-
-
 def test_every_recipe_field_can_be_overridden_per_model_from_the_command_line(ntu_folders):
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    settable = schema["properties"]["training"]["properties"]["overrides"]["additionalProperties"]["properties"]
+    settable = SCHEMA["properties"]["training"]["properties"]["overrides"]["additionalProperties"]["properties"]
     assert {f.name for f in fields(TrainingRecipe)} | {"recipe", "accumulate", "padded_frames", "amp"} == set(settable)
     overrides = "training={overrides: {star-64-code: {batch_size: 4, lr: 1e-3, nesterov: false, betas: [0.8, 0.99]}}}"
     run = "results/runs/ntu60/xsub/star-64-code/seed0/metrics.json"
@@ -97,45 +92,68 @@ def test_every_recipe_field_can_be_overridden_per_model_from_the_command_line(nt
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     command = next(line for line in result.stdout.splitlines() if "star train" in line)
     assert "--batch-size 4 --lr 0.001 --betas 0.8 0.99 --no-nesterov" in command
-    output = _refused(ntu_folders, "training={overrides: {star-64-code: {lr: fast}}}")
+    result = snakemake(ntu_folders, "-n", "--cores", "1", "all", "--config",
+                       "training={overrides: {star-64-code: {lr: fast}}}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output  # refused before anything was planned
     assert "'fast' is not of type 'number'" in output
 
 
-def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders):
-    output = _refused(ntu_folders, "accuracy=worst")
-    assert "accuracy" in output and "'worst' is not one of ['best', 'final']" in output
-    output = _refused(ntu_folders, "seeds=[-1]")
-    assert "seeds" in output and "minimum" in output
-    output = _refused(ntu_folders, "models=[star-64,star-256]")
-    assert "config key models: unknown model 'star-256'" in output and "star-128-full" in output
-    output = _refused(ntu_folders, "benchmarks=[ntu60/xsub,ntu90/xsub]")
-    assert "'ntu90/xsub' is not one of" in output
-    output = _refused(ntu_folders, "ablation={sparse: star-64-full, full: star-64}")
-    assert "config key ablation" in output
-    output = _refused(ntu_folders, "data={synthetic: true, synthetic_frames: [40, 26]}")
-    assert "config key data.synthetic_frames: [40, 26] is [shortest, longest]" in output
+def prepared(change: dict) -> dict:
+    """The paper configuration with `change` given as --config, made ready as the Snakefile and common.smk make
+    it before planning: typed, validated against the schema (defaults filled in) and checked."""
+    config = copy.deepcopy(PAPER)
+    update_config(config, change)
+    config.update(typed(config, SCHEMA))
+    validate(config, str(SCHEMA_FILE))
+    check_config(config)
+    return config
 
 
-def test_missing_raw_folder_stops_at_once_with_how_to_get_the_data(tmp_path):
-    output = _refused(tmp_path)
+@pytest.mark.parametrize("change,messages", [
+    ({"accuracy": "worst"}, ["accuracy", "'worst' is not one of ['best', 'final']"]),
+    ({"seeds": [-1]}, ["seeds", "minimum"]),
+    ({"models": ["star-64", "star-256"]}, ["config key models: unknown model 'star-256'", "star-128-full"]),
+    ({"training": {"overrides": {"star-512": {"lr": 0.1}}}}, ["config key training.overrides.star-512: unknown"]),
+    ({"benchmarks": ["ntu60/xsub", "ntu90/xsub"]}, ["'ntu90/xsub' is not one of"]),
+    ({"ablation": {"sparse": "star-64-full", "full": "star-64"}}, ["config key ablation: sparse must be a sparse"]),
+    ({"data": {"synthetic": True, "synthetic_frames": [40, 26]}},
+     ["config key data.synthetic_frames: [40, 26] is [shortest, longest]"]),
+    ({"data": {"source": "npz", "files": []}}, ["should be non-empty", "files"]),
+])
+def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders, monkeypatch, change, messages):
+    monkeypatch.chdir(ntu_folders)
+    with pytest.raises((WorkflowError, ConfigError)) as refused:
+        prepared(change)
+    assert all(message in str(refused.value) for message in messages), str(refused.value)
+
+
+def test_missing_or_unnamed_source_files_are_refused_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refusals = {
+        "pyskl file(s) not found: mine/ntu60_3danno.pkl (config key data.files)": ("pyskl", "mine/ntu60_3danno.pkl"),
+        "config key data.files: xsub.npz not named as CTR-GCN names its arrays": ("npz", "xsub.npz"),
+        "the npz files split ntu60/xsub, but the configuration asks for ntu120/xset": ("npz", "NTU60_CS.npz"),
+        "the pyskl files split ntu60/xsub, ntu60/xview, but the configuration asks for ntu120/xset":
+            ("pyskl", "ntu60_3danno.pkl"),
+    }
+    for name in ("NTU60_CS.npz", "xsub.npz", "ntu60_3danno.pkl"):
+        (tmp_path / name).touch()
+    for message, (source, file) in refusals.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            prepared({"data": {"source": source, "files": [file]}})
+    files = ["ntu60_3danno.pkl", "ntu120_3danno.pkl"]
+    (tmp_path / files[1]).touch()
+    assert prepared({"data": {"source": "pyskl", "files": files}})["data"]["files"] == files
+
+
+def test_a_refused_config_stops_snakemake_before_planning_with_how_to_get_the_data(tmp_path):
+    """The checks run where Snakemake reads the configuration (the schema's refusals: the overrides test above)."""
+    result = snakemake(tmp_path, "-n", "--cores", "1", "all")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output  # nothing was planned, let alone run
     assert PAPER["data"]["raw_dirs"][0] in output and "data.raw_dirs" in output
     assert "rose1.ntu.edu.sg" in output and "smoke.yaml" in output
-
-
-def test_missing_or_unnamed_source_files_stop_at_once_naming_the_key(tmp_path):
-    output = _refused(tmp_path, "data={source: pyskl, files: [mine/ntu60_3danno.pkl]}")
-    assert "pyskl file(s) not found: mine/ntu60_3danno.pkl (config key data.files)" in output
-    (tmp_path / "NTU60_CS.npz").touch()
-    (tmp_path / "xsub.npz").touch()
-    output = _refused(tmp_path, "data={source: npz, files: [xsub.npz]}")
-    assert "config key data.files: xsub.npz not named as CTR-GCN names its arrays" in output
-    output = _refused(tmp_path, "data={source: npz, files: [NTU60_CS.npz]}")
-    assert "the npz files split ntu60/xsub, but the configuration asks for ntu120/xset" in output
-    (tmp_path / "ntu60_3danno.pkl").touch()
-    output = _refused(tmp_path, "data={source: pyskl, files: [ntu60_3danno.pkl]}")
-    assert "the pyskl files split ntu60/xsub, ntu60/xview, but the configuration asks for ntu120/xset" in output
-    output = _refused(tmp_path, "data={source: npz, files: []}")
-    assert "should be non-empty" in output and "files" in output
 
 
 @pytest.mark.slow

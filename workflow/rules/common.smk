@@ -1,17 +1,17 @@
 # Names, paths and checks shared by the rule files. Everything here runs when the workflow is parsed,
 # so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts. It
 # imports only the standard library, PyYAML and the package's light modules (star.names, star.paper,
-# star.io): building the job graph never loads torch, pandas or matplotlib.
+# star.io, star.workflow_checks): building the job graph never loads torch, pandas or matplotlib.
 import os
 import re
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 import star.io
-from star.names import BENCHMARKS, FIGURES, MODELS, NPZ_BENCHMARKS, PYSKL_CRITERIA, PYSKL_FILES
+from star.names import BENCHMARKS, FIGURES, MODELS
 from star.names import CLAIMS_TEMPLATE, REPORT_TEMPLATE, TABLE_TEMPLATE
 from star.paper import PUBLISHED
+from star.workflow_checks import ConfigError, check_config
 
 STORE = "results/store"
 MANIFEST = f"{STORE}/manifest.json"  # the store's last file: written when the store is whole
@@ -23,85 +23,11 @@ CLAIMS_TEMPLATE_FILE = str(CLAIMS_TEMPLATE)
 REPORT_TEMPLATE_FILE = config["report_template"] or str(REPORT_TEMPLATE)
 
 
-def check_names():
-    models = MODELS
-    named = [("models", m) for m in config["models"]] + [("figures.curves_models", m) for m in config["figures"]["curves_models"]]
-    named += [("described.models", m) for m in config["described"]["models"]]
-    named += [(f"ablation.{key}", config["ablation"][key]) for key in ("sparse", "full")]
-    named += [(f"training.overrides.{m}", m) for m in config["training"]["overrides"]]
-    for key, model in named:
-        if model not in models:
-            raise WorkflowError(f"config key {key}: unknown model {model!r}; registered models: {', '.join(models)}")
-    if "-full" not in config["ablation"]["full"] or "-full" in config["ablation"]["sparse"]:
-        raise WorkflowError(f"config key ablation: sparse must be a sparse model and full a -full model, "
-                            f"not {config['ablation']['sparse']!r} and {config['ablation']['full']!r}")
-
-
 DATA = config["data"]
-# what `star synth --format` writes for each preprocessed form: the names its toolkit gives its files
-SYNTH_FILES = {"pyskl": list(PYSKL_FILES.values()), "npz": [f"{stem}.npz" for stem in NPZ_BENCHMARKS]}
-PYSKL_DATASETS = {file: dataset for dataset, file in PYSKL_FILES.items()}
-
-
-def check_data_source():
-    """The data the configuration names exists (or is generated), in a form the benchmarks can come from."""
-    shortest, longest = DATA["synthetic_frames"]
-    if DATA["synthetic"] and shortest > longest:
-        raise WorkflowError(f"config key data.synthetic_frames: [{shortest}, {longest}] is [shortest, longest], "
-                            "the shortest first")
-    if DATA["source"] != "raw":
-        check_source_files()
-    elif not DATA["synthetic"]:
-        check_raw_dirs()
-
-
-def check_source_files():
-    files, form = DATA["files"], DATA["source"]
-    if DATA["synthetic"]:
-        folders = {os.path.dirname(f) for f in files}
-        if len(folders) != 1 or sorted(map(os.path.basename, files)) != sorted(SYNTH_FILES[form]):
-            raise WorkflowError(f"config key data.files: with data.synthetic, the {form} files are "
-                                f"{', '.join(SYNTH_FILES[form])} in one folder (what `star synth --format {form}` "
-                                f"writes), not {', '.join(files)}")
-        return
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise WorkflowError(f"{form} file(s) not found: {', '.join(missing)} (config key data.files). "
-                            "README \"Data sources\" says where each form comes from.")
-    if form == "npz":
-        unnamed = [f for f in files if Path(f).stem not in NPZ_BENCHMARKS]
-        if unnamed:
-            raise WorkflowError(f"config key data.files: {', '.join(unnamed)} not named as CTR-GCN names its "
-                                f"arrays ({', '.join(f'{s}.npz' for s in NPZ_BENCHMARKS)}), so which benchmark "
-                                "each splits is unknown; rename them")
-        served = {NPZ_BENCHMARKS[Path(f).stem] for f in files}
-    elif all(os.path.basename(f) in PYSKL_DATASETS for f in files):  # pyskl's names say the data set
-        served = {f"{PYSKL_DATASETS[os.path.basename(f)]}/{c}" for f in files
-                  for c in PYSKL_CRITERIA[PYSKL_DATASETS[os.path.basename(f)]]}
-    else:
-        return  # renamed pickles: their split lists, read by the import, say what they serve
-    wanted = set(config["benchmarks"]) | set(config["described"]["benchmarks"]) | \
-        {config["profiling"]["benchmark"], config["figures"]["curves_benchmark"]}
-    if wanted - served:
-        raise WorkflowError(f"config key data.files: the {form} files split {', '.join(sorted(served))}, but the "
-                            f"configuration asks for {', '.join(sorted(wanted - served))} too")
-
-
-def check_raw_dirs():
-    missing = [d for d in config["data"]["raw_dirs"] if not os.path.isdir(d)]
-    if missing:
-        raise WorkflowError(
-            f"raw NTU RGB+D folder(s) not found: {', '.join(missing)} (config key data.raw_dirs).\n"
-            "NTU RGB+D is licensed: request the skeleton archives from the ROSE Lab "
-            "(https://rose1.ntu.edu.sg/dataset/actionRecognition/), unpack nturgb+d_skeletons and "
-            "nturgbd_skeletons_s018_to_s032, and set data.raw_dirs to those folders, e.g.\n"
-            "  snakemake --cores 8 all --config 'data={raw_dirs: [/data/nturgb+d_skeletons, /data/nturgbd_skeletons_s018_to_s032]}'\n"
-            "or edit workflow/config/config.yaml. To try the pipeline without the data set, run the smoke configuration:\n"
-            "  snakemake --cores 2 all --configfile workflow/config/smoke.yaml")
-
-
-check_names()
-check_data_source()
+try:  # names, data files and folders: star.workflow_checks
+    check_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 def run_metrics(benchmark, model, seed):
