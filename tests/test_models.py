@@ -118,8 +118,14 @@ def test_only_other_widths_and_fewer_streams_share_a_code_path():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", code_paths())
 def test_compiled_model_gives_the_eager_outputs(name):
-    """torch.compile (inductor) on the CPU; STAR compiles its launch-light kernel forms (star.device.compiled).
-    One model per code path (representatives): compiling from an empty cache is the slow tier's largest cost."""
+    """torch.compile on the CPU, once per code path (representatives); STAR compiles its launch-light kernel forms.
+
+    What the project's code decides is checked for every path with the aot_eager backend: that dynamo traces
+    the model, that the fused operators' fake-tensor kernels and gradients hold under AOT autograd, and that the
+    compiled graph computes the eager outputs. Inductor's code generation, the backend `star train --compile`
+    uses (star.device.compiled), runs once, for the first registered model, STAR-64, whose fused operators it
+    calls as external kernels; lowering the standard operators of the others is torch's own to test, and
+    inductor's compiler is the slow tier's largest cost (README: Test and workflow times)."""
     torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
@@ -128,7 +134,8 @@ def test_compiled_model_gives_the_eager_outputs(name):
     inputs = registry.model_inputs(spec, example_batch(spec.layout))
     with torch.no_grad():
         eager = model(*inputs)
-        fast = compiled(model, True)(*inputs)
+        fast = (compiled(model, True) if name == registry.names()[0] else
+                torch.compile(model, backend="aot_eager"))(*inputs)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
     scale = max(1.0, float(eager.abs().max()))  # untrained logits run into the thousands
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4 * scale)

@@ -84,7 +84,8 @@ def test_padded_counts_extend_exactly_to_the_batch():
     """Counts on one and two padded clips, extended to three, equal a direct count on three."""
     spec = registry.spec("st-gcn")
     model = registry.build("st-gcn").eval()
-    batch = ProfilingBatch(random_samples(frames=[9, 6, 5], persons=[1, 2, 1], seed=0), ["a", "b", "c"], {})
+    batch = ProfilingBatch(random_samples(frames=[9, 6, 5], persons=[1, 2, 1], seed=0), ["a", "b", "c"], {},
+                           padded_frames=16)
     extended = count_macs(model, spec, batch, CPU)["fvcore"]
     direct = fvcore_count(model, registry.model_inputs(spec, batch.padded()))
     assert (extended.total, extended.by_category, extended.by_module, extended.by_operator) == \

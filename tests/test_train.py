@@ -23,8 +23,9 @@ from star.training.config import RunError, run_config
 from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
-# a quick STAR-64 run: 24 clips a side, 3 steps an epoch
-QUICK = {"recipe": "code", "overrides": {"epochs": 3, "batch_size": 8}, "max_clips": 24}
+# a quick STAR-64 run: 16 clips a side, 2 steps an epoch
+CLIPS = 16
+QUICK = {"recipe": "code", "overrides": {"epochs": 3, "batch_size": 8}, "max_clips": CLIPS}
 
 
 def quick_config(store, out, model="star-64", **changes):
@@ -146,7 +147,7 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monk
     compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles every model)
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     assert main(["train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub", "--model", "star-64",
-                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8", "--max-clips", "24",
+                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8", "--max-clips", str(CLIPS),
                  "--workers", "1", "--quiet", "--compile"]) == 0
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
     assert f"{out}: 2 epochs, test top-1" in capsys.readouterr().out
@@ -158,13 +159,13 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monk
     assert metrics["top1_pct"] == top1[-1] and metrics["top5_pct"] == float(history[-1]["test_top5_pct"])
     assert metrics["best_epoch"] == int(np.argmax(top1)) + 1 and metrics["best_top1_pct"] == max(top1)
     assert metrics["params"] == 426_494 and metrics["epochs"] == 2 and metrics["world_size"] == 1
-    assert metrics["train_clips"] == metrics["test_clips"] == 24
+    assert metrics["train_clips"] == metrics["test_clips"] == CLIPS
     assert metrics["wall_s"] == pytest.approx(sum(float(row["epoch_s"]) for row in history))
     assert metrics["device"] == "cpu" and metrics["torch"] == torch.__version__
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert metrics["git_commit"] == (commit.stdout.strip() if commit.returncode == 0 else None)
     assert metrics["config"]["recipe"]["lr"] == 1e-3 and metrics["config"]["recipe"]["label_smoothing"] == 0.1
-    assert metrics["config"]["max_clips"] == 24 and metrics["config"]["workers"] == 1
+    assert metrics["config"]["max_clips"] == CLIPS and metrics["config"]["workers"] == 1
     assert metrics["config"]["compile"] is True
     assert 0 < float(history[0]["train_samples_per_s"]) and 0 < float(history[0]["test_samples_per_s"])
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
@@ -196,7 +197,7 @@ def test_the_same_seed_gives_the_same_history_and_another_seed_does_not(short_st
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(short_store, reference_run, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    fail_on_call(monkeypatch, call=3 + 3 + 2, error=KeyboardInterrupt())  # epoch 2, batch 2
+    fail_on_call(monkeypatch, call=2 + 2 + 2, error=KeyboardInterrupt())  # epoch 2, batch 2 (the last)
     with pytest.raises(KeyboardInterrupt), one_thread():
         train(quick_config(short_store, out), progress=False)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1 and len(read_history(out)) == 1
@@ -213,7 +214,7 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
     out = tmp_path / "run"
     command = [sys.executable, "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark",
                "ntu60/xsub", "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "3",
-               "--batch-size", "8", "--max-clips", "24", "--workers", "0", "--quiet"]
+               "--batch-size", "8", "--max-clips", str(CLIPS), "--workers", "0", "--quiet"]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -221,7 +222,8 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
     time.sleep(0.3)  # into the second epoch, possibly while it writes its checkpoint
     process.kill()
     assert process.wait() == -9 and not (out / "metrics.json").exists()  # killed, not finished
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL, env=ONE_THREAD)
+    with one_thread():  # the same run resumed, in this process
+        train(quick_config(short_store, out, workers=0), progress=False)
     assert measured(read_history(out)) == measured(read_history(reference_run))
 
 
@@ -275,8 +277,8 @@ def test_a_run_of_other_settings_is_set_aside_when_asked(short_store, reference_
 
 def test_a_diverged_loss_stops_the_run_and_keeps_the_last_good_epoch(short_store, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    fail_on_call(monkeypatch, call=3 + 3 + 2)  # epoch 1: 3 training and 3 test batches
-    with pytest.raises(RunError, match=r"loss is not finite at epoch 2, batch 2 of 3; .*checkpoint.pt keeps epoch 1"):
+    fail_on_call(monkeypatch, call=2 + 2 + 2)  # epoch 2, batch 2 (the last)
+    with pytest.raises(RunError, match=r"loss is not finite at epoch 2, batch 2 of 2; .*checkpoint.pt keeps epoch 1"):
         train(quick_config(short_store, out), progress=False)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1 and len(read_history(out)) == 1
     assert not (out / "metrics.json").exists()
@@ -311,17 +313,17 @@ def test_evaluate_agrees_with_training_and_adds_up(reference_run, tmp_path, caps
     assert f"(epoch 3) on ntu60/xsub test: top-1 {metrics['top1_pct']:.2f}%" in capsys.readouterr().out
     result = json.loads((tmp_path / "last-test.json").read_text())
     assert result["top1_pct"] == metrics["top1_pct"] and result["top5_pct"] == metrics["top5_pct"]
-    assert result["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6) and result["clips"] == 24
+    assert result["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6) and result["clips"] == CLIPS
     with open(tmp_path / "last-test-per-class.csv", newline="") as file:
         per_class = list(csv.DictReader(file))
     with open(tmp_path / "last-test-confusion.csv", newline="") as file:
         confusion = list(csv.reader(file))
     assert len(per_class) == 60 and per_class[0]["name"] == "drink water" and confusion[0][1] == "drink water"
     counts = np.array([row[1:] for row in confusion[1:]], dtype=np.int64)  # (60, 60)
-    assert counts.shape == (60, 60) and counts.sum() == 24
+    assert counts.shape == (60, 60) and counts.sum() == CLIPS
     assert [int(row["clips"]) for row in per_class] == counts.sum(1).tolist()
     assert [int(row["correct"]) for row in per_class] == np.diag(counts).tolist()
-    assert 100 * np.trace(counts) / 24 == pytest.approx(result["top1_pct"])
+    assert 100 * np.trace(counts) / CLIPS == pytest.approx(result["top1_pct"])
     assert main(["evaluate", "--run", str(reference_run), "--out", str(tmp_path), "--workers", "0"]) == 0
     best = json.loads((tmp_path / "best-test.json").read_text())
     assert best["epoch"] == metrics["best_epoch"] and best["top1_pct"] == metrics["best_top1_pct"]
@@ -342,7 +344,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused(reference_run, tmp_
 def test_progress_lines_without_a_terminal(short_store, tmp_path, capsys):
     train(quick_config(short_store, tmp_path / "run", overrides={"epochs": 1}), progress=True, log_every_s=0)
     err = capsys.readouterr().err
-    assert "epoch 1/1: batch 1/3, loss" in err and "samples/s" in err
+    assert "epoch 1/1: batch 1/2, loss" in err and "samples/s" in err
     assert "epoch 1/1: train loss" in err and "test loss" in err
 
 
@@ -351,7 +353,7 @@ def test_mixed_precision_trains_in_bfloat16_on_the_cpu(short_store, tmp_path, mo
     losses = {}
     for amp in (False, True):
         config = quick_config(short_store, tmp_path / f"amp-{amp}", model=model, recipe="default", amp=amp,
-                              padded_frames=32, overrides={"epochs": 1, "lr": 1e-3, "optimizer": "adam",
+                              padded_frames=16, overrides={"epochs": 1, "lr": 1e-3, "optimizer": "adam",
                                                            "schedule": "constant"})
         train(config, progress=False)
         losses[amp] = float(read_history(tmp_path / f"amp-{amp}")[0]["train_loss"])
@@ -366,11 +368,11 @@ def test_two_processes_train_one_run(short_store, tmp_path):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                     "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub",
                     "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8",
-                    "--max-clips", "24", "--workers", "0", "--device", "cpu", "--quiet"],
+                    "--max-clips", str(CLIPS), "--workers", "0", "--device", "cpu", "--quiet"],
                    check=True, env=env, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and len(read_history(out)) == 2 and metrics["test_clips"] == 24
+    assert metrics["world_size"] == 2 and len(read_history(out)) == 2 and metrics["test_clips"] == CLIPS
     assert main(["evaluate", "--run", str(out), "--checkpoint", "last", "--out", str(tmp_path), "--workers", "0"]) == 0
     single = json.loads((tmp_path / "last-test.json").read_text())
-    assert single["clips"] == 24 and single["top1_pct"] == metrics["top1_pct"]
+    assert single["clips"] == CLIPS and single["top1_pct"] == metrics["top1_pct"]
     assert single["loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
