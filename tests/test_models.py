@@ -94,7 +94,8 @@ def _code(name: str) -> tuple[type, tuple, frozenset]:
 def representatives() -> dict[str, str]:
     """Each model's code path, named by the first registered model that builds at least its parts from a
     configuration differing from its own at most in SIZES: compiled, the representative runs all the Python code
-    the model runs (ST-TR's streams summed: each stream alone is a part of it; the fused kernels that eager inference takes at each width are tested in test_star_model.py)."""
+    the model runs (ST-TR's streams are summed, so each stream alone is a part of it; the fused kernels that
+    eager inference takes at each width are tested in test_star_model.py)."""
     codes = {name: _code(name) for name in registry.names()}
 
     def covers(other: str, name: str) -> bool:
