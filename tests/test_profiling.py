@@ -94,12 +94,12 @@ def test_padded_counts_extend_exactly_to_the_batch():
 
 
 def test_stgcn_convolutions_match_the_papers_table3():
-    """16 padded clips: the paper's 260.4 GMACs of Conv2d (ours count 16 x 16.2288 = 259.66, 0.3% below)."""
+    """16 padded clips: the paper's 260.4 GMACs of Conv2d (ours count 16 x 16.2288 = 259.66, 0.3% below). The
+    tables' counter, fvcore; the other two count every convolution as it does (test_counters_agree_...)."""
     paper = dict(published()["table3_breakdown_top3"]["st-gcn"]["macs"])["Conv2d"]
     model = registry.build("st-gcn").eval()
-    counts = count_macs(model, registry.spec("st-gcn"), uniform_batch(16, 40), CPU)
-    for counter in ("fvcore", "deepspeed", "analytic"):
-        assert counts[counter].by_category["Conv2d"] == pytest.approx(paper, rel=0.01), counter
+    counts = count_macs(model, registry.spec("st-gcn"), uniform_batch(16, 40), CPU, ("fvcore",))
+    assert counts["fvcore"].by_category["Conv2d"] == pytest.approx(paper, rel=0.01)
 
 
 def test_sparse_attention_is_counted_as_products_not_zero():
