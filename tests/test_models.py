@@ -1,9 +1,8 @@
 """Every registered model, checked the same way: add a model to the registry and it is tested here."""
 
-from dataclasses import fields
-
 import pytest
 import torch
+from code_paths import code_paths, representatives
 
 from star import registry
 from star.data.batching import PaddedCollate, collate_compact
@@ -77,37 +76,6 @@ def test_model_runs_forward_and_backward_on_the_meta_device(name):
     assert logits.device.type == "meta" and logits.shape == (batch.num_clips, CLASSES)
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
-
-
-SIZES = ("num_classes", "width")  # configuration fields that size a model without choosing its code
-PARTS = ("streams",)  # configuration fields that list which of its sub-networks a model builds
-
-
-def _code(name: str) -> tuple[type, tuple, frozenset]:
-    """A model's configuration without its SIZES, and the parts it builds."""
-    config = registry.build(name, num_classes=CLASSES).config
-    choices = tuple((f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SIZES + PARTS)
-    parts = frozenset((f.name, part) for f in fields(config) if f.name in PARTS for part in getattr(config, f.name))
-    return type(config), choices, parts
-
-
-def representatives() -> dict[str, str]:
-    """Each model's code path, named by the first registered model that builds at least its parts from a
-    configuration differing from its own at most in SIZES: compiled, the representative runs all the Python code
-    the model runs (ST-TR's streams are summed, so each stream alone is a part of it; the fused kernels that
-    eager inference takes at each width are tested in test_star_model.py)."""
-    codes = {name: _code(name) for name in registry.names()}
-
-    def covers(other: str, name: str) -> bool:
-        return codes[other][:2] == codes[name][:2] and codes[other][2] >= codes[name][2]
-
-    # max keeps the first of equals: the first registered model of those building the most parts
-    return {name: max((other for other in codes if covers(other, name)), key=lambda other: len(codes[other][2]))
-            for name in codes}
-
-
-def code_paths() -> list[str]:
-    return list(dict.fromkeys(representatives().values()))
 
 
 def test_only_other_widths_and_fewer_streams_share_a_code_path():
