@@ -19,16 +19,17 @@ def _code(name: str) -> tuple[type, tuple, frozenset]:
 
 
 def representatives() -> dict[str, str]:
-    """Each model's code path, named by the first registered model that builds at least its parts from a
-    configuration differing from its own at most in SIZES: the representative runs all the Python code the
-    model runs (ST-TR's streams are summed, so each stream alone is a part of it; the fused kernels that
-    eager inference takes at each width are tested in test_star_model.py)."""
+    """Each model's code path, named by a registered model whose configuration differs from the model's at
+    most in SIZES and which builds at least its parts (of those, the one building the most parts, the first
+    registered of equals): the representative runs all the Python code the model runs (ST-TR's streams are
+    summed, so each stream alone is a part of it; the fused kernels that eager inference takes at each width
+    are tested in test_star_model.py)."""
     codes = {name: _code(name) for name in registry.names()}
 
     def covers(other: str, name: str) -> bool:
         return codes[other][:2] == codes[name][:2] and codes[other][2] >= codes[name][2]
 
-    # max keeps the first of equals: the first registered model of those building the most parts
+    # max keeps the first of equals
     return {name: max((other for other in codes if covers(other, name)), key=lambda other: len(codes[other][2]))
             for name in codes}
 

@@ -84,17 +84,28 @@ def test_only_other_widths_and_fewer_streams_share_a_code_path():
                       "star-128-full-code": "star-64-full-code", "st-tr-s": "st-tr", "st-tr-t": "st-tr"}
 
 
+INDUCTOR = ("star-64", "st-gcn")  # compiled by inductor: one model of each layout
+
+
+def test_inductor_compiles_a_code_path_of_each_layout():
+    assert set(INDUCTOR) <= set(code_paths())
+    assert {registry.spec(name).layout for name in INDUCTOR} == {"compact", "padded"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", code_paths())
 def test_compiled_model_gives_the_eager_outputs(name):
-    """torch.compile on the CPU, once per code path (representatives); STAR compiles its launch-light kernel forms.
+    """torch.compile on the CPU, once per code path (code_paths.py), in inference.
 
-    What the project's code decides is checked for every path with the aot_eager backend: that dynamo traces
-    the model, that the fused operators' fake-tensor kernels and gradients hold under AOT autograd, and that the
-    compiled graph computes the eager outputs. Inductor's code generation, the backend `star train --compile`
-    uses (star.device.compiled), runs once, for the first registered model, STAR-64, whose fused operators it
-    calls as external kernels; lowering the standard operators of the others is torch's own to test, and
-    inductor's compiler is the slow tier's largest cost (README: Test and workflow times)."""
+    Compiling, STAR's `auto` kernels take their launch-light forms (the fused
+    operators are opaque to dynamo), so the compiled graph checks those forms
+    against the eager model's fused ones. The aot_eager backend checks, for
+    every path, that dynamo traces the model and that the traced graph
+    computes the eager outputs; inductor's code generation, the backend
+    `star train --compile` uses (star.device.compiled), compiles INDUCTOR
+    only: lowering ATen operators is torch's own to test, and compiling every
+    path with it would be the slow tier's largest cost (README: Test and
+    workflow times)."""
     torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
@@ -103,8 +114,7 @@ def test_compiled_model_gives_the_eager_outputs(name):
     inputs = registry.model_inputs(spec, example_batch(spec.layout))
     with torch.no_grad():
         eager = model(*inputs)
-        fast = (compiled(model, True) if name == registry.names()[0] else
-                torch.compile(model, backend="aot_eager"))(*inputs)
+        fast = (compiled(model, True) if name in INDUCTOR else torch.compile(model, backend="aot_eager"))(*inputs)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
     scale = max(1.0, float(eager.abs().max()))  # untrained logits run into the thousands
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4 * scale)

@@ -144,7 +144,7 @@ def test_every_recipe_field_has_a_flag():
 
 def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles every model)
+    compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles models)
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     assert main(["train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub", "--model", "star-64",
                  "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8", "--max-clips", str(CLIPS),
@@ -224,21 +224,25 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
     process.kill()
     assert process.wait() == -9 and not (out / "metrics.json").exists()  # killed, not finished
     with one_thread():  # the same run resumed, in this process
-        train(quick_config(short_store, out, workers=0), progress=False)
+        train(quick_config(short_store, out), progress=False)
     assert measured(read_history(out)) == measured(read_history(reference_run))
 
 
 def test_a_finished_run_is_not_trained_again_and_can_be_extended(short_store, reference_run, tmp_path):
+    """Extended call by call, a run ends with the numbers of one call for all its epochs."""
     out = tmp_path / "run"
-    shutil.copytree(reference_run, out)
-    stamps = [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")]
-    assert train(quick_config(short_store, out), progress=False)["epochs"] == 3
-    assert [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")] == stamps
-    train(quick_config(short_store, out, overrides={"epochs": 4}), progress=False)
-    history = read_history(out)
-    assert len(history) == 4 and measured(history[:3]) == measured(read_history(reference_run))
-    with pytest.raises(RunError, match="has 4 epochs done, more than the 3 asked for"):
+    with one_thread():
+        train(quick_config(short_store, out, overrides={"epochs": 1}), progress=False)
+        stamps = [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")]
+        assert train(quick_config(short_store, out, overrides={"epochs": 1}), progress=False)["epochs"] == 1
+        assert [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")] == stamps
+        train(quick_config(short_store, out, overrides={"epochs": 2}), progress=False)
         train(quick_config(short_store, out), progress=False)
+    assert measured(read_history(out)) == measured(read_history(reference_run))
+    resumed, reference = (load_checkpoint(run / "checkpoint.pt") for run in (out, reference_run))
+    assert all(torch.equal(resumed["model"][key], value) for key, value in reference["model"].items())
+    with pytest.raises(RunError, match="has 3 epochs done, more than the 1 asked for"):
+        train(quick_config(short_store, out, overrides={"epochs": 1}), progress=False)
 
 
 def test_a_checkpoint_of_another_run_is_refused(short_store, reference_run, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from browser import find_browser, load
 from html_page import Page
+from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
@@ -92,39 +93,54 @@ def test_every_recipe_field_can_be_overridden_per_model_from_the_command_line(nt
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     command = next(line for line in result.stdout.splitlines() if "star train" in line)
     assert "--batch-size 4 --lr 0.001 --betas 0.8 0.99 --no-nesterov" in command
-    result = snakemake(ntu_folders, "-n", "--cores", "1", "all", "--config",
-                       "training={overrides: {star-64-code: {lr: fast}}}")
+    assert "'fast' is not of type 'number'" in _refused(ntu_folders, "training={overrides: {star-64-code: {lr: fast}}}")
+
+
+def _refused(workdir: Path, *config: str) -> str:
+    """Snakemake's output for a dry run of `all` with `config` given as --config, which must stop before planning."""
+    result = snakemake(workdir, "-n", "--cores", "1", "all", *(("--config", *config) if config else ()))
     output = result.stdout + result.stderr
-    assert result.returncode != 0 and "Job stats" not in output  # refused before anything was planned
-    assert "'fast' is not of type 'number'" in output
+    assert result.returncode != 0 and "Job stats" not in output  # nothing was planned, let alone run
+    return output
 
 
-def prepared(change: dict) -> dict:
-    """The paper configuration with `change` given as --config, made ready as the Snakefile and common.smk make
-    it before planning: typed, validated against the schema (defaults filled in) and checked."""
-    config = copy.deepcopy(PAPER)
-    update_config(config, change)
-    config.update(typed(config, SCHEMA))
-    validate(config, str(SCHEMA_FILE))
-    check_config(config)
-    return config
+def prepared(*config: str) -> dict:
+    """The paper configuration with `config` given as --config (Snakemake's parsing: nested values as strings),
+    made ready as the Snakefile and common.smk make it before planning: typed, validated against the schema
+    (defaults filled in) and checked."""
+    merged = copy.deepcopy(PAPER)
+    update_config(merged, parse_config(config))
+    merged.update(typed(merged, SCHEMA))
+    validate(merged, str(SCHEMA_FILE))
+    check_config(merged)
+    return merged
 
 
-@pytest.mark.parametrize("change,messages", [
-    ({"accuracy": "worst"}, ["accuracy", "'worst' is not one of ['best', 'final']"]),
-    ({"seeds": [-1]}, ["seeds", "minimum"]),
-    ({"models": ["star-64", "star-256"]}, ["config key models: unknown model 'star-256'", "star-128-full"]),
-    ({"training": {"overrides": {"star-512": {"lr": 0.1}}}}, ["config key training.overrides.star-512: unknown"]),
-    ({"benchmarks": ["ntu60/xsub", "ntu90/xsub"]}, ["'ntu90/xsub' is not one of"]),
-    ({"ablation": {"sparse": "star-64-full", "full": "star-64"}}, ["config key ablation: sparse must be a sparse"]),
-    ({"data": {"synthetic": True, "synthetic_frames": [40, 26]}},
+def test_the_paper_config_is_accepted_as_it_is_and_with_numbers_given_as_text(ntu_folders, monkeypatch):
+    monkeypatch.chdir(ntu_folders)  # its raw folders are there
+    assert prepared()["seeds"] == PAPER["seeds"]
+    config = prepared("seeds=[3]", "training={overrides: {star-64: {lr: 1e-3, amp: true}}}")
+    assert config["seeds"] == [3] and config["training"]["overrides"]["star-64"] == {"lr": 0.001, "amp": True}
+
+
+BAD_CONFIGS = [  # --config, and what the refusal says
+    ("accuracy=worst", ["accuracy", "'worst' is not one of ['best', 'final']"]),
+    ("seeds=[-1]", ["seeds", "minimum"]),
+    ("models=[star-64,star-256]", ["config key models: unknown model 'star-256'", "star-128-full"]),
+    ("training={overrides: {star-512: {lr: 0.1}}}", ["config key training.overrides.star-512: unknown"]),
+    ("benchmarks=[ntu60/xsub,ntu90/xsub]", ["'ntu90/xsub' is not one of"]),
+    ("ablation={sparse: star-64-full, full: star-64}", ["config key ablation: sparse must be a sparse"]),
+    ("data={synthetic: true, synthetic_frames: [40, 26]}",
      ["config key data.synthetic_frames: [40, 26] is [shortest, longest]"]),
-    ({"data": {"source": "npz", "files": []}}, ["should be non-empty", "files"]),
-])
-def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders, monkeypatch, change, messages):
-    monkeypatch.chdir(ntu_folders)
+    ("data={source: npz, files: []}", ["should be non-empty", "files"]),
+]
+
+
+@pytest.mark.parametrize("config,messages", BAD_CONFIGS, ids=[config for config, _ in BAD_CONFIGS])
+def test_bad_config_is_refused_naming_the_key_and_what_is_allowed(ntu_folders, monkeypatch, config, messages):
+    monkeypatch.chdir(ntu_folders)  # its raw folders are there: only `config` is wrong
     with pytest.raises((WorkflowError, ConfigError)) as refused:
-        prepared(change)
+        prepared(config)
     assert all(message in str(refused.value) for message in messages), str(refused.value)
 
 
@@ -137,21 +153,17 @@ def test_missing_or_unnamed_source_files_are_refused_naming_the_key(tmp_path, mo
         "the pyskl files split ntu60/xsub, ntu60/xview, but the configuration asks for ntu120/xset":
             ("pyskl", "ntu60_3danno.pkl"),
     }
-    for name in ("NTU60_CS.npz", "xsub.npz", "ntu60_3danno.pkl"):
+    for name in ("NTU60_CS.npz", "xsub.npz", "ntu60_3danno.pkl", "ntu120_3danno.pkl"):
         (tmp_path / name).touch()
     for message, (source, file) in refusals.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
-            prepared({"data": {"source": source, "files": [file]}})
-    files = ["ntu60_3danno.pkl", "ntu120_3danno.pkl"]
-    (tmp_path / files[1]).touch()
-    assert prepared({"data": {"source": "pyskl", "files": files}})["data"]["files"] == files
+            prepared(f"data={{source: {source}, files: [{file}]}}")
+    prepared("data={source: pyskl, files: [ntu60_3danno.pkl, ntu120_3danno.pkl]}")  # accepted: every benchmark
 
 
 def test_a_refused_config_stops_snakemake_before_planning_with_how_to_get_the_data(tmp_path):
     """The checks run where Snakemake reads the configuration (the schema's refusals: the overrides test above)."""
-    result = snakemake(tmp_path, "-n", "--cores", "1", "all")
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and "Job stats" not in output  # nothing was planned, let alone run
+    output = _refused(tmp_path)
     assert PAPER["data"]["raw_dirs"][0] in output and "data.raw_dirs" in output
     assert "rose1.ntu.edu.sg" in output and "smoke.yaml" in output
 

@@ -2,7 +2,6 @@
 # so a bad model or benchmark name, or a missing raw folder, stops the run before any job starts. It
 # imports only the standard library, PyYAML and the package's light modules (star.names, star.paper,
 # star.io, star.workflow_checks): building the job graph never loads torch, pandas or matplotlib.
-import os
 import re
 
 from snakemake.exceptions import WorkflowError
