@@ -29,7 +29,6 @@ def representatives() -> dict[str, str]:
     def covers(other: str, name: str) -> bool:
         return codes[other][:2] == codes[name][:2] and codes[other][2] >= codes[name][2]
 
-    # max keeps the first of equals
     return {name: max((other for other in codes if covers(other, name)), key=lambda other: len(codes[other][2]))
             for name in codes}
 

@@ -60,9 +60,9 @@ def test_star_64_learns_nothing_from_shuffled_labels(short_store, tmp_path):
 
 @pytest.mark.parametrize("model,epochs,frames,batch", [("st-gcn", 28, 4, 4), ("st-tr", 14, 8, 8)])
 def test_baselines_learn(one_person_store, tmp_path, model, epochs, frames, batch):
-    """60% within `epochs` epochs, found epoch by epoch: each call extends the run by one epoch, which ends with
-    the numbers of one call for all of them (test_a_finished_run_is_not_trained_again_and_can_be_extended), and
-    the first epoch that reaches 60% ends the test."""
+    """60% within `epochs` epochs, found epoch by epoch: each call extends the run by one epoch (a run extended so
+    is the run of one call, bit for bit on one thread: test_a_finished_run_is_not_trained_again_and_can_be_extended),
+    and the first epoch that reaches 60% ends the test."""
     for done in range(1, epochs + 1):
         metrics = learn(one_person_store, tmp_path / "run", model, epochs=done, padded_frames=frames,
                         batch_size=batch)

@@ -237,7 +237,9 @@ def test_a_finished_run_is_not_trained_again_and_can_be_extended(short_store, re
         assert train(quick_config(short_store, out, overrides={"epochs": 1}), progress=False)["epochs"] == 1
         assert [(out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "metrics.json")] == stamps
         train(quick_config(short_store, out, overrides={"epochs": 2}), progress=False)
+        before = read_history(out)
         train(quick_config(short_store, out), progress=False)
+    assert read_history(out)[:2] == before  # kept, timings and all: not trained again
     assert measured(read_history(out)) == measured(read_history(reference_run))
     resumed, reference = (load_checkpoint(run / "checkpoint.pt") for run in (out, reference_run))
     assert all(torch.equal(resumed["model"][key], value) for key, value in reference["model"].items())
