@@ -23,9 +23,9 @@ from star.training.config import RunError, run_config
 from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
-# a quick STAR-64 run: 16 clips a side, 2 steps an epoch
-CLIPS = 16
-QUICK = {"recipe": "code", "overrides": {"epochs": 3, "batch_size": 8}, "max_clips": CLIPS}
+# a quick STAR-64 run: 8 clips a side, 2 steps an epoch
+CLIPS, BATCH = 8, 4
+QUICK = {"recipe": "code", "overrides": {"epochs": 3, "batch_size": BATCH}, "max_clips": CLIPS}
 
 
 def quick_config(store, out, model="star-64", **changes):
@@ -147,7 +147,7 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monk
     compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles models)
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     assert main(["train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub", "--model", "star-64",
-                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8", "--max-clips", str(CLIPS),
+                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", str(BATCH), "--max-clips", str(CLIPS),
                  "--workers", "1", "--quiet", "--compile"]) == 0
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
     assert f"{out}: 2 epochs, test top-1" in capsys.readouterr().out
@@ -215,12 +215,12 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
     out = tmp_path / "run"
     command = [sys.executable, "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark",
                "ntu60/xsub", "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "3",
-               "--batch-size", "8", "--max-clips", str(CLIPS), "--workers", "0", "--quiet"]
+               "--batch-size", str(BATCH), "--max-clips", str(CLIPS), "--workers", "0", "--quiet"]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch, possibly while it writes its checkpoint
+    time.sleep(0.1)  # into the second epoch, possibly while it writes its checkpoint
     process.kill()
     assert process.wait() == -9 and not (out / "metrics.json").exists()  # killed, not finished
     with one_thread():  # the same run resumed, in this process
@@ -374,7 +374,7 @@ def test_two_processes_train_one_run(short_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                     "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub",
-                    "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", "8",
+                    "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", str(BATCH),
                     "--max-clips", str(CLIPS), "--workers", "0", "--device", "cpu", "--quiet"],
                    check=True, env=env, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
