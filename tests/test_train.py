@@ -147,8 +147,8 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monk
     compiled = []  # --compile's plumbing: torch.compile recorded, not run (tests/test_models.py compiles models)
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     assert main(["train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub", "--model", "star-64",
-                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", str(BATCH), "--max-clips", str(CLIPS),
-                 "--workers", "1", "--quiet", "--compile"]) == 0
+                 "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", str(BATCH),
+                 "--max-clips", str(CLIPS), "--workers", "1", "--quiet", "--compile"]) == 0
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
     assert f"{out}: 2 epochs, test top-1" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt", "history.csv", "metrics.json"]
@@ -374,8 +374,9 @@ def test_two_processes_train_one_run(short_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                     "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark", "ntu60/xsub",
-                    "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "2", "--batch-size", str(BATCH),
-                    "--max-clips", str(CLIPS), "--workers", "0", "--device", "cpu", "--quiet"],
+                    "--model", "star-64", "--out", str(out), "--recipe", "code", "--epochs", "2",
+                    "--batch-size", str(BATCH), "--max-clips", str(CLIPS), "--workers", "0", "--device", "cpu",
+                    "--quiet"],
                    check=True, env=env, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(read_history(out)) == 2 and metrics["test_clips"] == CLIPS
