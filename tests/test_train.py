@@ -25,6 +25,7 @@ from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, trai
 REPO = Path(__file__).resolve().parent.parent
 # a quick STAR-64 run: 8 clips a side, 2 steps an epoch
 CLIPS, BATCH = 8, 4
+STEPS = CLIPS // BATCH  # forward passes an epoch in training, and as many in evaluation
 QUICK = {"recipe": "code", "overrides": {"epochs": 3, "batch_size": BATCH}, "max_clips": CLIPS}
 
 
@@ -198,7 +199,7 @@ def test_the_same_seed_gives_the_same_history_and_another_seed_does_not(short_st
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(short_store, reference_run, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    fail_on_call(monkeypatch, call=2 + 2 + 2, error=KeyboardInterrupt())  # epoch 2, batch 2 (the last)
+    fail_on_call(monkeypatch, call=3 * STEPS, error=KeyboardInterrupt())  # epoch 2, batch 2 (the last)
     with pytest.raises(KeyboardInterrupt), one_thread():
         train(quick_config(short_store, out), progress=False)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1 and len(read_history(out)) == 1
@@ -220,7 +221,7 @@ def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.1)  # into the second epoch, possibly while it writes its checkpoint
+    time.sleep(0.1)  # into the second epoch's training (an epoch takes about 0.3 s on one thread)
     process.kill()
     assert process.wait() == -9 and not (out / "metrics.json").exists()  # killed, not finished
     with one_thread():  # the same run resumed, in this process
@@ -284,7 +285,7 @@ def test_a_run_of_other_settings_is_set_aside_when_asked(short_store, reference_
 
 def test_a_diverged_loss_stops_the_run_and_keeps_the_last_good_epoch(short_store, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    fail_on_call(monkeypatch, call=2 + 2 + 2)  # epoch 2, batch 2 (the last)
+    fail_on_call(monkeypatch, call=3 * STEPS)  # epoch 2, batch 2 (the last)
     with pytest.raises(RunError, match=r"loss is not finite at epoch 2, batch 2 of 2; .*checkpoint.pt keeps epoch 1"):
         train(quick_config(short_store, out), progress=False)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1 and len(read_history(out)) == 1
