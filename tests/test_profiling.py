@@ -203,19 +203,22 @@ def test_profiling_batch_is_a_recorded_seeded_draw(tiny_store):
     assert described["compact"]["bytes"] == described["rows"] * 25 * 3 * 4 + (5 + 1) * 8 + 4 * described["rows"] * 8
 
 
-@pytest.mark.parametrize("name", ["star-64-code", "st-gcn-code"])
-def test_star_profile_writes_a_models_json(tiny_store, tmp_path, name):
-    """The command's plumbing, once per layout: every model's counts are checked above, and the smoke workflow
-    profiles every model of the tables."""
+@pytest.mark.parametrize("name,compiling", [("star-64-code", True), ("st-gcn-code", False)])
+def test_star_profile_writes_a_models_json(tiny_store, tmp_path, monkeypatch, name, compiling):
+    """The command's plumbing, once per layout and with --compile and without: every model's counts are checked
+    above, and the smoke workflow profiles every model of the tables. torch.compile is recorded, not run
+    (tests/test_models.py compiles one model per code path)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     out = tmp_path / f"{name}.json"
     assert main(["profile", "--store", str(tiny_store.path), "--model", name, "--out", str(out), "--clips", "2",
                  "--repeats", "2", "--warmup", "1", "--profiler-runs", "1", "--threads", "2",
-                 "--padded-frames", "32"]) == 0
+                 "--padded-frames", "32", *(["--compile"] if compiling else [])]) == 0
     result = json.loads(out.read_text())
     model = registry.build(name, get_benchmark("ntu60/xsub").num_classes)
     summary, macs = result["summary"], result["macs"]
     assert result["model"] == name and result["threads"] == 2 and result["device"] == "cpu"
-    assert result["compiled"] is False
+    assert result["compiled"] is compiling and [type(m) for m in compiled] == ([type(model)] if compiling else [])
     assert result["allocator"] == allocator()
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     assert summary["gmacs"] == macs["fvcore"]["total"] / 1e9 > 0
@@ -230,17 +233,6 @@ def test_star_profile_writes_a_models_json(tiny_store, tmp_path, name):
     assert result["batch"]["fed_as"] == ("compact" if name.startswith("star") else
                                          f"padded to 32 frames x 2 persons, fill {fill}")
     assert result["memory"]["peak_bytes"] > result["memory"]["input_bytes"] > 0
-
-
-def test_star_profile_compile_times_the_compiled_model_and_says_so(tiny_store, tmp_path, monkeypatch):
-    """The plumbing only (torch.compile recorded, not run: tests/test_models.py compiles one model per code path)."""
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
-    out = tmp_path / "star-64.json"
-    assert main(["profile", "--store", str(tiny_store.path), "--model", "star-64", "--out", str(out), "--clips", "2",
-                 "--repeats", "1", "--warmup", "0", "--profiler-runs", "1", "--compile"]) == 0
-    assert json.loads(out.read_text())["compiled"] is True
-    assert len(compiled) == 1 and type(compiled[0]).__name__ == "STAR"
 
 
 def test_sweep_pads_the_baselines_and_not_star():
