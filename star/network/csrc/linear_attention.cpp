@@ -44,35 +44,42 @@ inline void add_outer(Shape<H, D> shape, const T* __restrict__ x, const T* __res
     }
 }
 
-// M[0:8, 0:8] += sum_r x_r[0:8] y_r[0:8]^T over `count` tokens (M's rows `m_stride` apart): the 8 x 8 block
-// stays in registers across the tokens, so each token costs one load of y_r and 8 multiply-adds, where the
+// The lanes of the register pieces that the sums over a head's d values are kept in: a whole AVX-512 register
+// of float (16) where d is a multiple of it, else 8 (an AVX2 register of float, or of double two of them)
+template <typename T, int64_t D>
+constexpr int64_t kPiece = kVectorBytes / static_cast<int64_t>(sizeof(T)) >= 16 && D % 16 == 0 ? 16 : 8;
+
+// M[0:L, 0:L] += sum_r x_r[0:L] y_r[0:L]^T over `count` tokens (M's rows `m_stride` apart): the L x L block
+// stays in registers across the tokens, so each token costs one load of y_r and L multiply-adds, where the
 // per-token update (add_outer) loads and stores every row of M again
-template <typename T>
+template <int64_t L, typename T>
 inline void add_outer_block(int64_t count, const T* __restrict__ x, int64_t x_stride, const T* __restrict__ y,
                             int64_t y_stride, T* __restrict__ m, int64_t m_stride) {
-  typedef T Row __attribute__((vector_size(8 * sizeof(T))));  // 8 values: one AVX2 register for float
-  Row block[8];
-  for (int a = 0; a < 8; ++a) __builtin_memcpy(&block[a], m + a * m_stride, sizeof(Row));
+  typedef T Row __attribute__((vector_size(L * sizeof(T))));
+  Row block[L];
+  for (int a = 0; a < L; ++a) __builtin_memcpy(&block[a], m + a * m_stride, sizeof(Row));
   for (int64_t r = 0; r < count; ++r) {
     Row yr;
     __builtin_memcpy(&yr, y + r * y_stride, sizeof(Row));
     const T* __restrict__ xr = x + r * x_stride;
-#pragma GCC unroll 8
-    for (int a = 0; a < 8; ++a) block[a] += xr[a] * yr;
+#pragma GCC unroll 16
+    for (int a = 0; a < L; ++a) block[a] += xr[a] * yr;
   }
-  for (int a = 0; a < 8; ++a) __builtin_memcpy(m + a * m_stride, &block[a], sizeof(Row));
+  for (int a = 0; a < L; ++a) __builtin_memcpy(m + a * m_stride, &block[a], sizeof(Row));
 }
 
 // M_h += sum_r x_{r,h} y_{r,h}^T for every head, over `count` tokens x + r x_stride and y + r y_stride (H d
-// values each): in 8 x 8 blocks where d is a multiple of 8 known when compiled, token by token elsewhere
+// values each): in blocks of kPiece x kPiece where d is a multiple of 8 known when compiled, token by token
+// elsewhere
 template <typename T, int64_t H, int64_t D>
 inline void add_outer_tokens(Shape<H, D> shape, int64_t count, const T* x, int64_t x_stride, const T* y,
                              int64_t y_stride, T* m) {
   if constexpr (D > 0 && D % 8 == 0) {
+    constexpr int64_t L = kPiece<T, D>;
     for (int64_t h = 0; h < shape.heads(); ++h)
-      for (int64_t a = 0; a < D; a += 8)
-        for (int64_t b = 0; b < D; b += 8)
-          add_outer_block(count, x + h * D + a, x_stride, y + h * D + b, y_stride, m + (h * D + a) * D + b, D);
+      for (int64_t a = 0; a < D; a += L)
+        for (int64_t b = 0; b < D; b += L)
+          add_outer_block<L>(count, x + h * D + a, x_stride, y + h * D + b, y_stride, m + (h * D + a) * D + b, D);
   } else {
     for (int64_t r = 0; r < count; ++r) add_outer(shape, x + r * x_stride, y + r * y_stride, m);
   }
@@ -82,22 +89,22 @@ inline void add_outer_tokens(Shape<H, D> shape, int64_t count, const T* x, int64
 template <typename T, int64_t H, int64_t D>
 inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __restrict__ m, T* __restrict__ out) {
   if constexpr (H > 0 && D > 0 && D % 8 == 0) {
-    // out in H d / 8 pieces of 8 across the sum, in registers where they fit (float with AVX-512: 16 of 32;
+    // out in H d / L pieces of L across the sum, in registers where they fit (float with AVX-512: 8 of 32;
     // with AVX2 STAR-128's 16 pieces take all 16 and some spill, which measured no slower than two passes)
-    typedef T Piece __attribute__((vector_size(8 * sizeof(T))));
-    constexpr int64_t kPieces = D / 8;
+    constexpr int64_t L = kPiece<T, D>, kPieces = D / L;
+    typedef T Piece __attribute__((vector_size(L * sizeof(T))));
     Piece acc[H * kPieces];
-    for (int64_t i = 0; i < H * kPieces; ++i) __builtin_memcpy(&acc[i], out + i * 8, sizeof(Piece));
+    for (int64_t i = 0; i < H * kPieces; ++i) __builtin_memcpy(&acc[i], out + i * L, sizeof(Piece));
     for (int64_t b = 0; b < D; ++b)
 #pragma GCC unroll 16
       for (int64_t h = 0; h < H; ++h)
 #pragma GCC unroll 2
         for (int64_t piece = 0; piece < kPieces; ++piece) {
           Piece row;
-          __builtin_memcpy(&row, m + (h * D + b) * D + piece * 8, sizeof(Piece));
+          __builtin_memcpy(&row, m + (h * D + b) * D + piece * L, sizeof(Piece));
           acc[h * kPieces + piece] += x[h * D + b] * row;
         }
-    for (int64_t i = 0; i < H * kPieces; ++i) __builtin_memcpy(out + i * 8, &acc[i], sizeof(Piece));
+    for (int64_t i = 0; i < H * kPieces; ++i) __builtin_memcpy(out + i * L, &acc[i], sizeof(Piece));
   } else {
     const int64_t heads = shape.heads(), d = shape.d();
     for (int64_t b = 0; b < d; ++b)
