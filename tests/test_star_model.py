@@ -703,15 +703,18 @@ def test_fused_add_norm_trains_the_model_as_the_unfused_form_does(monkeypatch):
 def test_fused_encoder_tails_are_add_norm_feed_forward_add_norm_summed(width, activation):
     """In inference, norm2(h + FF(h)) with h = norm1(x + y), of one layer and summed over two on the same x:
     float64 to 1e-12 of the unfused layers, float32 to 1e-5 of them in float64, on 307 rows (three tiles of 96
-    and a fourth whose last register block is partial), 96 (one whole tile) and 5 (less than a register block)."""
+    and a fourth whose last register block is partial), 96 (one whole tile) and 5 (less than a register block).
+    Four channels' pre-activations lie far out (biases of +-90 and +-120), past the kernels' exp's clamps."""
     generator = torch.Generator().manual_seed(width)
     layers = []
     for _ in range(2):
         first, second = nn.LayerNorm(width), nn.LayerNorm(width)
+        feed_forward = FeedForward(width, activation, 0.5).eval()
         with torch.no_grad():
             for norm in (first, second):
                 norm.weight.normal_(1, 0.3, generator=generator), norm.bias.normal_(0, 0.3, generator=generator)
-        layers.append((first, FeedForward(width, activation, 0.5).eval(), second))
+            feed_forward[0].bias[:4] = torch.tensor([-120.0, -90.0, 90.0, 120.0])
+        layers.append((first, feed_forward, second))
     exact_layers = [[copy.deepcopy(m).double() for m in layer] for layer in layers]
     for rows in (307, 96, 5):
         x, *ys = (2 * torch.randn(rows, width, generator=generator) for _ in range(3))

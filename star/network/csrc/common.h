@@ -36,7 +36,10 @@ inline at::Tensor new_like(const at::Tensor& x) {
 
 // exp that the compiler vectorises: Cephes' expf (range reduction by ln 2, degree-6 polynomial, within 2 ulp
 // of std::exp on [-87.3, 88], to which it clamps: the softmax feeds it scores minus their maximum, <= 0, so a
-// score 87 below the maximum weighs 1e-38 instead of 0); double keeps std::exp (the gradient checks use double)
+// score 87 below the maximum weighs 1e-38 instead of 0); double keeps std::exp (the gradient checks use double).
+// n = round(x / ln 2) comes from adding 1.5 2^23 + 127, which leaves n + 127 in the sum's low bits, whence 2^n
+// by a shift: no conversion to an integer, whose result a NaN would leave undefined, so a NaN needs no test of
+// its own; it stays NaN through the clamps (comparisons with it are false) and the polynomial.
 template <typename T>
 inline T exp_of(T x) {
   return std::exp(x);
@@ -44,9 +47,11 @@ inline T exp_of(T x) {
 
 template <>
 inline float exp_of<float>(float x) {
-  const float input = x;
-  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);  // 2^n stays a normal float: n in [-126, 127]
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  constexpr float kShift = 12582912.0f + 127.0f;  // 1.5 2^23 + 127: a sum in [2^23, 2^24) rounds to an integer
+  x = x < -87.3f ? -87.3f : x;                     // 2^n stays a normal float: n + 127 in [1, 254]
+  x = x > 88.0f ? 88.0f : x;
+  const float shifted = x * 1.44269504088896341f + kShift;
+  const float n = shifted - kShift;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -55,8 +60,7 @@ inline float exp_of<float>(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const float value = y * std::bit_cast<float>((static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23);
-  return input == input ? value : input;  // NaN stays NaN
+  return y * std::bit_cast<float>(std::bit_cast<uint32_t>(shifted) << 23);
 }
 
 // The width of a vector register in bytes, for the kernels that block their sums in registers
