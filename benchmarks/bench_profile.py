@@ -10,7 +10,8 @@ For each model it prints latency (median, min..max), parameters, GMACs
 (fvcore with the product handle) and the three categories taking the most
 time; then STAR-64's speed-up over ST-GCN and ST-TR (targets: 10x and 20x)
 and each STAR width's sparse-over-full speed-up. `--allocator default` leaves
-glibc's malloc as it is (see star.runtime) for a before/after comparison.
+glibc's malloc and torch's pages as they are (see star.runtime) for a
+before/after comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from star.data.synthetic import ntu_like_clips, random_samples
 from star.device import DEVICES, resolve_device
 from star.profiling.batch import ProfilingBatch, draw_batch
 from star.profiling.profile import profile_model, set_threads
-from star.runtime import flush_denormals, keep_freed_memory
+from star.runtime import allocator, flush_denormals, keep_freed_memory, use_huge_pages
 
 DEFAULT_MODELS = ["star-64", "star-64-full", "star-128", "star-128-full", "st-gcn", "st-tr"]
 TARGETS = {"st-gcn": 10.0, "st-tr": 20.0}  # STAR-64's speed-up over each baseline, from the profiling issue
@@ -45,7 +46,10 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.models:
         registry.spec(name)  # an unknown name fails before anything is timed
-    allocator = keep_freed_memory()["allocator"] if args.allocator == "keep" else "glibc defaults"
+    if args.allocator == "keep":  # as the star command sets it
+        keep_freed_memory()
+        use_huge_pages()
+    setting = allocator() if args.allocator == "keep" else "glibc defaults, no huge pages"
     denormals = flush_denormals()["denormals"]  # as the star command does
     threads = set_threads(args.threads)
     device = resolve_device(args.device)
@@ -55,7 +59,7 @@ def main() -> None:
         frames, persons = ntu_like_clips(args.clips, args.seed)
         batch = ProfilingBatch(random_samples(frames, persons, seed=args.seed), ["ntu-like"] * args.clips, {})
     described = batch.describe()
-    print(f"device {device}, {threads} threads, torch {torch.__version__}, allocator: {allocator}, "
+    print(f"device {device}, {threads} threads, torch {torch.__version__}, allocator: {setting}, "
           f"subnormal floats: {denormals}")
     print(f"batch: {described['clips']} clips, {described['total_frames']} frames, {described['rows']} compact rows; "
           f"baselines padded to {described['padded']['shape']}")

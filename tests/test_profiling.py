@@ -34,7 +34,7 @@ from star.profiling.counting import (
 from star.profiling.profile import count_macs, sweep
 from star.profiling.timing import category_latency, forward_latency, peak_memory
 from star.provenance import environment
-from star.runtime import allocator, keep_freed_memory
+from star.runtime import allocator, huge_pages_advised, keep_freed_memory, use_huge_pages
 from star.skeleton import neighbourhood_mask
 
 CPU = torch.device("cpu")
@@ -329,8 +329,30 @@ def test_freed_memory_is_reused_however_large_the_block():
 
 def test_allocator_setting_is_applied_and_can_be_declined(monkeypatch):
     monkeypatch.setenv("STAR_KEEP_FREED_MEMORY", "0")
-    assert keep_freed_memory()["allocator"] == "glibc defaults (STAR_KEEP_FREED_MEMORY=0)" == allocator()
+    assert keep_freed_memory()["allocator"] == "glibc defaults (STAR_KEEP_FREED_MEMORY=0)"
+    assert allocator().startswith("glibc defaults (STAR_KEEP_FREED_MEMORY=0)")
     monkeypatch.delenv("STAR_KEEP_FREED_MEMORY")
     if platform.libc_ver()[0] == "glibc":
         assert keep_freed_memory()["allocator"].startswith("glibc, freed memory kept")
         assert environment(CPU)["allocator"] == allocator()
+
+
+def test_torch_puts_large_blocks_on_huge_pages_unless_declined(monkeypatch):
+    """The test process asked at its start (tests/conftest.py): torch advises huge pages for a block of 2 MB and
+    more (a smaller block may reuse an advised one's memory); STAR_HUGE_PAGES=0 asks nothing of a process (torch
+    reads the request once)."""
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        pytest.skip("no transparent huge pages here")
+    if "[never]" in mode:
+        assert allocator().endswith("no huge pages (the kernel's THP mode is never)")
+    else:
+        assert allocator().endswith("; torch's blocks of 2 MB and more on huge pages")
+        assert huge_pages_advised(torch.empty(3 << 20).data_ptr())  # 12 MB
+    monkeypatch.setenv("STAR_HUGE_PAGES", "0")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    assert use_huge_pages()["huge_pages"] == "no huge pages (STAR_HUGE_PAGES=0)"
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ and allocator().endswith("(STAR_HUGE_PAGES=0)")
+    monkeypatch.undo()
+    use_huge_pages()  # as the process was
