@@ -46,10 +46,11 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.models:
         registry.spec(name)  # an unknown name fails before anything is timed
+    setting = "glibc defaults, huge pages not requested"
     if args.allocator == "keep":  # as the star command sets it
         keep_freed_memory()
         use_huge_pages()
-    setting = allocator() if args.allocator == "keep" else "glibc defaults, no huge pages"
+        setting = allocator()
     denormals = flush_denormals()["denormals"]  # as the star command does
     threads = set_threads(args.threads)
     device = resolve_device(args.device)

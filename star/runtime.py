@@ -14,12 +14,12 @@ peak memory, and latencies no longer depend on history. Set
 STAR_KEEP_FREED_MEMORY=0 to leave glibc's defaults.
 
 Blocks of STAR's activations are tens of MB of 4 KB pages, and its kernels
-read them a token (1.5 KB) at a time, a whole row of tokens apart, so nearly
-every read needs a page-table walk. `use_huge_pages` has torch's CPU allocator
-align blocks of 2 MB and more to 2 MB and advise the kernel to back them with
-transparent huge pages (torch's THP_MEM_ALLOC_ENABLE, read at its first
-allocation, so this runs first), where the kernel's THP mode allows it
-(`always` or `madvise`); STAR_HUGE_PAGES=0 leaves the pages as they were.
+read them a token (1.5 KB) at a time, a whole row of tokens (38 KB) apart,
+each read on another page. `use_huge_pages` has torch's CPU allocator advise
+the kernel to back its blocks of 2 MB and more with transparent huge pages
+(torch's THP_MEM_ALLOC_ENABLE, read at its first allocation, so this runs
+first), which the kernel does where its THP mode is `always` or `madvise`;
+STAR_HUGE_PAGES=0 asks torch not to.
 
 Subnormal floats (below 1.2e-38 in float32) cost x86 CPUs a microcode
 assist per operation. Once a model fits its training clips, the loss's
@@ -40,7 +40,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _TRIM_NEVER = -1  # a value of M_TRIM_THRESHOLD (SIZE_MAX to glibc): "-1 disables trimming completely", mallopt(3)
 _state = {"allocator": "platform default", "huge_pages": "", "denormals": "kept (not set in this process)"}
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"  # e.g. "always [madvise] never": the mode in brackets
-_HUGE_PAGE = 1 << 21  # 2 MB: torch advises huge pages for blocks of this size and more
+_HUGE_PAGE = 1 << 21  # bytes: torch advises huge pages for blocks of this size and more
 
 
 def keep_freed_memory() -> dict:
@@ -63,11 +63,9 @@ def keep_freed_memory() -> dict:
 
 
 def use_huge_pages() -> dict:
-    """Ask torch's CPU allocator for transparent huge pages under its blocks of 2 MB and more; what was done,
-    checked on a block (2 MB-aligned only where the request was read in time)."""
-    if os.environ.get("STAR_HUGE_PAGES", "1") == "0":
-        _state["huge_pages"] = "no huge pages (STAR_HUGE_PAGES=0)"
-        return dict(_state)
+    """Ask torch's CPU allocator to advise transparent huge pages for its blocks of 2 MB and more (or, with
+    STAR_HUGE_PAGES=0, not to); what was done, as /proc/self/smaps shows it on a new 2 MB block."""
+    declined = os.environ.get("STAR_HUGE_PAGES", "1") == "0"
     try:
         mode = open(_THP_MODE).read()
     except OSError:
@@ -75,27 +73,32 @@ def use_huge_pages() -> dict:
     if "[never]" in mode:
         _state["huge_pages"] = "no huge pages (the kernel's THP mode is never)"
         return dict(_state)
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if declined else "1"  # this process and the ones it starts
     import torch  # after the request: torch reads it at its first allocation
 
-    block = torch.empty(_HUGE_PAGE)  # 8 MB
-    _state["huge_pages"] = ("torch's blocks of 2 MB and more on huge pages" if huge_pages_advised(block.data_ptr())
-                            else "no huge pages (torch allocated before the request, or THP_MEM_ALLOC_ENABLE=0)")
+    if huge_pages_advised(torch.empty(_HUGE_PAGE, dtype=torch.uint8).data_ptr()):
+        _state["huge_pages"] = "torch's blocks of 2 MB and more advised to use huge pages"
+    else:  # under THP mode always the kernel may still use huge pages where it can
+        _state["huge_pages"] = ("huge pages not requested (STAR_HUGE_PAGES=0)" if declined else
+                                "huge pages not confirmed (no hg flag on a torch block in /proc/self/smaps)")
     return dict(_state)
 
 
 def huge_pages_advised(address: int) -> bool:
     """True where the mapping that holds `address` is advised to use huge pages (`hg` among its VmFlags in
-    /proc/self/smaps, which torch's madvise sets)."""
+    /proc/self/smaps, which torch's madvise sets); False where that cannot be read."""
     holds = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            first = line.split(maxsplit=1)[0]
-            if not first.endswith(":"):  # a mapping's header: start-end in hexadecimal, then its permissions
-                start, end = (int(bound, 16) for bound in first.split("-"))
-                holds = start <= address < end
-            elif holds and first == "VmFlags:":
-                return "hg" in line.split()
+    try:
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                first = line.split(maxsplit=1)[0]
+                if not first.endswith(":"):  # a mapping's header: start-end in hexadecimal, then its permissions
+                    start, end = (int(bound, 16) for bound in first.split("-"))
+                    holds = start <= address < end
+                elif holds and first == "VmFlags:":
+                    return "hg" in line.split()
+    except (OSError, ValueError):
+        return False
     return False
 
 

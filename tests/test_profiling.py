@@ -3,7 +3,9 @@ and `star profile` writes a complete profile of either layout or refuses bad inp
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -289,11 +291,13 @@ def test_subnormal_floats_are_flushed_to_zero_unless_declined(monkeypatch):
 
 
 # In its own process, which keeps what it frees: one 2.2 GB block (more than glibc's largest positive trim
-# threshold, 2^31 - 1) allocated, written and freed twice; prints the allocator setting and each round's page faults.
+# threshold, 2^31 - 1) allocated, written and freed twice; prints the allocator setting, the huge-page setting
+# declined (with what torch is told) and each round's page faults.
 _REUSE = """
-import ctypes, ctypes.util, json, resource, sys
-from star.runtime import keep_freed_memory
+import ctypes, ctypes.util, json, os, resource, sys
+from star.runtime import keep_freed_memory, use_huge_pages
 setting = keep_freed_memory()["allocator"]
+pages = use_huge_pages()["huge_pages"], os.environ.get("THP_MEM_ALLOC_ENABLE")
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 size, faults = 2_200_000_000, []
@@ -305,7 +309,7 @@ for _ in range(2):
     ctypes.memset(block, 1, size)
     libc.free(block)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"allocator": setting, "faults": faults}))
+print(json.dumps({"allocator": setting, "huge_pages": pages, "faults": faults}))
 """
 
 
@@ -313,13 +317,16 @@ print(json.dumps({"allocator": setting, "faults": faults}))
 def test_freed_memory_is_reused_however_large_the_block():
     """A freed block of more than 2 GiB stays the process's (a training step of STAR-128 on long clips frees
     that much): writing it again faults in next to no page, where the first round faulted in every one (counted
-    in faults, not pages, so that huge pages do not change the measure)."""
+    in faults, not pages, so that huge pages do not change the measure). In the same process, STAR_HUGE_PAGES=0
+    keeps torch from advising them, and tells its children so."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the setting is glibc's (mallopt)")
     done = subprocess.run([sys.executable, "-c", _REUSE], capture_output=True, text=True,
-                          env={**os.environ, "STAR_KEEP_FREED_MEMORY": "1"})
+                          env={**os.environ, "STAR_KEEP_FREED_MEMORY": "1", "STAR_HUGE_PAGES": "0"})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    if "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read():
+        assert result["huge_pages"] == ["huge pages not requested (STAR_HUGE_PAGES=0)", "0"], result
     first, second = result["faults"]
     assert result["allocator"].startswith("glibc, freed memory kept"), result
     assert first > 0, "the first round faulted in no page: are page faults counted here?"
@@ -337,22 +344,17 @@ def test_allocator_setting_is_applied_and_can_be_declined(monkeypatch):
         assert environment(CPU)["allocator"] == allocator()
 
 
-def test_torch_puts_large_blocks_on_huge_pages_unless_declined(monkeypatch):
+def test_torch_advises_huge_pages_for_its_large_blocks():
     """The test process asked at its start (tests/conftest.py): torch advises huge pages for a block of 2 MB and
-    more (a smaller block may reuse an advised one's memory); STAR_HUGE_PAGES=0 asks nothing of a process (torch
-    reads the request once)."""
+    more, which a fresh mapping of the process is not; declining is checked in its own process
+    (test_freed_memory_is_reused_however_large_the_block)."""
     try:
         mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     except OSError:
         pytest.skip("no transparent huge pages here")
-    if "[never]" in mode:
-        assert allocator().endswith("no huge pages (the kernel's THP mode is never)")
-    else:
-        assert allocator().endswith("; torch's blocks of 2 MB and more on huge pages")
-        assert huge_pages_advised(torch.empty(3 << 20).data_ptr())  # 12 MB
-    monkeypatch.setenv("STAR_HUGE_PAGES", "0")
-    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
-    assert use_huge_pages()["huge_pages"] == "no huge pages (STAR_HUGE_PAGES=0)"
-    assert "THP_MEM_ALLOC_ENABLE" not in os.environ and allocator().endswith("(STAR_HUGE_PAGES=0)")
-    monkeypatch.undo()
-    use_huge_pages()  # as the process was
+    if os.environ.get("STAR_HUGE_PAGES") == "0" or "[never]" in mode:
+        pytest.skip("huge pages declined or not available to the test process")
+    assert allocator().endswith("; torch's blocks of 2 MB and more advised to use huge pages")
+    assert huge_pages_advised(torch.empty(3 << 20).data_ptr())  # 12 MB
+    fresh = mmap.mmap(-1, 4 << 20)
+    assert not huge_pages_advised(ctypes.addressof(ctypes.c_char.from_buffer(fresh)))

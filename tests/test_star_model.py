@@ -240,6 +240,19 @@ def test_fused_linear_kernel_equals_the_quadratic_form_with_its_gradients(eps, h
 
 
 @needs_fused
+def test_fused_linear_kernel_keeps_a_nan_query_to_its_own_output():
+    """A NaN query gives NaN in its own token's head of the output and changes nothing else, as in Eq. 6: its
+    phi comes from the kernels' exp, which has no NaN test of its own (star-128's float32 kernel)."""
+    qkv = _token_rows(7, 16, 8, heads_last=False)  # (N, V, 3, H, d)
+    clean = fused.linear_attention(qkv, [0, 3, 7], 0.7, 1e-6)
+    qkv[4, 2, 0, 5, 3] = float("nan")  # row 4, joint 2, query, head 5
+    out = fused.linear_attention(qkv, [0, 3, 7], 0.7, 1e-6)
+    assert out[4, 2, 5].isnan().all()
+    out[4, 2, 5] = clean[4, 2, 5]
+    assert torch.equal(out, clean)
+
+
+@needs_fused
 def test_fused_kernel_gradients_match_finite_differences():
     graph = NeighbourhoodGraph.from_mask(MASK)
     qkv = _token_rows(1, 3, 2, torch.float64).requires_grad_()  # 450 inputs: gradcheck perturbs each in turn

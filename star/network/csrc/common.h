@@ -39,7 +39,8 @@ inline at::Tensor new_like(const at::Tensor& x) {
 // score 87 below the maximum weighs 1e-38 instead of 0); double keeps std::exp (the gradient checks use double).
 // n = round(x / ln 2) comes from adding 1.5 2^23 + 127, which leaves n + 127 in the sum's low bits, whence 2^n
 // by a shift: no conversion to an integer, whose result a NaN would leave undefined, so a NaN needs no test of
-// its own; it stays NaN through the clamps (comparisons with it are false) and the polynomial.
+// its own; it stays NaN through the clamps (comparisons with it are false) and the polynomial. The sum minus
+// the shift must stay two roundings (fused.py compiles without -ffast-math, which could fold them away).
 template <typename T>
 inline T exp_of(T x) {
   return std::exp(x);

@@ -101,8 +101,9 @@ void tile_product(const T* __restrict__ in, const T* __restrict__ wt, const T* _
     constexpr int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
     constexpr int64_t cols = block_columns<T>(N), vectors = cols / lanes;
     static_assert(N % lanes == 0 && N % cols == 0, "the output width must be a multiple of a block's columns");
-    // a panel of the weight (K x cols: 32 KB at K = 128 with AVX-512) over every register block of the tile's
-    // rows, so that it stays in L1 while the rows come from L2, rather than every panel once for each block
+    // a panel of the weight (K x cols: 32 KB at K = 128 with AVX-512, 8 KB with AVX2) over every register block
+    // of the tile's rows, so that the blocks reuse it from the nearest cache that holds it, where looping over
+    // the panels inside each block read all of them again for every block
     for (int64_t n0 = 0; n0 < N; n0 += cols) {
       for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
         Vec acc[kRows][vectors];

@@ -1,8 +1,9 @@
 // Segmented linear attention (Eq. 6) on qkv (N, V, 3, H, d), forward and backward: one task per clip and group
 // of joints walks the clip's rows in memory order, sums U_h = phi(K_h)^T V_h and Z_h for each of its joints and
 // heads, then every output row; the backward pass recomputes phi, U and Z instead of keeping them. The sums
-// over rows run a tile of rows at a time with each 8 x 8 block of the sum in registers, and the rows a task
-// will read next are prefetched, since it reads a few tokens of each row and jumps a row ahead.
+// over rows run a tile of rows at a time with each block of the sum (8 x 8, or 16 x 16 at depth 16 with AVX-512)
+// in registers, and the rows a task will read next are prefetched, since it reads a few tokens of each row and
+// jumps a row ahead.
 
 #include "common.h"
 
@@ -45,7 +46,7 @@ inline void add_outer(Shape<H, D> shape, const T* __restrict__ x, const T* __res
 }
 
 // The lanes of the register pieces that the sums over a head's d values are kept in: a whole AVX-512 register
-// of float (16) where d is a multiple of it, else 8 (an AVX2 register of float, or of double two of them)
+// of float (16) where d is a multiple of it, else 8
 template <typename T, int64_t D>
 constexpr int64_t kPiece = kVectorBytes / static_cast<int64_t>(sizeof(T)) >= 16 && D % 16 == 0 ? 16 : 8;
 
