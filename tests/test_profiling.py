@@ -36,7 +36,7 @@ from star.profiling.counting import (
 from star.profiling.profile import count_macs, sweep
 from star.profiling.timing import category_latency, forward_latency, peak_memory
 from star.provenance import environment
-from star.runtime import allocator, huge_pages_advised, keep_freed_memory, use_huge_pages
+from star.runtime import allocator, huge_pages_advised, keep_freed_memory
 from star.skeleton import neighbourhood_mask
 
 CPU = torch.device("cpu")
