@@ -122,10 +122,17 @@ template <typename T, int64_t H, int64_t D>
 inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
                            const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
   const int64_t heads = shape.heads(), d = shape.d();
-  for (int64_t h = 0; h < heads; ++h) {
-    T total = eps;
-    for (int64_t a = 0; a < d; ++a) total += phi[h * d + a] * z[h * d + a];
-    den[h] = total;
+  if constexpr (D > 0 && (D & (D - 1)) == 0) {  // each head's sum as a tree of whole-register additions
+    T products[H * D];
+#pragma omp simd
+    for (int64_t c = 0; c < H * D; ++c) products[c] = phi[c] * z[c];
+    for (int64_t h = 0; h < H; ++h) den[h] = eps + tree_sum<T, D>(products + h * D);
+  } else {
+    for (int64_t h = 0; h < heads; ++h) {
+      T total = eps;
+      for (int64_t a = 0; a < d; ++a) total += phi[h * d + a] * z[h * d + a];
+      den[h] = total;
+    }
   }
   std::fill(num, num + heads * d, T(0));
   add_rows(shape, phi, u, num);
