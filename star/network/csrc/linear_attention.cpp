@@ -122,7 +122,7 @@ template <typename T, int64_t H, int64_t D>
 inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
                            const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
   const int64_t heads = shape.heads(), d = shape.d();
-  if constexpr (D > 0 && (D & (D - 1)) == 0) {  // each head's sum as a tree of whole-register additions
+  if constexpr (H > 0 && D > 0 && (D & (D - 1)) == 0) {  // each head's sum as a tree of halvings (tree_sum)
     T products[H * D];
 #pragma omp simd
     for (int64_t c = 0; c < H * D; ++c) products[c] = phi[c] * z[c];
