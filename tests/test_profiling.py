@@ -290,6 +290,14 @@ def test_subnormal_floats_are_flushed_to_zero_unless_declined(monkeypatch):
         assert product() == 0.0
 
 
+def _huge_pages_available() -> bool:
+    """The kernel grants transparent huge pages where asked (its THP mode always or madvise)."""
+    try:
+        return "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+
+
 # In its own process, which keeps what it frees: one 2.2 GB block (more than glibc's largest positive trim
 # threshold, 2^31 - 1) allocated, written and freed twice; prints the allocator setting, the huge-page setting
 # declined (with what torch is told) and each round's page faults.
@@ -325,7 +333,7 @@ def test_freed_memory_is_reused_however_large_the_block():
                           env={**os.environ, "STAR_KEEP_FREED_MEMORY": "1", "STAR_HUGE_PAGES": "0"})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    if "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read():
+    if _huge_pages_available():
         assert result["huge_pages"] == ["huge pages not requested (STAR_HUGE_PAGES=0)", "0"], result
     first, second = result["faults"]
     assert result["allocator"].startswith("glibc, freed memory kept"), result
@@ -348,11 +356,7 @@ def test_torch_advises_huge_pages_for_its_large_blocks():
     """The test process asked at its start (tests/conftest.py): torch advises huge pages for a block of 2 MB and
     more, which a fresh mapping of the process is not; declining is checked in its own process
     (test_freed_memory_is_reused_however_large_the_block)."""
-    try:
-        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        pytest.skip("no transparent huge pages here")
-    if os.environ.get("STAR_HUGE_PAGES") == "0" or "[never]" in mode:
+    if os.environ.get("STAR_HUGE_PAGES") == "0" or not _huge_pages_available():
         pytest.skip("huge pages declined or not available to the test process")
     assert allocator().endswith("; torch's blocks of 2 MB and more advised to use huge pages")
     assert huge_pages_advised(torch.empty(3 << 20).data_ptr())  # 12 MB
