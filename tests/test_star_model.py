@@ -780,6 +780,51 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 
 
 @needs_fused
+@pytest.mark.parametrize(("width", "heads"), [(64, 8), (128, 8), (24, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projected_attentions_are_the_projection_then_the_attention_bit_for_bit(width, heads, dtype):
+    """Both attentions with the projection inside their kernels give the bits of the projection's tile product
+    followed by the attention's kernel (the same products and sums in the same order), STAR's shapes and one read
+    at run time. Linear: clips of 1, 7 (whose register blocks read the next clip's rows), 49 and 3 rows (whose
+    blocks would read past x's end). Sparse: 7 rows (the last group of 3 rows past x's end) and 1 row."""
+    generator = torch.Generator().manual_seed(width)
+    weight = torch.randn(3 * width, width, generator=generator, dtype=dtype) / width ** 0.5
+    d = width // heads
+    bounds = [0, 1, 8, 57, 60]
+    x = torch.randn(bounds[-1], 25, width, generator=generator, dtype=dtype)
+    (qkv,) = fused.projections(x.view(-1, width), [weight])  # (N*V, 3C)
+    two_steps = fused.linear_attention(qkv.view(-1, 25, 3, heads, d), bounds, d ** -0.25, 1e-6)
+    assert torch.equal(fused.projected_linear_attention(x, weight, bounds, heads, d ** -0.25, 1e-6), two_steps)
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    for rows in (7, 1):
+        (qkv,) = fused.projections(x[:rows].reshape(-1, width), [weight])  # (N*V, 3C), output rows (3, d, H)
+        two_steps = fused.sparse_attention(qkv.view(rows, 25, 3, d, heads), graph.rowptr, graph.key)
+        assert torch.equal(fused.projected_sparse_attention(x[:rows], weight, graph.rowptr, graph.key, heads),
+                           two_steps)
+
+
+@needs_fused
+def test_projected_attentions_name_what_is_wrong():
+    x, weight = torch.randn(6, 25, 64), torch.randn(192, 64)
+    graph = NeighbourhoodGraph.from_mask(MASK)
+    ops = torch.ops.star_fused
+    for call, message in ((lambda: ops.linear_attention_projected_forward(x, weight[:64], [0, 6], 8, 1.0, 0.0),
+                           r"weight must be a contiguous \(192, 64\) CPU matrix in x's dtype, got \[64, 64\]"),
+                          (lambda: ops.linear_attention_projected_forward(x, weight, [0, 5], 8, 1.0, 0.0),
+                           "bounds must run from 0 to 6"),
+                          (lambda: ops.linear_attention_projected_forward(x, weight, [0, 6], 7, 1.0, 0.0),
+                           "64 channels must split into 7 heads"),
+                          (lambda: ops.sparse_attention_projected_forward(x, weight.double(), graph.rowptr,
+                                                                          graph.key, 8, 1.0),
+                           "in x's dtype"),
+                          (lambda: ops.sparse_attention_projected_forward(x[0], weight, graph.rowptr, graph.key, 8,
+                                                                          1.0),
+                           r"contiguous \(N, V, C\)")):
+        with pytest.raises(RuntimeError, match=message):
+            call()
+
+
+@needs_fused
 @pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (128, 128, True), (128, 384, False),
                                                          (192, 64, False), (24, 40, True)])
 def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
@@ -845,27 +890,28 @@ def test_training_runs_the_linear_layers_on_the_tile_products_as_f_linear_would(
 @needs_fused
 @pytest.mark.parametrize("spatial", ["sparse", "full"])
 def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
-    """STAR-64 in eval mode without gradients projects each ST-block's input for both encoders in one kernel (5
-    calls) and runs both encoder layers' tails and their sum as one (5 calls of two layers), with the logits of the
-    unfused layers to 1e-5; with gradients asked for, in training, in the ATen kernel form, with the config's
+    """STAR-64 in eval mode without gradients runs each ST-block's temporal attention with its projection inside
+    (5 calls), the sparse spatial attention likewise (the full one's projection a tile product before it), and
+    both encoder layers' tails and their sum as one kernel (5 calls of two layers), with the logits of the unfused
+    layers to 1e-5; with gradients asked for, in training, in the ATen kernel form, with the config's
     inference_kernels off, or in a layer with a hook on it or inside it, the unfused layers run (autograd reaches
     every parameter, the hook fires)."""
     calls = []
-    kernels = {name: getattr(fused, name) for name in ("projections", "encoder_tails")}
-    monkeypatch.setattr(fused, "projections", lambda *args: calls.append("projections") or
-                        kernels["projections"](*args))
-    monkeypatch.setattr(fused, "encoder_tails", lambda x, tails, activation: calls.append(f"tails of {len(tails)}")
-                        or kernels["encoder_tails"](x, tails, activation))
+    for name in ("projections", "projected_sparse_attention", "projected_linear_attention", "encoder_tails"):
+        kernel = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *args, name=name, kernel=kernel: calls.append(
+            f"tails of {len(args[1])}" if name == "encoder_tails" else name) or kernel(*args))
+    spatial_call = "projected_sparse_attention" if spatial == "sparse" else "projections"
     batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
     torch.manual_seed(0)
     model = STAR(STARConfig(spatial=spatial)).eval()
     with torch.no_grad():
         fused_logits = model(*inputs(batch))
     layers = model.config.layers
-    assert sorted(calls) == ["projections"] * layers + ["tails of 2"] * layers
+    assert sorted(calls) == sorted([spatial_call, "projected_linear_attention", "tails of 2"] * layers)
     logits = model(*inputs(batch))
     logits.square().sum().backward()
-    assert len(calls) == 2 * layers
+    assert len(calls) == 3 * layers
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
     # a hook on block 0's spatial layer and one inside it: that layer runs unfused, block 0's temporal layer on its
@@ -878,7 +924,8 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
             hooked = model(*inputs(batch))
         hook.remove()
         assert len(seen) == 1
-        assert sorted(calls) == ["projections"] * (layers - 1) + ["tails of 1"] + ["tails of 2"] * (layers - 1)
+        fused_blocks = [spatial_call, "projected_linear_attention", "tails of 2"] * (layers - 1)
+        assert sorted(calls) == sorted(fused_blocks + ["tails of 1"])
         torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
     calls.clear()
     with torch.no_grad():

@@ -16,11 +16,15 @@ attention, Add & Norm, the feed-forward's two products and activation, and
 Add & Norm again, is one kernel that takes a tile of rows through all of it
 in the cache (`encoder_tails`), instead of five operators that write and read
 back an activation of the layer's size each, an ST-block's two encoders'
-tails and their sum are one such kernel, and the block's two projections of
-its input are one pass over it (`projections`). The same register-blocked
-tile products run the linear layers elsewhere (`linear`: the projections
-feeding the attentions and the feed-forward's layers, in training too,
-forward and the input's gradient).
+tails and their sum are one such kernel, and both attentions take the
+block's input itself (`projected_sparse_attention`,
+`projected_linear_attention`): its rows go through the projection's tile
+product into the cache a few at a time and the attention reads them there,
+so q, k and v, three times the activations, are never written and read
+back. The same register-blocked tile products run the linear layers
+elsewhere (`projections`: the full attention's projection in inference;
+`linear`: the projections feeding the attentions and the feed-forward's
+layers, in training too, forward and the input's gradient).
 
 The extension is compiled by `torch.utils.cpp_extension` for the instruction
 set torch itself uses on this machine (`torch.backends.cpu.get_cpu_capability()`),
@@ -47,7 +51,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in  # and common.h
+SOURCES = [Path(__file__).parent / "csrc" / name for name in  # and the headers common.h, tile_product.h
            ("sparse_attention.cpp", "linear_attention.cpp", "dropout_norm.cpp", "inference.cpp", "library.cpp")]
 DTYPES = (torch.float32, torch.float64)
 ISA_FLAGS = {  # compiler flags for the instruction set torch reports (get_cpu_capability)
@@ -139,6 +143,17 @@ def sparse_attention(qkv: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor
     return _SparseAttention.apply(qkv, keep, rowptr, keys, qkv.shape[3] ** -0.5, weights)
 
 
+def projected_sparse_attention(x: torch.Tensor, weight: torch.Tensor, rowptr: torch.Tensor, keys: torch.Tensor,
+                               heads: int) -> torch.Tensor:
+    """sparse_attention on x's projections x W^T, for inference: x (N, V, C) -> (N, V, H, d), weight (3C, C) with
+    output rows (3, d, H). A few rows of x at a time are multiplied by W in the cache and attended there, so the
+    projections (three times the activations) are never written; the same products and sums as `projections`
+    then `sparse_attention`, in the same order. No dropout, and no gradient flows through it."""
+    _require(x)
+    return torch.ops.star_fused.sparse_attention_projected_forward(x.contiguous(), weight.contiguous(), rowptr, keys,
+                                                                   heads, (x.shape[2] // heads) ** -0.5)
+
+
 class _LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, bounds, scale, eps):
@@ -160,6 +175,17 @@ def linear_attention(qkv: torch.Tensor, bounds: list[int], scale: float, eps: fl
     qkv's layout, so the projection's backward pass is two plain matrix products."""
     _require(qkv)
     return _LinearAttention.apply(qkv, list(bounds), scale, eps)
+
+
+def projected_linear_attention(x: torch.Tensor, weight: torch.Tensor, bounds: list[int], heads: int, scale: float,
+                               eps: float) -> torch.Tensor:
+    """linear_attention on x's projections x W^T, for inference: x (N, V, C) -> (N, V, H, d), weight (3C, C) with
+    output rows (3, H, d). Each clip's rows of a joint are multiplied by W in the cache and attended there, so
+    the projections (three times the activations) are never written; the same products and sums as
+    `projections` then `linear_attention`, in the same order. No gradient flows through it."""
+    _require(x)
+    return torch.ops.star_fused.linear_attention_projected_forward(x.contiguous(), weight.contiguous(), list(bounds),
+                                                                   heads, scale, eps)
 
 
 def _seed() -> int:
@@ -237,8 +263,7 @@ def encoder_tails(x: torch.Tensor, tails: list[tuple], activation: str) -> torch
 
 def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
     """[x W^T for W in weights], x (R, C), in one pass over x, for inference: a tile of rows at a time is
-    multiplied by every weight while in the cache (both encoders of an ST-block project the same input). No
-    gradient flows through it."""
+    multiplied by every weight while in the cache. No gradient flows through it."""
     _require(x)
     return torch.ops.star_fused.products_forward(x.contiguous(), [w.contiguous() for w in weights],
                                                  [None] * len(weights))

@@ -25,7 +25,10 @@ any other device and under `torch.compile`):
   output row. The backward pass
   recomputes phi, U and Z instead of keeping them, so training keeps no
   phi(Q), phi(K) tensors, and gives the gradient back as rows, so neither the
-  projection nor its gradient is ever turned around.
+  projection nor its gradient is ever turned around. In inference (STBlock's
+  inference path) a second operator takes x itself and the projection's
+  weight: each task projects its clip's rows of its joint into the cache and
+  attends there, so the projections are never written.
 
 - `split`: one (d x L) @ (L x d) product per clip and head and joint, a batched
   matrix product over a (G, d, L) slice of the joint-and-head-major layout with
@@ -158,6 +161,15 @@ class TemporalAttention(nn.Module):
         h, d = self.heads, c // self.heads
         qkv = qkv.view(n, v, 3, h, d)  # (N, V, 3, H, d)
         return fused.linear_attention(qkv, segments.bounds, d ** -0.25, self.eps).view(n, v, c)  # (N, V, H*d)
+
+    def projected_attention(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
+        """The fused kernel with the projection inside, q, k and v never written, for inference: no gradient
+        (STBlock's inference path). x (N, V, C) -> (N, V, C)."""
+        n, v, c = x.shape
+        d = c // self.heads
+        out = fused.projected_linear_attention(x, self.rows_weight(), segments.bounds, self.heads, d ** -0.25,
+                                               self.eps)
+        return out.view(n, v, c)  # (N, V, H*d)
 
     def forward(self, x: torch.Tensor, segments: ClipSegments, projected: torch.Tensor | None = None) -> torch.Tensor:
         """`projected`: x rows_weight()^T as rows (N*V, 3C), where the caller made it (`rows_attention` runs)."""

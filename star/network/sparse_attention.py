@@ -29,7 +29,10 @@ autocast) and
   the rows into blocks of 64 columns (row, head), gathers each block into
   joint planes in the cache, and within a block runs every query joint's
   gradients there, so each key and value plane is read once per block
-  instead of once per edge. Output and gradient go back as rows.
+  instead of once per edge. Output and gradient go back as rows. In
+  inference (STBlock's inference path) a second operator takes x itself and
+  the projection's weight: four rows at a time are projected into the cache
+  and attended there, so the projections are never written.
 - `rows`: the neighbourhood as CSR rows, one query joint at a
   time, in a joint-major layout (V, d, M) where M = frames x heads is the
   innermost, contiguous axis, so each joint's key and value is one contiguous
@@ -385,6 +388,14 @@ class SpatialAttention(nn.Module):
         keep = keep_mask((graph.num_edges, n * h), self.attention_dropout, qkv) \
             if self.training and self.attention_dropout > 0 else None  # (E, M), columns (N, H)
         out = fused.sparse_attention(qkv.view(n, v, 3, d, h), graph.rowptr, graph.key, keep)  # (N, V, H, d)
+        return out.view(n, v, c)  # (N, V, H*d)
+
+    def projected_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The sparse attention by the fused kernel with the projection inside, q, k and v never written, for
+        inference: no dropout and no gradient (STBlock's inference path). x (N, V, C) -> (N, V, C)."""
+        n, v, c = x.shape
+        graph = self.graph_here()
+        out = fused.projected_sparse_attention(x, self.rows_weight(), graph.rowptr, graph.key, self.heads)
         return out.view(n, v, c)  # (N, V, H*d)
 
     def forward(self, x: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:

@@ -272,13 +272,18 @@ class STBlock(nn.Module):
     def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
         if not (self.spatial.inference_tail(x) and self.temporal.inference_tail(x)):
             return self.spatial(x) + self.temporal(x, segments)
-        # inference on the fused kernels: both encoders' projections of x in one pass over it, both attentions on
-        # them, and both layers' tails and their sum in one pass (no hook on either layer: inference_tail)
+        # inference on the fused kernels: both attentions with their projections inside (the full attention's by
+        # the tile products before it), and both layers' tails and their sum in one pass (no hook on either layer:
+        # inference_tail)
         n, v, c = x.shape
-        weights = [self.spatial.attention.rows_weight(), self.temporal.attention.rows_weight()]
-        spatial, temporal = fused.projections(x.reshape(n * v, c), weights)  # (N*V, 3C) each
-        tails = [self.spatial.tail(self.spatial.attention(x, projected=spatial)),
-                 self.temporal.tail(self.temporal.attention(x, segments, projected=temporal))]
+        spatial = self.spatial.attention
+        if spatial.graph is None:
+            (projected,) = fused.projections(x.reshape(n * v, c), [spatial.rows_weight()])  # (N*V, 3C)
+            attended = spatial(x, projected=projected)
+        else:
+            attended = spatial.projected_attention(x)
+        temporal = self.temporal.attention.projected_attention(x, segments)
+        tails = [self.spatial.tail(attended), self.temporal.tail(temporal)]
         return fused.encoder_tails(x, tails, self.spatial.activation)  # both layers' activation: the config's
 
 

@@ -98,7 +98,8 @@ inline RowLayout check_rows(const at::Tensor& qkv, bool heads_last) {
 // on each other's additions.
 template <int64_t H, int64_t D>
 struct Shape {
-  static constexpr int64_t depth = D;  // 0: read at run time
+  static constexpr int64_t depth = D;      // 0: read at run time
+  static constexpr int64_t width = H * D;  // the channels of q, of k and of v: 0 at run time
   int64_t heads_runtime, d_runtime;
   int64_t heads() const { return H > 0 ? H : heads_runtime; }
   int64_t d() const { return D > 0 ? D : d_runtime; }
@@ -225,10 +226,14 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
                                                             const at::Tensor& keys,
                                                             const std::optional<at::Tensor>& keep, double scale,
                                                             bool weights);
+at::Tensor sparse_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rowptr,
+                                              const at::Tensor& keys, int64_t heads, double scale);
 at::Tensor sparse_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, const at::Tensor& alpha,
                                      const at::Tensor& rowptr, const at::Tensor& keys,
                                      const std::optional<at::Tensor>& keep, double scale);
 at::Tensor linear_attention_forward(const at::Tensor& qkv, at::IntArrayRef bounds, double scale, double eps);
+at::Tensor linear_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef bounds,
+                                              int64_t heads, double scale, double eps);
 at::Tensor linear_attention_backward(const at::Tensor& grad_out_in, const at::Tensor& qkv, at::IntArrayRef bounds,
                                      double scale, double eps);
 at::Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, at::ScalarType dtype);

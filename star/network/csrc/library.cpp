@@ -11,6 +11,8 @@
 TORCH_LIBRARY(star_fused, library) {
   library.def("sparse_attention_forward(Tensor qkv, Tensor rowptr, Tensor keys, Tensor? keep, float scale, "
               "bool weights) -> (Tensor, Tensor)");
+  library.def("sparse_attention_projected_forward(Tensor x, Tensor weight, Tensor rowptr, Tensor keys, int heads, "
+              "float scale) -> Tensor");
   library.def("sparse_attention_backward(Tensor grad_out, Tensor qkv, Tensor alpha, Tensor rowptr, Tensor keys, "
               "Tensor? keep, float scale) -> Tensor");
   // no tensor argument, hence no device to dispatch on: one kernel for every call
@@ -23,13 +25,17 @@ TORCH_LIBRARY(star_fused, library) {
   library.def("encoder_tails_forward(Tensor x, Tensor[] ys, Tensor[] params, float[] eps, str activation) -> Tensor");
   library.def("products_forward(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]");
   library.def("linear_attention_forward(Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
+  library.def("linear_attention_projected_forward(Tensor x, Tensor weight, int[] bounds, int heads, float scale, "
+              "float eps) -> Tensor");
   library.def("linear_attention_backward(Tensor grad_out, Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
   library.impl("sparse_attention_forward", &star_fused::sparse_attention_forward);
+  library.impl("sparse_attention_projected_forward", &star_fused::sparse_attention_projected_forward);
   library.impl("sparse_attention_backward", &star_fused::sparse_attention_backward);
   library.impl("linear_attention_forward", &star_fused::linear_attention_forward);
+  library.impl("linear_attention_projected_forward", &star_fused::linear_attention_projected_forward);
   library.impl("linear_attention_backward", &star_fused::linear_attention_backward);
   library.impl("apply_keep_mask", &star_fused::apply_keep_mask);
   library.impl("add_norm_forward", &star_fused::add_norm_forward);

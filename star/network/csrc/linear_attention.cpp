@@ -5,7 +5,7 @@
 // in registers, and the rows a task will read next are prefetched, since it reads a few tokens of each row and
 // jumps a row ahead.
 
-#include "common.h"
+#include "tile_product.h"
 
 namespace star_fused {
 
@@ -182,6 +182,21 @@ void key_sums(Shape<H, D> shape, const T* qkv, const RowLayout& l, const Task& t
   }
 }
 
+// out = phi(q)^T U / (phi(q)^T Z + eps) of one token's raw queries q (H d), every head; phi, num (H d) and den
+// (H) the caller's scratch
+template <typename T, int64_t H, int64_t D>
+inline void query_output(Shape<H, D> shape, const T* q, T s, const T* u, const T* z, T eps, T* phi, T* num, T* den,
+                         T* __restrict__ out) {
+  const int64_t heads = shape.heads(), d = shape.d();
+  feature_map(q, s, heads * d, phi);
+  query_products(shape, phi, u, z, eps, num, den);
+  for (int64_t h = 0; h < heads; ++h) {
+    const T inverse = T(1) / den[h];
+#pragma omp simd
+    for (int64_t b = 0; b < d; ++b) out[h * d + b] = num[h * d + b] * inverse;
+  }
+}
+
 template <typename T, int64_t H, int64_t D>
 void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, const Task& task, T s, T eps,
                          T* out, std::vector<T>& buffer) {
@@ -195,16 +210,9 @@ void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, co
       prefetch(qkv + (t + kAhead) * l.row_stride() + task.j0 * l.token(), c_all, l.token(), joints);
       prefetch<true>(out + ((t + kAhead) * l.joints + task.j0) * c_all, joints * c_all);
     }
-    for (int64_t j = task.j0; j < task.j1; ++j) {  // out = phi(q)^T U / (phi(q)^T Z + eps)
-      feature_map(qkv + t * l.row_stride() + j * l.token(), s, c_all, phi);
-      query_products(shape, phi, u + (j - task.j0) * c_all * d, z + (j - task.j0) * c_all, eps, num, den);
-      T* __restrict__ o = out + (t * l.joints + j) * c_all;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T inverse = T(1) / den[h];
-#pragma omp simd
-        for (int64_t b = 0; b < d; ++b) o[h * d + b] = num[h * d + b] * inverse;
-      }
-    }
+    for (int64_t j = task.j0; j < task.j1; ++j)
+      query_output(shape, qkv + t * l.row_stride() + j * l.token(), s, u + (j - task.j0) * c_all * d,
+                   z + (j - task.j0) * c_all, eps, phi, num, den, out + (t * l.joints + j) * c_all);
   }
 }
 
@@ -240,7 +248,63 @@ void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
   });
 }
 
+// The projected form (inference): a task's rows of its joint in x (N, V, C) multiplied by the projection's
+// weight where they lie, into a buffer that the rest of the task reads as linear_forward_task reads qkv, so that
+// q, k and v are never written out and read back. Every product and sum is the one that the projection's tile
+// product (inference.cpp) and linear_forward_task compute, in the same order.
+template <typename T, int64_t H, int64_t D>
+void projected_forward_task(Shape<H, D> shape, const T* x, int64_t rows, int64_t joints, const std::vector<T>& weight,
+                            const Task& task, T s, T eps, T* out, std::vector<T>& buffer) {
+  constexpr int64_t C = Shape<H, D>::width;
+  const int64_t heads = shape.heads(), d = shape.d(), c = heads * d, length = task.t1 - task.t0;
+  const int64_t blocked = (length + kRows - 1) / kRows * kRows;  // the tile product's rows
+  // the task's q, k and v (blocked, 3C), a copy of x's rows where the product would read past x's end, U, Z,
+  // phi of a tile's keys, a query's num and den
+  buffer.resize(blocked * 4 * c + c * d + c + kTile * c + c + heads);
+  T *qkv = buffer.data(), *copy = qkv + blocked * 3 * c, *u = copy + blocked * c, *z = u + c * d;
+  T *phi = z + c, *num = phi + kTile * c, *den = num + c;
+  const RowLayout projected{length, 1, heads, d};
+  for (int64_t j = task.j0; j < task.j1; ++j) {
+    const T* first = x + (task.t0 * joints + j) * c;  // the rows past the task's are other clips' (or copied 0)
+    const bool past_end = task.t0 + blocked > rows;
+    if (past_end) {
+      std::fill(copy, copy + blocked * c, T(0));
+      for (int64_t t = 0; t < length; ++t) std::copy_n(first + t * joints * c, c, copy + t * c);
+    }
+    tile_product<T, C, 3 * C>(past_end ? copy : first, weight.data(), nullptr, qkv, blocked, c, 3 * c,
+                              past_end ? c : joints * c);  // (blocked, 3C)
+    key_sums(shape, qkv, projected, Task{0, length, 0, 1}, s, u, z, phi);
+    for (int64_t t = 0; t < length; ++t)
+      query_output(shape, qkv + t * 3 * c, s, u, z, eps, phi, num, den, out + ((task.t0 + t) * joints + j) * c);
+  }
+}
+
 }  // namespace
+
+at::Tensor linear_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef bounds,
+                                              int64_t heads, double scale, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, C) CPU tensor");
+  const int64_t c = x.size(2);
+  TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
+  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
+  const RowLayout l{x.size(0), x.size(1), heads, c / heads};
+  check_bounds(bounds, l.rows);
+  auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_attention_projected_forward", [&] {
+    const scalar_t s = static_cast<scalar_t>(scale), e = static_cast<scalar_t>(eps);
+    with_shape(l, [&](auto shape) {
+      constexpr int64_t C = decltype(shape)::width;
+      const auto w = packed_weight<scalar_t, C, 3 * C>(weight);
+      over_tasks<scalar_t>(bounds, l.joints, [&](const Task& task, auto& buffer) {
+        projected_forward_task(shape, x.data_ptr<scalar_t>(), l.rows, l.joints, w, task, s, e,
+                               out.data_ptr<scalar_t>(), buffer);
+      });
+    });
+  });
+  return out;
+}
 
 at::Tensor linear_attention_forward(const at::Tensor& qkv, at::IntArrayRef bounds, double scale, double eps) {
   const RowLayout l = check_rows(qkv, false);

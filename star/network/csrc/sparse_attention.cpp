@@ -5,7 +5,7 @@
 // value plane is read once per block, not once per edge. Blocks never interact, so the backward pass adds into
 // its own block's key and value gradients without races.
 
-#include "common.h"
+#include "tile_product.h"
 
 namespace star_fused {
 
@@ -235,6 +235,59 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward(const at::Tensor& qk
     });
   });
   return {out, alpha};
+}
+
+// The projected form (inference): Eq. 2-3 on x (N, V, C) and the projection's weight (3C, C), output rows
+// (3, d, H): kProjectedRows rows of x at a time multiplied by the weight in the cache, each of those rows'
+// attention on the products there, so that q, k and v are never written out and read back. The same products
+// and sums as the projection's tile product (inference.cpp) then sparse_attention_forward, in the same order.
+constexpr int64_t kProjectedRows = 4;  // 100 tokens of 25 joints; their (100, 3 x 128) float products fit in L2
+
+at::Tensor sparse_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rowptr,
+                                              const at::Tensor& keys, int64_t heads, double scale) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, C) CPU tensor");
+  const int64_t c = x.size(2);
+  TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
+  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
+  const RowLayout l{x.size(0), x.size(1), heads, c / heads};
+  check_heads(l);
+  const int64_t degree = check_graph(rowptr, keys, l.joints), tokens = l.rows * l.joints;
+  auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, x.scalar_type());
+  const int64_t* ptr = rowptr.data_ptr<int64_t>();
+  const int64_t* key = keys.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_attention_projected_forward", [&] {
+    using T = scalar_t;
+    const T* xs = x.data_ptr<T>();
+    T* outs = out.data_ptr<T>();
+    with_shape(l, [&](auto shape) {
+      constexpr int64_t C = decltype(shape)::width;
+      const auto w = packed_weight<T, C, 3 * C>(weight);
+      const int64_t groups = (l.rows + kProjectedRows - 1) / kProjectedRows;
+      at::parallel_for(0, groups, 1, [&](int64_t first, int64_t last) {
+        // the group's tokens as whole register blocks, their q, k and v, a copy of the last group's tokens (the
+        // product reads past x's end otherwise), the scores, the sums
+        const int64_t blocked = (kProjectedRows * l.joints + kRows - 1) / kRows * kRows;
+        std::vector<T> qkv(blocked * 3 * c), copy, scores((degree + l.d) * l.heads);
+        for (int64_t group = first; group < last; ++group) {
+          const int64_t n0 = group * kProjectedRows, count = std::min(kProjectedRows, l.rows - n0);
+          const T* in = xs + n0 * l.joints * c;
+          if (n0 * l.joints + blocked > tokens) {
+            copy.assign(blocked * c, T(0));
+            std::copy_n(in, count * l.joints * c, copy.data());
+            in = copy.data();
+          }
+          tile_product<T, C, 3 * C>(in, w.data(), nullptr, qkv.data(), blocked, c, 3 * c);  // (tokens, 3C)
+          for (int64_t r = 0; r < count; ++r)
+            sparse_forward_row<T>(shape, qkv.data() + r * l.row_stride(), ptr, key, l.joints, nullptr, nullptr, 0, 0,
+                                  static_cast<T>(scale), outs + (n0 + r) * l.joints * c, scores.data(),
+                                  scores.data() + degree * l.heads, nullptr);
+        }
+      });
+    });
+  });
+  return out;
 }
 
 namespace {
