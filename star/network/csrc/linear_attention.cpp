@@ -117,10 +117,10 @@ inline void add_rows(Shape<H, D> shape, const T* __restrict__ x, const T* __rest
   }
 }
 
-// num_h = U_h^T phi_h (every head) and the normalisers den_h = phi_h^T Z_h + eps
+// The normalisers den_h = phi_h^T Z_h + eps of every head
 template <typename T, int64_t H, int64_t D>
-inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
-                           const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
+inline void normalisers(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ z, T eps,
+                        T* __restrict__ den) {
   const int64_t heads = shape.heads(), d = shape.d();
   if constexpr (H > 0 && D > 0 && (D & (D - 1)) == 0) {  // each head's sum as a tree of halvings (tree_sum)
     T products[H * D];
@@ -134,7 +134,14 @@ inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T
       den[h] = total;
     }
   }
-  std::fill(num, num + heads * d, T(0));
+}
+
+// num_h = U_h^T phi_h (every head) and the normalisers den_h = phi_h^T Z_h + eps
+template <typename T, int64_t H, int64_t D>
+inline void query_products(Shape<H, D> shape, const T* __restrict__ phi, const T* __restrict__ u,
+                           const T* __restrict__ z, T eps, T* __restrict__ num, T* __restrict__ den) {
+  normalisers(shape, phi, z, eps, den);
+  std::fill(num, num + shape.heads() * shape.d(), T(0));
   add_rows(shape, phi, u, num);
 }
 
@@ -197,22 +204,74 @@ inline void query_output(Shape<H, D> shape, const T* q, T s, const T* u, const T
   }
 }
 
+// The query tokens whose outputs query_outputs computes together, so that each row of U_h it loads serves all
+// of them: their sums over a head, tokens x d / kPiece pieces, stay in 8 registers (of AVX-512's 32, or AVX2's 16)
+template <typename T, int64_t D>
+constexpr int64_t kQueryTokens = D > 0 && D / kPiece<T, D> == 1 ? 8 : 4;
+
+// query_output of `count` tokens, raw queries q_stride apart, outputs out_stride apart, kQueryTokens at a time
+// where H and d are compile-time (the same sums in the same order: each token's bits as query_output's), the
+// rest one by one; phi and num (kQueryTokens, H d) and den (kQueryTokens, H) the caller's scratch
+template <typename T, int64_t H, int64_t D>
+void query_outputs(Shape<H, D> shape, int64_t count, const T* q, int64_t q_stride, T s, const T* u, const T* z,
+                   T eps, T* phi, T* num, T* den, T* out, int64_t out_stride) {
+  int64_t first = 0;
+  if constexpr (H > 0 && D > 0 && D % 8 == 0) {
+    constexpr int64_t C = H * D, L = kPiece<T, D>, kPieces = D / L, R = kQueryTokens<T, D>;
+    typedef T Piece __attribute__((vector_size(L * sizeof(T))));
+    for (; first + R <= count; first += R) {
+      for (int64_t r = 0; r < R; ++r) {
+        feature_map(q + (first + r) * q_stride, s, C, phi + r * C);
+        normalisers(shape, phi + r * C, z, eps, den + r * H);
+      }
+      for (int64_t h = 0; h < H; ++h) {  // num_h = U_h^T phi_h of every token, a row of U_h at a time
+        Piece acc[R][kPieces] = {};
+        for (int64_t b = 0; b < D; ++b) {
+          Piece row[kPieces];
+          for (int64_t piece = 0; piece < kPieces; ++piece)
+            __builtin_memcpy(&row[piece], u + (h * D + b) * D + piece * L, sizeof(Piece));
+#pragma GCC unroll 8
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t piece = 0; piece < kPieces; ++piece) acc[r][piece] += phi[r * C + h * D + b] * row[piece];
+        }
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t piece = 0; piece < kPieces; ++piece)
+            __builtin_memcpy(num + r * C + h * D + piece * L, &acc[r][piece], sizeof(Piece));
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        T inverse[H];
+#pragma omp simd
+        for (int64_t h = 0; h < H; ++h) inverse[h] = T(1) / den[r * H + h];
+        T* __restrict__ o = out + (first + r) * out_stride;
+        for (int64_t h = 0; h < H; ++h)
+#pragma omp simd
+          for (int64_t b = 0; b < D; ++b) o[h * D + b] = num[r * C + h * D + b] * inverse[h];
+      }
+    }
+  }
+  for (; first < count; ++first)
+    query_output(shape, q + first * q_stride, s, u, z, eps, phi, num, den, out + first * out_stride);
+}
+
 template <typename T, int64_t H, int64_t D>
 void linear_forward_task(Shape<H, D> shape, const T* qkv, const RowLayout& l, const Task& task, T s, T eps,
                          T* out, std::vector<T>& buffer) {
+  constexpr int64_t R = kQueryTokens<T, D>;
   const int64_t heads = shape.heads(), d = shape.d(), c_all = heads * d, joints = task.j1 - task.j0;
-  buffer.resize(joints * (c_all * d + c_all) + kTile * joints * c_all + c_all + heads);
-  T *u = buffer.data(), *z = u + joints * c_all * d, *phi = z + joints * c_all, *num = phi + kTile * joints * c_all;
-  T* den = num + c_all;
+  buffer.resize(joints * (c_all * d + c_all) + std::max(kTile * joints, R) * c_all + R * (c_all + heads));
+  T *u = buffer.data(), *z = u + joints * c_all * d, *phi = z + joints * c_all;
+  T *num = phi + std::max(kTile * joints, R) * c_all, *den = num + R * c_all;
   key_sums(shape, qkv, l, task, s, u, z, phi);
-  for (int64_t t = task.t0; t < task.t1; ++t) {
-    if (t + kAhead < task.t1) {  // its queries, and its output
-      prefetch(qkv + (t + kAhead) * l.row_stride() + task.j0 * l.token(), c_all, l.token(), joints);
-      prefetch<true>(out + ((t + kAhead) * l.joints + task.j0) * c_all, joints * c_all);
+  for (int64_t t = task.t0; t < task.t1; t += R) {
+    const int64_t count = std::min(R, task.t1 - t);
+    for (int64_t r = t + R; r < std::min(t + 2 * R, task.t1); ++r) {  // the next tokens' queries, and outputs
+      prefetch(qkv + r * l.row_stride() + task.j0 * l.token(), c_all, l.token(), joints);
+      prefetch<true>(out + (r * l.joints + task.j0) * c_all, joints * c_all);
     }
     for (int64_t j = task.j0; j < task.j1; ++j)
-      query_output(shape, qkv + t * l.row_stride() + j * l.token(), s, u + (j - task.j0) * c_all * d,
-                   z + (j - task.j0) * c_all, eps, phi, num, den, out + (t * l.joints + j) * c_all);
+      query_outputs(shape, count, qkv + t * l.row_stride() + j * l.token(), l.row_stride(), s,
+                    u + (j - task.j0) * c_all * d, z + (j - task.j0) * c_all, eps, phi, num, den,
+                    out + (t * l.joints + j) * c_all, l.joints * c_all);
   }
 }
 
@@ -259,10 +318,11 @@ void projected_forward_task(Shape<H, D> shape, const T* x, int64_t rows, int64_t
   const int64_t heads = shape.heads(), d = shape.d(), c = heads * d, length = task.t1 - task.t0;
   const int64_t blocked = (length + kRows - 1) / kRows * kRows;  // the tile product's rows
   // the task's q, k and v (blocked, 3C), a copy of x's rows where the product would read past x's end, U, Z,
-  // phi of a tile's keys, a query's num and den
-  buffer.resize(blocked * 4 * c + c * d + c + kTile * c + c + heads);
+  // phi of a tile's keys or queries, the queries' num and den
+  constexpr int64_t R = kQueryTokens<T, D>;
+  buffer.resize(blocked * 4 * c + c * d + c + std::max(kTile, R) * c + R * (c + heads));
   T *qkv = buffer.data(), *copy = qkv + blocked * 3 * c, *u = copy + blocked * c, *z = u + c * d;
-  T *phi = z + c, *num = phi + kTile * c, *den = num + c;
+  T *phi = z + c, *num = phi + std::max(kTile, R) * c, *den = num + R * c;
   const RowLayout projected{length, 1, heads, d};
   for (int64_t j = task.j0; j < task.j1; ++j) {
     const T* first = x + (task.t0 * joints + j) * c;  // the rows past the task's are other clips' (or copied 0)
@@ -274,8 +334,8 @@ void projected_forward_task(Shape<H, D> shape, const T* x, int64_t rows, int64_t
     tile_product<T, C, 3 * C>(past_end ? copy : first, weight.data(), nullptr, qkv, blocked, c, 3 * c,
                               past_end ? c : joints * c);  // (blocked, 3C)
     key_sums(shape, qkv, projected, Task{0, length, 0, 1}, s, u, z, phi);
-    for (int64_t t = 0; t < length; ++t)
-      query_output(shape, qkv + t * 3 * c, s, u, z, eps, phi, num, den, out + ((task.t0 + t) * joints + j) * c);
+    query_outputs(shape, length, qkv, 3 * c, s, u, z, eps, phi, num, den, out + (task.t0 * joints + j) * c,
+                  joints * c);
   }
 }
 
