@@ -182,7 +182,7 @@ void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDra
                    int64_t c_runtime, int64_t first, int64_t last, T* sums, bool sums_all_rows, T* out, T* mean,
                    T* rstd) {
   const int64_t c = C > 0 ? C : c_runtime;
-  constexpr int64_t kLanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+  constexpr int64_t kLanes = kVectorBytes / static_cast<int64_t>(sizeof(T)), kChains = 4;
   const T kept = static_cast<T>(1.0 / (1.0 - p));
   for (int64_t r = first; r < last; ++r) {
     T* __restrict__ s = sums_all_rows ? sums + r * c : sums;
@@ -193,15 +193,17 @@ void add_norm_rows(const T* x, const T* y, const T* w, const T* b, const KeepDra
     else
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) s[i] = xr[i] + yr[i];
-    // sum of f(s_i) over the row: with C compile-time a register's lanes at a time and the lanes as a tree
+    // sum of f(s_i) over the row: with C compile-time a register's lanes at a time into kChains registers in
+    // turn, so that the additions form kChains chains that run side by side, not one that waits on each, then
+    // the chains' lanes as a tree
     const auto row_sum = [&](const auto& f) {
       T total = 0;
-      if constexpr (C > 0 && C % kLanes == 0) {
-        T lanes[kLanes] = {};
-        for (int64_t i = 0; i < C; i += kLanes)
+      if constexpr (C > 0 && C % (kChains * kLanes) == 0) {
+        T lanes[kChains * kLanes] = {};
+        for (int64_t i = 0; i < C; i += kChains * kLanes)
 #pragma omp simd
-          for (int64_t j = 0; j < kLanes; ++j) lanes[j] += f(s[i + j]);
-        total = tree_sum<T, kLanes>(lanes);
+          for (int64_t j = 0; j < kChains * kLanes; ++j) lanes[j] += f(s[i + j]);
+        total = tree_sum<T, kChains * kLanes>(lanes);
       } else {
 #pragma omp simd reduction(+ : total)
         for (int64_t i = 0; i < c; ++i) total += f(s[i]);
