@@ -780,13 +780,14 @@ def test_fused_projections_are_one_product_per_weight(width, outputs):
 
 
 @needs_fused
-@pytest.mark.parametrize(("width", "heads"), [(64, 8), (128, 8), (24, 3)])
+@pytest.mark.parametrize(("width", "heads"), [(64, 8), (128, 8), (64, 4), (24, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_projected_attentions_are_the_projection_then_the_attention_bit_for_bit(width, heads, dtype):
     """Both attentions with the projection inside their kernels give the bits of the projection's tile product
-    followed by the attention's kernel (the same products and sums in the same order), STAR's shapes and one read
-    at run time. Linear: clips of 1, 7 (whose register blocks read the next clip's rows), 49 and 3 rows (whose
-    blocks would read past x's end). Sparse: 7 rows (the last group of 3 rows past x's end) and 1 row."""
+    followed by the attention's kernel (the same products and sums in the same order): STAR's shapes, a compiled
+    width with heads read at run time, and a width read at run time. Linear: clips of 1, 7 (whose register
+    blocks read the next clip's rows), 49 and 3 rows (whose blocks would read past x's end). Sparse: 7 rows (the
+    last group of 3 rows past x's end) and 1 row."""
     generator = torch.Generator().manual_seed(width)
     weight = torch.randn(3 * width, width, generator=generator, dtype=dtype) / width ** 0.5
     d = width // heads

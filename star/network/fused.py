@@ -19,7 +19,8 @@ back an activation of the layer's size each, an ST-block's two encoders'
 tails and their sum are one such kernel, and both attentions take the
 block's input itself (`projected_sparse_attention`,
 `projected_linear_attention`): its rows go through the projection's tile
-product into the cache a few at a time and the attention reads them there,
+product into the cache (four rows, or a clip's rows of one joint) and the
+attention reads them there,
 so q, k and v, three times the activations, are never written and read
 back. The same register-blocked tile products run the linear layers
 elsewhere (`projections`: the full attention's projection in inference;

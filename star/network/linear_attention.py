@@ -171,14 +171,12 @@ class TemporalAttention(nn.Module):
                                                self.eps)
         return out.view(n, v, c)  # (N, V, H*d)
 
-    def forward(self, x: torch.Tensor, segments: ClipSegments, projected: torch.Tensor | None = None) -> torch.Tensor:
-        """`projected`: x rows_weight()^T as rows (N*V, 3C), where the caller made it (`rows_attention` runs)."""
+    def forward(self, x: torch.Tensor, segments: ClipSegments) -> torch.Tensor:
         n, v, c = x.shape
         h, d = self.heads, c // self.heads
         scale, kernel = d ** -0.25, self.kernel_for(x)
-        if projected is not None or kernel == "fused":
-            if projected is None:
-                projected = fused.linear(x.reshape(n * v, c), self.rows_weight())  # (N*V, 3C)
+        if kernel == "fused":
+            projected = fused.linear(x.reshape(n * v, c), self.rows_weight())  # (N*V, 3C)
             return self.rows_attention(projected, n, v, segments)
         if kernel == "padded":
             qkv = F.linear(x.reshape(n * v, c), self.qkv.weight).view(n, v, 3, h, d)  # (N, V, 3, H, d)

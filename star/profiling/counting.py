@@ -63,9 +63,6 @@ OP_CATEGORIES = {
     # the tile products of nn.Linear layers (projections and feed-forward layers, and in training the input's
     # gradient), and in inference a layer's Add & Norm, feed-forward and Add & Norm, mostly its products
     "star_fused::products_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
-    # in inference an attention with its projection inside, mostly the projection's products
-    "star_fused::sparse_attention_projected_forward": "Linear",
-    "star_fused::linear_attention_projected_forward": "Linear",
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")
 

@@ -65,12 +65,6 @@ void activate(Activation kind, T* a, int64_t n) {
 
 constexpr int64_t kTile = 96;  // rows per tile: a multiple of kRows; three (96, 128) float buffers fit in L2
 
-// the widths the encoder tails are compiled for
-template <typename Run>
-void with_width(int64_t c, const Run& run) {
-  with_constant<64, 128>(c, run);
-}
-
 // run(start, count, blocked, buffers) for every tile of `rows` rows, threads splitting them: the tile's first row
 // and its row count, that count rounded up to whole register blocks, and `buffers`, one thread's, kept from
 // tile to tile

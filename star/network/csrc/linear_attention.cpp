@@ -205,7 +205,8 @@ inline void query_output(Shape<H, D> shape, const T* q, T s, const T* u, const T
 }
 
 // The query tokens whose outputs query_outputs computes together, so that each row of U_h it loads serves all
-// of them: their sums over a head, tokens x d / kPiece pieces, stay in 8 registers (of AVX-512's 32, or AVX2's 16)
+// of them: their sums over a head are tokens x d / kPiece pieces, 8 pieces (float: 8 of AVX-512's 32 registers,
+// or of AVX2's 16)
 template <typename T, int64_t D>
 constexpr int64_t kQueryTokens = D > 0 && D / kPiece<T, D> == 1 ? 8 : 4;
 
@@ -311,10 +312,9 @@ void over_tasks(at::IntArrayRef bounds, int64_t joints, const Run& run) {
 // weight where they lie, into a buffer that the rest of the task reads as linear_forward_task reads qkv, so that
 // q, k and v are never written out and read back. Every product and sum is the one that the projection's tile
 // product (inference.cpp) and linear_forward_task compute, in the same order.
-template <typename T, int64_t H, int64_t D>
+template <int64_t C, typename T, int64_t H, int64_t D>
 void projected_forward_task(Shape<H, D> shape, const T* x, int64_t rows, int64_t joints, const std::vector<T>& weight,
                             const Task& task, T s, T eps, T* out, std::vector<T>& buffer) {
-  constexpr int64_t C = Shape<H, D>::width;
   const int64_t heads = shape.heads(), d = shape.d(), c = heads * d, length = task.t1 - task.t0;
   const int64_t blocked = (length + kRows - 1) / kRows * kRows;  // the tile product's rows
   // the task's q, k and v (blocked, 3C), a copy of x's rows where the product would read past x's end, U, Z,
@@ -343,23 +343,17 @@ void projected_forward_task(Shape<H, D> shape, const T* x, int64_t rows, int64_t
 
 at::Tensor linear_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef bounds,
                                               int64_t heads, double scale, double eps) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, C) CPU tensor");
-  const int64_t c = x.size(2);
-  TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
-  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
-                  weight.scalar_type() == x.scalar_type(),
-              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
-  const RowLayout l{x.size(0), x.size(1), heads, c / heads};
+  const RowLayout l = check_projected(x, weight, heads);
   check_bounds(bounds, l.rows);
   auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_attention_projected_forward", [&] {
     const scalar_t s = static_cast<scalar_t>(scale), e = static_cast<scalar_t>(eps);
-    with_shape(l, [&](auto shape) {
-      constexpr int64_t C = decltype(shape)::width;
+    with_projected_shape(l, [&](auto shape, auto channels) {
+      constexpr int64_t C = decltype(channels)::value;
       const auto w = packed_weight<scalar_t, C, 3 * C>(weight);
       over_tasks<scalar_t>(bounds, l.joints, [&](const Task& task, auto& buffer) {
-        projected_forward_task(shape, x.data_ptr<scalar_t>(), l.rows, l.joints, w, task, s, e,
-                               out.data_ptr<scalar_t>(), buffer);
+        projected_forward_task<C>(shape, x.data_ptr<scalar_t>(), l.rows, l.joints, w, task, s, e,
+                                  out.data_ptr<scalar_t>(), buffer);
       });
     });
   });

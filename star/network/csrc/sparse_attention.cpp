@@ -245,13 +245,8 @@ constexpr int64_t kProjectedRows = 4;  // 100 tokens of 25 joints; their (100, 3
 
 at::Tensor sparse_attention_projected_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rowptr,
                                               const at::Tensor& keys, int64_t heads, double scale) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, C) CPU tensor");
-  const int64_t c = x.size(2);
-  TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
-  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
-                  weight.scalar_type() == x.scalar_type(),
-              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
-  const RowLayout l{x.size(0), x.size(1), heads, c / heads};
+  const RowLayout l = check_projected(x, weight, heads);
+  const int64_t c = l.heads * l.d;
   check_heads(l);
   const int64_t degree = check_graph(rowptr, keys, l.joints), tokens = l.rows * l.joints;
   auto out = new_tensor({l.rows, l.joints, l.heads, l.d}, x.scalar_type());
@@ -261,8 +256,8 @@ at::Tensor sparse_attention_projected_forward(const at::Tensor& x, const at::Ten
     using T = scalar_t;
     const T* xs = x.data_ptr<T>();
     T* outs = out.data_ptr<T>();
-    with_shape(l, [&](auto shape) {
-      constexpr int64_t C = decltype(shape)::width;
+    with_projected_shape(l, [&](auto shape, auto channels) {
+      constexpr int64_t C = decltype(channels)::value;
       const auto w = packed_weight<T, C, 3 * C>(weight);
       const int64_t groups = (l.rows + kProjectedRows - 1) / kProjectedRows;
       at::parallel_for(0, groups, 1, [&](int64_t first, int64_t last) {

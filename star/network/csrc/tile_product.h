@@ -1,6 +1,6 @@
 // Register-blocked tile products, out = in W^T + b on a tile of rows, which the inference kernels
-// (inference.cpp) and the linear attention's projected form (linear_attention.cpp) run on rows they keep in the
-// cache. Every output is the same sum, k = 0 .. K - 1 in order from the bias, however the rows are tiled and
+// (inference.cpp) and both attentions' projected forms (linear_attention.cpp, sparse_attention.cpp) run on rows
+// they keep in the cache. Every output is the same sum, k = 0 .. K - 1 in order from the bias, however the rows are tiled and
 // the columns blocked, so two kernels that run the same product give the same bits.
 
 #pragma once
@@ -24,7 +24,7 @@ constexpr int64_t block_columns(int64_t n) {
 
 // out = in wt + bias on `rows` rows (a multiple of kRows): in (rows, K), its rows `in_stride` apart (0: K, packed),
 // wt the weight as `panels` lays it out, out (rows, N), bias (N) or none. K and N compile-time where they are
-// (the widths 64 and 128 and their projections' 2 x and 3 x), so that the accumulators of a block stay in
+// (the widths 64 and 128 and their projections' 3 x), so that the accumulators of a block stay in
 // registers, and wt in panels of a block's columns; otherwise (K = N = 0) read at run time, each row a loop over
 // the columns, and wt the weight transposed (K, N).
 template <typename T, int64_t K, int64_t N>
@@ -104,6 +104,38 @@ template <int64_t... Values, typename Run>
 void with_constant(int64_t value, const Run& run) {
   if (!((value == Values ? (run(std::integral_constant<int64_t, Values>{}), true) : false) || ...))
     run(std::integral_constant<int64_t, 0>{});
+}
+
+// run(std::integral_constant<int64_t, c>) with c one of the widths that the encoder tails and the projected
+// attentions' products are compiled for (64, 128), else 0
+template <typename Run>
+void with_width(int64_t c, const Run& run) {
+  with_constant<64, 128>(c, run);
+}
+
+// The projected attentions' x (N, V, C) and projection weight (3C, C), checked; the rows layout of their q, k, v
+inline RowLayout check_projected(const at::Tensor& x, const at::Tensor& weight, int64_t heads) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, C) CPU tensor");
+  const int64_t c = x.size(2);
+  TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
+  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
+  return RowLayout{x.size(0), x.size(1), heads, c / heads};
+}
+
+// run(shape, std::integral_constant<int64_t, C>): the call's head shape as with_shape gives it, and C its
+// channels where the tile products are compiled for them (H d of a compile-time shape, or 64 and 128 with the
+// heads read at run time), else 0
+template <typename Run>
+void with_projected_shape(const RowLayout& l, const Run& run) {
+  with_shape(l, [&](auto shape) {
+    constexpr int64_t width = decltype(shape)::width;
+    if constexpr (width > 0)
+      run(shape, std::integral_constant<int64_t, width>{});
+    else
+      with_width(l.heads * l.d, [&](auto channels) { run(shape, channels); });
+  });
 }
 
 // run(std::integral_constant<int64_t, n>) with n the output width where tile products from K inputs are
