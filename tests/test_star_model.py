@@ -618,12 +618,17 @@ def test_positional_encoding_is_vaswani_and_restarts_with_positions():
         sinusoidal_encoding(positions, 7)
 
 
-@pytest.mark.parametrize(("weights", "reduce"), [("joint", "mean"), ("frame", "sum")])
-def test_context_pooling_follows_equation_7(weights, reduce):
+@pytest.mark.parametrize(("weights", "reduce"), [("joint", "mean"), ("frame", "sum"), ("joint", "sum"),
+                                                ("frame", "mean")])
+@pytest.mark.parametrize("form", ["module", FUSED])
+def test_context_pooling_follows_equation_7(weights, reduce, form):
+    """The module and its fused kernel for inference (star.network.fused.context_pooling), against Eq. 7 written
+    out clip by clip."""
     torch.manual_seed(0)
     pooling = ContextPooling(4, get_backend("torch"), weights, reduce)
     x = torch.randn(7, 25, 4)
-    out = pooling(x, segments_of([0, 3, 7]))
+    with torch.no_grad():
+        out = pooling(x, segments_of([0, 3, 7])) if form == "module" else fused.context_pooling(x, [0, 3, 7], pooling)
     for clip, (a, b) in enumerate([(0, 3), (3, 7)]):
         rows = x[a:b]  # (F, V, D)
         context = torch.tanh(rows.mean(0) @ pooling.weight)  # (V, D)
@@ -632,7 +637,7 @@ def test_context_pooling_follows_equation_7(weights, reduce):
         else:
             attention = torch.sigmoid((rows * context).sum((-2, -1), keepdim=True))
         expected = (attention * rows).mean(0) if reduce == "mean" else (attention * rows).sum(0)
-        torch.testing.assert_close(out[clip], expected)
+        torch.testing.assert_close(out[clip], expected.detach())
 
 
 def test_bones_and_motion_follow_their_definitions():
@@ -898,7 +903,8 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
     inference_kernels off, or in a layer with a hook on it or inside it, the unfused layers run (autograd reaches
     every parameter, the hook fires)."""
     calls = []
-    for name in ("projections", "projected_sparse_attention", "projected_linear_attention", "encoder_tails"):
+    for name in ("projections", "projected_sparse_attention", "projected_linear_attention", "encoder_tails",
+                 "context_pooling"):
         kernel = getattr(fused, name)
         monkeypatch.setattr(fused, name, lambda *args, name=name, kernel=kernel: calls.append(
             f"tails of {len(args[1])}" if name == "encoder_tails" else name) or kernel(*args))
@@ -909,10 +915,11 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
     with torch.no_grad():
         fused_logits = model(*inputs(batch))
     layers = model.config.layers
-    assert sorted(calls) == sorted([spatial_call, "projected_linear_attention", "tails of 2"] * layers)
+    assert sorted(calls) == sorted([spatial_call, "projected_linear_attention", "tails of 2"] * layers
+                                   + ["context_pooling"])
     logits = model(*inputs(batch))
     logits.square().sum().backward()
-    assert len(calls) == 3 * layers
+    assert len(calls) == 3 * layers + 1
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(fused_logits, logits.detach(), atol=1e-5, rtol=1e-5)
     # a hook on block 0's spatial layer and one inside it: that layer runs unfused, block 0's temporal layer on its
@@ -926,7 +933,7 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
         hook.remove()
         assert len(seen) == 1
         fused_blocks = [spatial_call, "projected_linear_attention", "tails of 2"] * (layers - 1)
-        assert sorted(calls) == sorted(fused_blocks + ["tails of 1"])
+        assert sorted(calls) == sorted(fused_blocks + ["tails of 1", "context_pooling"])
         torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
     calls.clear()
     with torch.no_grad():

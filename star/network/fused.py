@@ -22,8 +22,9 @@ block's input itself (`projected_sparse_attention`,
 product into the cache (four rows, or a clip's rows of one joint) and the
 attention reads them there,
 so q, k and v, three times the activations, are never written and read
-back. The same register-blocked tile products run the linear layers
-elsewhere (`projections`: the full attention's projection in inference;
+back, and the context pooling after the last block is one operator
+(`context_pooling`). The same register-blocked tile products run the linear
+layers elsewhere (`projections`: the full attention's projection in inference;
 `linear`: the projections feeding the attentions and the feed-forward's
 layers, in training too, forward and the input's gradient).
 
@@ -260,6 +261,15 @@ def encoder_tails(x: torch.Tensor, tails: list[tuple], activation: str) -> torch
         eps += [norm1.eps, norm2.eps]
     return torch.ops.star_fused.encoder_tails_forward(x.contiguous(), [y.contiguous() for y, *_ in tails], params,
                                                       eps, activation)
+
+
+def context_pooling(x: torch.Tensor, bounds: list[int], pooling) -> torch.Tensor:
+    """star.network.pooling.ContextPooling's forward on rows x (N, V, D) of clips bounds[m]:bounds[m+1] -> (B, V,
+    D), for inference: each clip's two passes over its rows (the sums, then the weighted sums) in one operator,
+    where the module writes and reads back three (N, V, D) temporaries. No gradient flows through it."""
+    _require(x)
+    return torch.ops.star_fused.context_pooling_forward(x.contiguous(), list(bounds), pooling.weight.contiguous(),
+                                                        pooling.weights == "joint", pooling.reduce == "mean")
 
 
 def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -12,6 +12,11 @@ row its own weight; "frame" (the paper's text, "one attention weight for each
 frame") sums it over all joints. `reduce`: "mean" (the code) averages the
 weighted rows, so the embedding's scale does not grow with the clip's
 length; "sum" is Eq. 7 as printed.
+
+In inference on the fused kernels the model runs this module's forward as
+one C++ operator instead (`star.network.fused.context_pooling`, chosen by
+`STAR.inference_pooling`): each clip's two passes over its rows, without the
+three (N, V, D) temporaries the module writes.
 """
 
 from __future__ import annotations

@@ -342,8 +342,20 @@ class STAR(nn.Module):
         h = self.embedding(features) + encoding[:, None, :]  # (N, V, d)
         for block in self.blocks:
             h = block(h, segments)
-        pooled = self.pooling(h, segments)  # (B, V, d)
+        if self.inference_pooling(h):
+            pooled = fused.context_pooling(h, segments.bounds, self.pooling)  # (B, V, d)
+        else:
+            pooled = self.pooling(h, segments)  # (B, V, d)
         return self.head(pooled.flatten(1))  # (B, V*d) -> (B, classes)
+
+    def inference_pooling(self, h: torch.Tensor) -> bool:
+        """True where the pooling runs as one fused kernel (star.network.fused.context_pooling): the last ST-block's
+        layers run on their inference kernels (EncoderLayer.inference_tail: the fused kernels, eval mode, no
+        gradient asked for, no hook, the config's inference_kernels), and no hook is on the pooling."""
+        last = self.blocks[-1] if len(self.blocks) else None
+        return (last is not None and last.spatial.inference_tail(h) and last.temporal.inference_tail(h)
+                and not _hooked(self.pooling)
+                and not (torch.is_grad_enabled() and self.pooling.weight.requires_grad))
 
     def analytic_macs(self, rows: int, clips: int) -> dict[str, int]:
         """Multiply-accumulates of one forward pass on `rows` rows in `clips` clips, by component.

@@ -248,6 +248,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_backward(
     const at::Tensor& weight, double p, int64_t seed);
 at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::TensorList params,
                                  at::ArrayRef<double> eps, c10::string_view activation);
+at::Tensor context_pooling_forward(const at::Tensor& x, at::IntArrayRef bounds, const at::Tensor& weight,
+                                   bool per_joint, bool mean);
 std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList weights,
                                          const c10::List<std::optional<at::Tensor>>& biases);
 

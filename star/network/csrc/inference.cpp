@@ -11,6 +11,9 @@
 // and read back four activations of the layer's size between them (h, the first product, the activation, the
 // second product); here each tile's go through buffers a thread keeps, and only the output leaves them. No
 // dropout: in eval mode every dropout is the identity.
+//
+// The context pooling (Eq. 7) of each clip's rows: two passes over them, the sums and the weighted sums, where
+// star.network.pooling.ContextPooling writes and reads back three temporaries of the activations' size.
 
 #include <string>
 #include <string_view>
@@ -154,7 +157,76 @@ void product_rows(const T* xs, const std::vector<at::Tensor>& weights, const std
   });
 }
 
+// Context pooling (Eq. 7) of one clip's rows x (L, V, D), into out (V, D): c_v = tanh(mean_t(x_tv) W), then
+// a_tv = sigmoid(x_tv . c_v) (per joint) or sigmoid(sum_v x_tv . c_v) (per frame), out_v = sum_t a_tv x_tv, over
+// L for the mean; `work` (2 V D) the sums and the context
+template <typename T>
+void pool_clip(const T* __restrict__ x, int64_t length, int64_t joints, int64_t d, const T* __restrict__ w,
+               bool per_joint, bool mean, T* __restrict__ out, std::vector<T>& work) {
+  const int64_t size = joints * d;
+  work.assign(2 * size, T(0));
+  T *sums = work.data(), *context = sums + size;
+  for (int64_t t = 0; t < length; ++t)
+#pragma omp simd
+    for (int64_t i = 0; i < size; ++i) sums[i] += x[t * size + i];
+  for (int64_t v = 0; v < joints; ++v) {
+    T* __restrict__ c = context + v * d;
+    for (int64_t i = 0; i < d; ++i) {
+      const T m = sums[v * d + i] / static_cast<T>(length);
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) c[j] += m * w[i * d + j];
+    }
+    for (int64_t j = 0; j < d; ++j) c[j] = std::tanh(c[j]);
+  }
+  std::fill(out, out + size, T(0));
+  for (int64_t t = 0; t < length; ++t) {
+    const T* __restrict__ row = x + t * size;
+    T total = 0, weight = 0;
+    for (int64_t v = 0; v < joints; ++v) {
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < d; ++j) dot += row[v * d + j] * context[v * d + j];
+      if (per_joint) {
+        weight = T(1) / (T(1) + exp_of(-dot));
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) out[v * d + j] += weight * row[v * d + j];
+      }
+      total += dot;
+    }
+    if (!per_joint) {
+      weight = T(1) / (T(1) + exp_of(-total));
+#pragma omp simd
+      for (int64_t i = 0; i < size; ++i) out[i] += weight * row[i];
+    }
+  }
+  if (mean)
+    for (int64_t i = 0; i < size; ++i) out[i] /= static_cast<T>(length);
+}
+
 }  // namespace
+
+at::Tensor context_pooling_forward(const at::Tensor& x, at::IntArrayRef bounds, const at::Tensor& weight,
+                                   bool per_joint, bool mean) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, D) CPU tensor");
+  const int64_t rows = x.size(0), joints = x.size(1), d = x.size(2), clips = static_cast<int64_t>(bounds.size()) - 1;
+  TORCH_CHECK(clips >= 1 && bounds.front() == 0 && bounds.back() == rows, "bounds must run from 0 to ", rows);
+  for (int64_t m = 0; m < clips; ++m) TORCH_CHECK(bounds[m + 1] > bounds[m], "every clip needs a row");
+  TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({d, d}) && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (", d, ", ", d, ") CPU matrix in x's dtype, got ", weight.sizes());
+  auto out = new_tensor({clips, joints, d}, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "context_pooling_forward", [&] {
+    const scalar_t *xs = x.data_ptr<scalar_t>(), *w = weight.data_ptr<scalar_t>();
+    scalar_t* outs = out.data_ptr<scalar_t>();
+    at::parallel_for(0, clips, 1, [&](int64_t first, int64_t last) {
+      std::vector<scalar_t> work;
+      for (int64_t m = first; m < last; ++m)
+        pool_clip(xs + bounds[m] * joints * d, bounds[m + 1] - bounds[m], joints, d, w, per_joint, mean,
+                  outs + m * joints * d, work);
+    });
+  });
+  return out;
+}
 
 at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::TensorList params,
                                  at::ArrayRef<double> eps, c10::string_view activation) {
