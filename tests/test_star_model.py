@@ -815,7 +815,7 @@ def test_projected_attentions_name_what_is_wrong():
     graph = NeighbourhoodGraph.from_mask(MASK)
     ops = torch.ops.star_fused
     for call, message in ((lambda: ops.linear_attention_projected_forward(x, weight[:64], [0, 6], 8, 1.0, 0.0),
-                           r"weight must be a contiguous \(192, 64\) CPU matrix in x's dtype, got \[64, 64\]"),
+                           r"contiguous \(192, 64\) CPU matrix in x's dtype \(Float\), got \[64, 64\] Float"),
                           (lambda: ops.linear_attention_projected_forward(x, weight, [0, 5], 8, 1.0, 0.0),
                            "bounds must run from 0 to 6"),
                           (lambda: ops.linear_attention_projected_forward(x, weight, [0, 6], 7, 1.0, 0.0),
@@ -897,11 +897,11 @@ def test_training_runs_the_linear_layers_on_the_tile_products_as_f_linear_would(
 @pytest.mark.parametrize("spatial", ["sparse", "full"])
 def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatch, spatial):
     """STAR-64 in eval mode without gradients runs each ST-block's temporal attention with its projection inside
-    (5 calls), the sparse spatial attention likewise (the full one's projection a tile product before it), and
-    both encoder layers' tails and their sum as one kernel (5 calls of two layers), with the logits of the unfused
-    layers to 1e-5; with gradients asked for, in training, in the ATen kernel form, with the config's
-    inference_kernels off, or in a layer with a hook on it or inside it, the unfused layers run (autograd reaches
-    every parameter, the hook fires)."""
+    (5 calls), the sparse spatial attention likewise (the full one's projection a tile product before it), both
+    encoder layers' tails and their sum as one kernel (5 calls of two layers), and the pooling as one (unless it
+    has a hook), with the logits of the unfused layers to 1e-5; with gradients asked for, in training, in the
+    ATen kernel form, with the config's inference_kernels off, or in a layer with a hook on it or inside it, the
+    unfused layers run (autograd reaches every parameter, the hook fires)."""
     calls = []
     for name in ("projections", "projected_sparse_attention", "projected_linear_attention", "encoder_tails",
                  "context_pooling"):
@@ -935,6 +935,14 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
         fused_blocks = [spatial_call, "projected_linear_attention", "tails of 2"] * (layers - 1)
         assert sorted(calls) == sorted(fused_blocks + ["tails of 1", "context_pooling"])
         torch.testing.assert_close(hooked, fused_logits, atol=1e-5, rtol=1e-5)
+    # a hook on the pooling: the blocks stay fused, the pooling runs as the module
+    calls.clear()
+    seen = []
+    hook = model.pooling.register_forward_hook(lambda *_: seen.append(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs(batch)), fused_logits, atol=1e-5, rtol=1e-5)
+    hook.remove()
+    assert seen == [1] and "context_pooling" not in calls and len(calls) == 3 * layers
     calls.clear()
     with torch.no_grad():
         model.train()(*inputs(batch))
@@ -944,6 +952,19 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
         unfused = STAR(STARConfig(spatial=spatial, inference_kernels=False)).eval()(*inputs(batch))
     assert not calls
     torch.testing.assert_close(fused_logits, unfused, atol=1e-5, rtol=1e-5)
+
+
+@needs_fused
+def test_fused_context_pooling_names_what_is_wrong():
+    x, weight = torch.randn(6, 25, 4), torch.randn(4, 4)
+    pool = torch.ops.star_fused.context_pooling_forward
+    for call, message in ((lambda: pool(x, [0, 5], weight, True, True), "bounds must run from 0 to 6"),
+                          (lambda: pool(x, [0, 3, 3, 6], weight, True, True), "every clip needs a row"),
+                          (lambda: pool(x, [0, 6], weight[:3], True, True), r"\(4, 4\) CPU matrix .* got \[3, 4\]"),
+                          (lambda: pool(x, [0, 6], weight.double(), True, True),
+                           r"in x's dtype \(Float\), got .*Double")):
+        with pytest.raises(RuntimeError, match=message):
+            call()
 
 
 def test_sparse_kernels_and_backends_give_the_same_model_output():

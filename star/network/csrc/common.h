@@ -73,6 +73,12 @@ constexpr int64_t kVectorBytes = 32;
 constexpr int64_t kVectorBytes = 16;
 #endif
 
+// The clips' row bounds of a call on n rows: from 0 to n, every clip a row or more
+inline void check_bounds(at::IntArrayRef bounds, int64_t n) {
+  TORCH_CHECK(bounds.size() >= 2 && bounds.front() == 0 && bounds.back() == n, "bounds must run from 0 to ", n);
+  for (size_t m = 1; m < bounds.size(); ++m) TORCH_CHECK(bounds[m] > bounds[m - 1], "every clip needs a row");
+}
+
 // The rows of the query, key and value projections as F.linear writes them, (N, V, 3, H, d) or (N, V, 3, d, H),
 // contiguous: one token of 3 H d values per joint of a row.
 struct RowLayout {

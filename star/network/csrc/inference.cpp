@@ -1,5 +1,5 @@
-// Products of rows by the register-blocked tile products (tile_product.h), and a kernel for inference only (eval
-// mode, no gradient asked for).
+// Products of rows by the register-blocked tile products (tile_product.h), and two kernels for inference only
+// (eval mode, no gradient asked for).
 //
 // x W_i^T + b_i for one or more weights of the same x: one pass over x, a tile of rows at a time (the full
 // spatial attention's query, key and value projection in inference; in training star.network.fused.linear's
@@ -190,8 +190,9 @@ void pool_clip(const T* __restrict__ x, int64_t length, int64_t joints, int64_t 
         weight = T(1) / (T(1) + exp_of(-dot));
 #pragma omp simd
         for (int64_t j = 0; j < d; ++j) out[v * d + j] += weight * row[v * d + j];
+      } else {
+        total += dot;
       }
-      total += dot;
     }
     if (!per_joint) {
       weight = T(1) / (T(1) + exp_of(-total));
@@ -209,11 +210,11 @@ at::Tensor context_pooling_forward(const at::Tensor& x, at::IntArrayRef bounds, 
                                    bool per_joint, bool mean) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (N, V, D) CPU tensor");
   const int64_t rows = x.size(0), joints = x.size(1), d = x.size(2), clips = static_cast<int64_t>(bounds.size()) - 1;
-  TORCH_CHECK(clips >= 1 && bounds.front() == 0 && bounds.back() == rows, "bounds must run from 0 to ", rows);
-  for (int64_t m = 0; m < clips; ++m) TORCH_CHECK(bounds[m + 1] > bounds[m], "every clip needs a row");
+  check_bounds(bounds, rows);
   TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({d, d}) && weight.is_contiguous() &&
                   weight.scalar_type() == x.scalar_type(),
-              "weight must be a contiguous (", d, ", ", d, ") CPU matrix in x's dtype, got ", weight.sizes());
+              "weight must be a contiguous (", d, ", ", d, ") CPU matrix in x's dtype (", x.scalar_type(), "), got ",
+              weight.sizes(), " ", weight.scalar_type());
   auto out = new_tensor({clips, joints, d}, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "context_pooling_forward", [&] {
     const scalar_t *xs = x.data_ptr<scalar_t>(), *w = weight.data_ptr<scalar_t>();

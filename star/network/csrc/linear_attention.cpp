@@ -11,11 +11,6 @@ namespace star_fused {
 
 namespace {
 
-void check_bounds(at::IntArrayRef bounds, int64_t n) {
-  TORCH_CHECK(bounds.size() >= 2 && bounds.front() == 0 && bounds.back() == n, "bounds must run from 0 to ", n);
-  for (size_t m = 1; m < bounds.size(); ++m) TORCH_CHECK(bounds[m] > bounds[m - 1], "every clip needs a row");
-}
-
 // phi(s x) = elu(s x) + 1 of `count` values: a token's H heads at once
 template <typename T>
 inline void feature_map(const T* __restrict__ raw, T s, int64_t count, T* __restrict__ phi) {

@@ -120,7 +120,8 @@ inline RowLayout check_projected(const at::Tensor& x, const at::Tensor& weight, 
   TORCH_CHECK(heads > 0 && c > 0 && c % heads == 0, "x's ", c, " channels must split into ", heads, " heads");
   TORCH_CHECK(weight.device().is_cpu() && weight.sizes() == at::IntArrayRef({3 * c, c}) && weight.is_contiguous() &&
                   weight.scalar_type() == x.scalar_type(),
-              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype, got ", weight.sizes());
+              "weight must be a contiguous (", 3 * c, ", ", c, ") CPU matrix in x's dtype (", x.scalar_type(), "), got ",
+              weight.sizes(), " ", weight.scalar_type());
   return RowLayout{x.size(0), x.size(1), heads, c / heads};
 }
 
