@@ -20,10 +20,9 @@ tails and their sum are one such kernel, and both attentions take the
 block's input itself (`projected_sparse_attention`,
 `projected_linear_attention`): its rows go through the projection's tile
 product into the cache (four rows, or a clip's rows of one joint) and the
-attention reads them there,
-so q, k and v, three times the activations, are never written and read
-back, and the context pooling after the last block is one operator
-(`context_pooling`). The same register-blocked tile products run the linear
+attention reads them there, so q, k and v, three times the activations,
+are never written and read back; the context pooling after the last block
+is one operator (`context_pooling`). The same register-blocked tile products run the linear
 layers elsewhere (`projections`: the full attention's projection in inference;
 `linear`: the projections feeding the attentions and the feed-forward's
 layers, in training too, forward and the input's gradient).
