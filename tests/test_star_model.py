@@ -768,23 +768,6 @@ def test_fused_encoder_tails_name_what_is_missing():
 
 
 @needs_fused
-@pytest.mark.parametrize(("width", "outputs"), [(64, (192, 64)), (128, (384, 384)), (24, (72, 40))])
-def test_fused_projections_are_one_product_per_weight(width, outputs):
-    """x W^T for each weight in one pass over x, for the compiled-in widths' query, key and value projections and
-    other shapes read at run time: float64 to 1e-12 and float32 to 1e-5 of the products, on 307 rows (a partial
-    tile) and on 5 (fewer than a register block)."""
-    generator = torch.Generator().manual_seed(width)
-    weights = [torch.randn(n, width, generator=generator, dtype=torch.float64) / width ** 0.5 for n in outputs]
-    for rows in (307, 5):
-        x = torch.randn(rows, width, generator=generator, dtype=torch.float64)
-        exact = fused.projections(x, weights)
-        got = fused.projections(x.float(), [w.float() for w in weights])
-        for e, g, w in zip(exact, got, weights, strict=True):
-            torch.testing.assert_close(e, x @ w.T, atol=1e-12, rtol=1e-12)
-            torch.testing.assert_close(g, (x @ w.T).float(), atol=1e-5, rtol=1e-5)
-
-
-@needs_fused
 @pytest.mark.parametrize(("width", "heads"), [(64, 8), (128, 8), (64, 4), (24, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_projected_attentions_are_the_projection_then_the_attention_bit_for_bit(width, heads, dtype):
@@ -798,19 +781,19 @@ def test_projected_attentions_are_the_projection_then_the_attention_bit_for_bit(
     d = width // heads
     bounds = [0, 1, 8, 57, 60]
     x = torch.randn(bounds[-1], 25, width, generator=generator, dtype=dtype)
-    (qkv,) = fused.projections(x.view(-1, width), [weight])  # (N*V, 3C)
+    qkv = fused.projection(x.view(-1, width), weight)  # (N*V, 3C)
     two_steps = fused.linear_attention(qkv.view(-1, 25, 3, heads, d), bounds, d ** -0.25, 1e-6)
     assert torch.equal(fused.projected_linear_attention(x, weight, bounds, heads, d ** -0.25, 1e-6), two_steps)
     graph = NeighbourhoodGraph.from_mask(MASK)
     for rows in (7, 1):
-        (qkv,) = fused.projections(x[:rows].reshape(-1, width), [weight])  # (N*V, 3C), output rows (3, d, H)
+        qkv = fused.projection(x[:rows].reshape(-1, width), weight)  # (N*V, 3C), output rows (3, d, H)
         two_steps = fused.sparse_attention(qkv.view(rows, 25, 3, d, heads), graph.rowptr, graph.key)
         assert torch.equal(fused.projected_sparse_attention(x[:rows], weight, graph.rowptr, graph.key, heads),
                            two_steps)
 
 
 @needs_fused
-def test_projected_attentions_name_what_is_wrong():
+def test_projected_attentions_and_the_product_name_what_is_wrong():
     x, weight = torch.randn(6, 25, 64), torch.randn(192, 64)
     graph = NeighbourhoodGraph.from_mask(MASK)
     ops = torch.ops.star_fused
@@ -825,14 +808,18 @@ def test_projected_attentions_name_what_is_wrong():
                            "in x's dtype"),
                           (lambda: ops.sparse_attention_projected_forward(x[0], weight, graph.rowptr, graph.key, 8,
                                                                           1.0),
-                           r"contiguous \(N, V, C\)")):
+                           r"contiguous \(N, V, C\)"),
+                          (lambda: ops.linear_forward(x[0], weight.double(), None),
+                           r"contiguous \(out, 64\) CPU matrix in x's dtype \(Float\), got \[192, 64\] Double"),
+                          (lambda: ops.linear_forward(x[0], weight, weight[0]), r"bias must be a contiguous \(192\)"),
+                          (lambda: ops.linear_forward(x, weight, None), r"contiguous \(rows, C\)")):
         with pytest.raises(RuntimeError, match=message):
             call()
 
 
 @needs_fused
-@pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (128, 128, True), (128, 384, False),
-                                                         (192, 64, False), (24, 40, True)])
+@pytest.mark.parametrize(("inputs", "outputs", "bias"), [(64, 64, True), (64, 192, False), (128, 128, True),
+                                                         (128, 384, False), (192, 64, False), (24, 40, True)])
 def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
     """fused.linear against nn.functional.linear, output and the input's, weight's and bias's gradients: float64
     to 1e-12 and float32 to 1e-5, on 307 rows (a partial tile) and 5; compiled widths (a feed-forward layer, a
@@ -903,12 +890,12 @@ def test_st_blocks_fuse_their_projections_and_tails_only_in_inference(monkeypatc
     ATen kernel form, with the config's inference_kernels off, or in a layer with a hook on it or inside it, the
     unfused layers run (autograd reaches every parameter, the hook fires)."""
     calls = []
-    for name in ("projections", "projected_sparse_attention", "projected_linear_attention", "encoder_tails",
+    for name in ("projection", "projected_sparse_attention", "projected_linear_attention", "encoder_tails",
                  "context_pooling"):
         kernel = getattr(fused, name)
         monkeypatch.setattr(fused, name, lambda *args, name=name, kernel=kernel: calls.append(
             f"tails of {len(args[1])}" if name == "encoder_tails" else name) or kernel(*args))
-    spatial_call = "projected_sparse_attention" if spatial == "sparse" else "projections"
+    spatial_call = "projected_sparse_attention" if spatial == "sparse" else "projection"
     batch = collate_compact(random_samples(frames=[12, 5], persons=[2, 1], seed=1))
     torch.manual_seed(0)
     model = STAR(STARConfig(spatial=spatial)).eval()

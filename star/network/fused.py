@@ -23,7 +23,7 @@ product into the cache (four rows, or a clip's rows of one joint) and the
 attention reads them there, so q, k and v, three times the activations,
 are never written and read back; the context pooling after the last block
 is one operator (`context_pooling`). The same register-blocked tile products run the linear
-layers elsewhere (`projections`: the full attention's projection in inference;
+layers elsewhere (`projection`: the full attention's projection in inference;
 `linear`: the projections feeding the attentions and the feed-forward's
 layers, in training too, forward and the input's gradient).
 
@@ -271,12 +271,11 @@ def context_pooling(x: torch.Tensor, bounds: list[int], pooling) -> torch.Tensor
                                                         pooling.weights == "joint", pooling.reduce == "mean")
 
 
-def projections(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """[x W^T for W in weights], x (R, C), in one pass over x, for inference: a tile of rows at a time is
-    multiplied by every weight while in the cache. No gradient flows through it."""
+def projection(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x W^T, x (R, C), by the tile products, for inference (`linear` without its autograd node): no gradient
+    flows through it."""
     _require(x)
-    return torch.ops.star_fused.products_forward(x.contiguous(), [w.contiguous() for w in weights],
-                                                 [None] * len(weights))
+    return torch.ops.star_fused.linear_forward(x.contiguous(), weight.contiguous(), None)
 
 
 class _Linear(torch.autograd.Function):
@@ -284,7 +283,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.star_fused.products_forward(x, [weight], [bias])[0]
+        return torch.ops.star_fused.linear_forward(x, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -293,7 +292,7 @@ class _Linear(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:  # grad_out W: the same kernel with W^T as the weight
-            grad_x = torch.ops.star_fused.products_forward(grad_out, [weight.t().contiguous()], [None])[0]
+            grad_x = torch.ops.star_fused.linear_forward(grad_out, weight.t().contiguous(), None)
         if ctx.needs_input_grad[1]:
             grad_weight = grad_out.t().mm(x)  # a sum over all rows: the BLAS's long inner product
         if ctx.has_bias and ctx.needs_input_grad[2]:

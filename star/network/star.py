@@ -278,7 +278,7 @@ class STBlock(nn.Module):
         n, v, c = x.shape
         spatial = self.spatial.attention
         if spatial.graph is None:
-            (projected,) = fused.projections(x.reshape(n * v, c), [spatial.rows_weight()])  # (N*V, 3C)
+            projected = fused.projection(x.reshape(n * v, c), spatial.rows_weight())  # (N*V, 3C)
             attended = spatial(x, projected=projected)
         else:
             attended = spatial.projected_attention(x)

@@ -62,7 +62,7 @@ OP_CATEGORIES = {
     "star_fused::add_norm_forward": "LayerNorm",  # Add & Norm: the residual sum and its layer norm in one pass
     # the tile products of nn.Linear layers (projections and feed-forward layers, and in training the input's
     # gradient), and in inference a layer's Add & Norm, feed-forward and Add & Norm, mostly its products
-    "star_fused::products_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
+    "star_fused::linear_forward": "Linear", "star_fused::encoder_tails_forward": "Linear",
 }
 PRODUCTS = ("Linear", "Conv1d", "Conv2d", "Conv", "MatMul", "Mul")
 

@@ -11,7 +11,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
@@ -256,7 +255,6 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
                                  at::ArrayRef<double> eps, c10::string_view activation);
 at::Tensor context_pooling_forward(const at::Tensor& x, at::IntArrayRef bounds, const at::Tensor& weight,
                                    bool per_joint, bool mean);
-std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList weights,
-                                         const c10::List<std::optional<at::Tensor>>& biases);
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 }  // namespace star_fused

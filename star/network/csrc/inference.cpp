@@ -1,9 +1,8 @@
 // Products of rows by the register-blocked tile products (tile_product.h), and two kernels for inference only
 // (eval mode, no gradient asked for).
 //
-// x W_i^T + b_i for one or more weights of the same x: one pass over x, a tile of rows at a time (the full
-// spatial attention's query, key and value projection in inference; in training star.network.fused.linear's
-// forward and input gradient).
+// x W^T + b, a tile of rows at a time (the full spatial attention's query, key and value projection in inference;
+// in training star.network.fused.linear's forward and input gradient).
 //
 // The rest of an encoder layer after its attention: h = LayerNorm1(x + y), then
 // LayerNorm2(h + W2 act(W1 h + b1) + b2), for a tile of rows at a time in the cache, and of several layers on
@@ -123,37 +122,26 @@ void encoder_tails_rows(const T* xs, const std::vector<const T*>& ys, const std:
   });
 }
 
-// x W_i^T + b_i for each weight, a tile of x's rows at a time: read once, multiplied by every weight while in the
-// cache. Whole tiles are read from x and written to the outputs in place; the last, partial one goes through
-// buffers padded to whole register blocks.
+// x W^T + b, a tile of x's rows at a time. Whole tiles are read from x and written to the output in place; the
+// last, partial one goes through buffers padded to whole register blocks.
 template <typename T, int64_t K>
-void product_rows(const T* xs, const std::vector<at::Tensor>& weights, const std::vector<const T*>& biases,
-                  std::vector<at::Tensor>& outs, int64_t rows, int64_t k) {
-  std::vector<std::vector<T>> packed;
-  for (const auto& weight : weights)
-    with_output<K>(weight.size(0), [&](auto n) {
-      constexpr int64_t N = decltype(n)::value;
-      packed.push_back(packed_weight<T, (N > 0 ? K : 0), N>(weight));
-    });
-  over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
-    if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
-    auto &in = buffers[0], &out = buffers[1];
-    const T* tile_in = xs + start * k;
-    if (blocked != count) {
+void product_rows(const T* xs, const at::Tensor& weight, const T* bias, T* out, int64_t rows, int64_t k) {
+  const int64_t n = weight.size(0);
+  with_output<K>(n, [&](auto width) {
+    constexpr int64_t N = decltype(width)::value, KN = N > 0 ? K : 0;
+    const std::vector<T> packed = packed_weight<T, KN, N>(weight);
+    over_tiles<T>(rows, [&](int64_t start, int64_t count, int64_t blocked, std::vector<std::vector<T>>& buffers) {
+      const T* tile_in = xs + start * k;
+      T* tile_out = out + start * n;
+      if (blocked == count) return tile_product<T, KN, N>(tile_in, packed.data(), bias, tile_out, blocked, k, n);
+      if (buffers.empty()) buffers.resize(2);  // a partial tile's input and output
+      auto &in = buffers[0], &padded = buffers[1];
       in.assign(blocked * k, T(0));
       std::copy_n(tile_in, count * k, in.data());
-      tile_in = in.data();
-    }
-    for (size_t i = 0; i < outs.size(); ++i) {
-      const int64_t n = outs[i].size(1);
-      T* tile_out = outs[i].data_ptr<T>() + start * n;
-      T* target = blocked != count ? (out.resize(blocked * n), out.data()) : tile_out;
-      with_output<K>(n, [&](auto width) {
-        constexpr int64_t N = decltype(width)::value;
-        tile_product<T, (N > 0 ? K : 0), N>(tile_in, packed[i].data(), biases[i], target, blocked, k, n);
-      });
-      if (target != tile_out) std::copy_n(target, count * n, tile_out);
-    }
+      padded.resize(blocked * n);
+      tile_product<T, KN, N>(in.data(), packed.data(), bias, padded.data(), blocked, k, n);
+      std::copy_n(padded.data(), count * n, tile_out);
+    });
   });
 }
 
@@ -274,36 +262,26 @@ at::Tensor encoder_tails_forward(const at::Tensor& x, at::TensorList ys, at::Ten
   return out;
 }
 
-std::vector<at::Tensor> products_forward(const at::Tensor& x, at::TensorList weights,
-                                         const c10::List<std::optional<at::Tensor>>& biases) {
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (rows, C) CPU tensor");
-  TORCH_CHECK(biases.size() == weights.size(), "need a bias or None for each of the ", weights.size(),
-              " weights, got ", biases.size());
   const int64_t rows = x.size(0), k = x.size(1);
-  std::vector<at::Tensor> outs, bias_tensors;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const auto& weight = weights[i];
-    TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
-                    weight.scalar_type() == x.scalar_type(),
-                "each weight must be a contiguous (out, ", k, ") CPU matrix in x's dtype, got ", weight.sizes());
-    const std::optional<at::Tensor> bias = biases.get(i);
-    TORCH_CHECK(!bias.has_value() || (bias->device().is_cpu() && bias->dim() == 1 &&
-                                      bias->size(0) == weight.size(0) && bias->is_contiguous() &&
-                                      bias->scalar_type() == x.scalar_type()),
-                "bias ", i, " must be a contiguous (", weight.size(0), ") CPU tensor in x's dtype");
-    bias_tensors.push_back(bias.has_value() ? *bias : at::Tensor());
-    outs.push_back(new_tensor({rows, weight.size(0)}, x.scalar_type()));
-  }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "products_forward", [&] {
-    std::vector<const scalar_t*> bias_data;
-    for (const auto& bias : bias_tensors) bias_data.push_back(bias.defined() ? bias.data_ptr<scalar_t>() : nullptr);
-    const auto run = [&](auto inputs) {
-      product_rows<scalar_t, decltype(inputs)::value>(x.data_ptr<scalar_t>(), weights.vec(), bias_data, outs, rows, k);
-    };
+  TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (out, ", k, ") CPU matrix in x's dtype (", x.scalar_type(), "), got ",
+              weight.sizes(), " ", weight.scalar_type());
+  TORCH_CHECK(!bias.has_value() || (bias->device().is_cpu() && bias->dim() == 1 && bias->size(0) == weight.size(0) &&
+                                    bias->is_contiguous() && bias->scalar_type() == x.scalar_type()),
+              "bias must be a contiguous (", weight.size(0), ") CPU tensor in x's dtype");
+  at::Tensor out = new_tensor({rows, weight.size(0)}, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_forward", [&] {
+    const scalar_t* b = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
     // the input widths with compiled tile products (with_output): STAR's widths and their projections' 3 x
-    with_constant<64, 128, 192, 384>(k, run);
+    with_constant<64, 128, 192, 384>(k, [&](auto inputs) {
+      product_rows<scalar_t, decltype(inputs)::value>(x.data_ptr<scalar_t>(), weight, b, out.data_ptr<scalar_t>(),
+                                                        rows, k);
+    });
   });
-  return outs;
+  return out;
 }
 
 }  // namespace star_fused

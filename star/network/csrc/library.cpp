@@ -24,7 +24,7 @@ TORCH_LIBRARY(star_fused, library) {
               "int seed) -> (Tensor, Tensor, Tensor, Tensor)");
   library.def("encoder_tails_forward(Tensor x, Tensor[] ys, Tensor[] params, float[] eps, str activation) -> Tensor");
   library.def("context_pooling_forward(Tensor x, int[] bounds, Tensor weight, bool per_joint, bool mean) -> Tensor");
-  library.def("products_forward(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]");
+  library.def("linear_forward(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   library.def("linear_attention_forward(Tensor qkv, int[] bounds, float scale, float eps) -> Tensor");
   library.def("linear_attention_projected_forward(Tensor x, Tensor weight, int[] bounds, int heads, float scale, "
               "float eps) -> Tensor");
@@ -43,5 +43,5 @@ TORCH_LIBRARY_IMPL(star_fused, CPU, library) {
   library.impl("add_norm_backward", &star_fused::add_norm_backward);
   library.impl("encoder_tails_forward", &star_fused::encoder_tails_forward);
   library.impl("context_pooling_forward", &star_fused::context_pooling_forward);
-  library.impl("products_forward", &star_fused::products_forward);
+  library.impl("linear_forward", &star_fused::linear_forward);
 }
