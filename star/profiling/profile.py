@@ -74,7 +74,8 @@ def _model_batch(spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.
 
 def count_macs(model, spec: registry.ModelSpec, batch: ProfilingBatch, device: torch.device,
                counters: tuple[str, ...] = ("fvcore", "deepspeed", "analytic")) -> dict[str, MacCount]:
-    """`counters` (all three by default) on `batch`; a padded model's counts come from its first one and two clips."""
+    """`counters` (all three by default) on `batch`; a padded model's counts on more than two clips come from its
+    first one and two."""
     def counts(model_batch) -> dict[str, MacCount]:
         inputs = registry.model_inputs(spec, model_batch)
         count = {"fvcore": lambda: fvcore_count(model, inputs), "deepspeed": lambda: deepspeed_count(model, inputs),
@@ -86,6 +87,8 @@ def count_macs(model, spec: registry.ModelSpec, batch: ProfilingBatch, device: t
         with kernel_forms(model, "aten"):  # any device: the GPU form computes on padding, the fused ops hide theirs
             return counts(model_batch)
     x = model_batch.x
+    if len(x) <= 2:
+        return counts(model_batch)
     model_batch.x = x[:1]
     one = counts(model_batch)
     model_batch.x = x[:1].expand(2, *x.shape[1:])  # the cost does not depend on the values

@@ -67,11 +67,13 @@ REPLACED_PREFIX = "replaced-"  # the folder a run of other settings is moved int
 
 
 def build_optimizer(recipe: TrainingRecipe, parameters) -> torch.optim.Optimizer:
+    """The recipe's optimizer in torch's fused form, one kernel per parameter a step (on the CPU as on CUDA),
+    where the default on the CPU is a Python loop of a few operators per parameter."""
     if recipe.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
-                                weight_decay=recipe.weight_decay)
+                                weight_decay=recipe.weight_decay, fused=True)
     return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                           weight_decay=recipe.weight_decay)
+                           weight_decay=recipe.weight_decay, fused=True)
 
 
 class Trainer:
