@@ -2,8 +2,10 @@
 
 Whole-forward latency is timed with CUDA events on a GPU and a monotonic
 clock on the CPU, after warm-up, and reported as the median with its spread.
-The per-category breakdown runs the forward under torch.profiler (the tool
-the paper used) with a profiler range around every built-in leaf module, so
+The per-category breakdown runs the forward under torch's profiler (the tool
+the paper used; its `torch.autograd.profiler` form, which `torch.profiler.profile`
+wraps: the wrapper imports torch._inductor on start, a second of every profile
+job's start) with a profiler range around every built-in leaf module, so
 an operator inside a Linear or Conv2d module is charged to that module type
 and one written in a model's own forward to its operator's category (see
 `star.profiling.counting`). The profiler's own overhead makes the category
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.autograd.profiler import profile, record_function
 
 from star.defaults import PROFILE_REPEATS, PROFILE_WARMUP, PROFILER_RUNS
 from star.errors import InputError
@@ -87,11 +89,10 @@ def category_latency(model: nn.Module, forward: Callable[[], object], device: to
     handles = [hook for name, kind in leaves.items()
                for hook in (modules[name].register_forward_pre_hook(enter(kind)),
                             modules[name].register_forward_hook(leave))]
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     try:
         forward()
         synchronize(device)
-        with profile(activities=activities) as prof:
+        with profile(use_device="cuda" if device.type == "cuda" else None) as prof:
             for _ in range(runs):
                 forward()
             synchronize(device)
@@ -110,7 +111,7 @@ def category_latency(model: nn.Module, forward: Callable[[], object], device: to
         for child in event.cpu_children:
             walk(child, category)
 
-    for event in prof.events():
+    for event in prof.function_events:
         if event.cpu_parent is None:
             walk(event, None)
     by_category = {k: us / runs / 1e3 for k, us in microseconds.most_common()}
@@ -135,10 +136,10 @@ def peak_memory(forward: Callable[[], object], device: torch.device) -> dict:
         synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - before,
                 "method": "torch.cuda.max_memory_allocated"}
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(profile_memory=True) as prof:
         forward()
     allocated = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+    for event in sorted(prof.function_events, key=lambda e: e.time_range.start):
         allocated += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
         peak = max(peak, allocated)
     return {"peak_bytes": peak, "method": "torch.profiler CPU allocations replayed in time order"}
