@@ -3,8 +3,9 @@
     python benchmarks/bench_inference.py [--models star-64 star-128] [--clips 16] [--pairs 20] [--threads N]
 
 On the fused CPU kernels, inference (eval mode, no gradient asked for) runs
-each ST-block's two projections as one pass and each encoder layer's tail as
-one kernel (`STARConfig.inference_kernels`). This builds each model twice
+both attentions with their projection inside, the two encoder layers' tails of
+an ST-block as one kernel and the context pooling as one
+(`STARConfig.inference_kernels`). This builds each model twice
 from one seed, with them and without, checks that the logits agree, and times
 one forward of each in turn on the `bench_model.py` batch of NTU-like clips:
 a noisy machine's drift then falls on both alike, and the median of the

@@ -840,6 +840,9 @@ def test_fused_linear_is_f_linear_with_its_gradients(inputs, outputs, bias):
             got = [out, *torch.autograd.grad(out, got_leaves, g.to(dtype))]
             for name, a, e in zip(("out", "x", "weight", "bias"), got, want, strict=False):
                 torch.testing.assert_close(a, e.detach().to(dtype), atol=tolerance, rtol=tolerance, msg=name)
+        if not bias:  # inference's form: the same product without its autograd node
+            torch.testing.assert_close(fused.projection(x.detach(), weight.detach()), want[0].detach(), atol=1e-12,
+                                       rtol=1e-12)
         # the weight's gradient alone, x a constant
         trained = weight.detach().requires_grad_()
         (weight_grad,) = torch.autograd.grad(fused.linear(x.detach(), trained), trained, g)

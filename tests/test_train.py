@@ -1,3 +1,4 @@
+import copy
 import csv
 import json
 import os
@@ -20,7 +21,7 @@ from star.device import DeviceError, autocast, resolve_device
 from star.recipe import TrainingRecipe
 from star.training.checkpoint import config_differences, load_checkpoint
 from star.training.config import RunError, run_config
-from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, train
+from star.training.trainer import HISTORY_COLUMNS, TIMING_COLUMNS, Trainer, build_optimizer, train
 
 REPO = Path(__file__).resolve().parent.parent
 # a quick STAR-64 run: 8 clips a side, 2 steps an epoch
@@ -171,6 +172,33 @@ def test_star_train_writes_every_result_file(short_store, tmp_path, capsys, monk
     assert 0 < float(history[0]["train_samples_per_s"]) and 0 < float(history[0]["test_samples_per_s"])
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     assert load_checkpoint(out / "best.pt")["epoch"] == metrics["best_epoch"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_an_unfused_optimizers_state_resumes_fused(optimizer):
+    """The trainer's optimizer is torch's fused one; a checkpoint's state written by the unfused one (before it
+    was fused) loads as fused, and its next step is the unfused optimizer's next step to float rounding."""
+    recipe = TrainingRecipe(optimizer=optimizer, lr=0.1, schedule="constant", epochs=1, batch_size=1, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(5, 3, generator=generator), torch.randn(3, generator=generator)]
+    grads = [[torch.randn(w.shape, generator=generator) for w in weights] for _ in range(2)]
+    unfused_weights = [w.clone().requires_grad_() for w in weights]
+    options = {"momentum": 0.9} if optimizer == "sgd" else {}
+    unfused = getattr(torch.optim, {"adam": "Adam", "sgd": "SGD"}[optimizer])(unfused_weights, lr=0.1, **options)
+    for w, g in zip(unfused_weights, grads[0], strict=True):
+        w.grad = g
+    unfused.step()
+    fused_weights = [w.detach().clone().requires_grad_() for w in unfused_weights]
+    fused = build_optimizer(recipe, fused_weights)
+    fused.load_state_dict(copy.deepcopy(unfused.state_dict()))  # as a checkpoint file gives it: tensors of its own
+    assert [group["fused"] for group in fused.param_groups] == [True]
+    for pair in ((unfused_weights, unfused), (fused_weights, fused)):
+        for w, g in zip(pair[0], grads[1], strict=True):
+            w.grad = g.clone()
+        pair[1].step()
+    for f, u in zip(fused_weights, unfused_weights, strict=True):
+        torch.testing.assert_close(f, u, atol=1e-6, rtol=1e-6)
+        assert not torch.equal(f, weights[0] if f.dim() == 2 else weights[1])  # it stepped
 
 
 def test_devices_are_resolved_in_one_place():

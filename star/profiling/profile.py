@@ -11,9 +11,9 @@ Choices:
   `star.profiling.counting`: products plus normalisations as fvcore counts
   them, which is how the paper's Table 3 lists BatchNorm2d among MACs.
   `macs.<counter>.products` is the part all three counters are compared on.
-- A padded model's MACs are counted on one and on two clips and extended to
-  the batch along that line (`_extrapolated`; a test checks it against a
-  direct count). Latency and memory are always measured on the whole batch.
+- A padded model's MACs on more than two clips are counted on one and on two
+  clips and extended to the batch along that line (`_extrapolated`; a test
+  checks it against a direct count). Latency and memory are always measured on the whole batch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Latency and memory of a forward pass: whole, and per module category from torch.profiler.
+"""Latency and memory of a forward pass: whole, and per module category from torch's profiler.
 
 Whole-forward latency is timed with CUDA events on a GPU and a monotonic
 clock on the CPU, after warm-up, and reported as the median with its spread.
@@ -72,7 +72,7 @@ def forward_latency(forward: Callable[[], object], device: torch.device, repeats
 
 def category_latency(model: nn.Module, forward: Callable[[], object], device: torch.device,
                      runs: int = PROFILER_RUNS) -> dict:
-    """Milliseconds per forward pass in each category, from torch.profiler over `runs` passes (after a warm-up)."""
+    """Milliseconds per forward pass in each category, from torch's profiler over `runs` passes (after a warm-up)."""
     leaves = builtin_leaves(model)
     open_ranges = []
 
@@ -92,7 +92,9 @@ def category_latency(model: nn.Module, forward: Callable[[], object], device: to
     try:
         forward()
         synchronize(device)
-        with profile(use_device="cuda" if device.type == "cuda" else None) as prof:
+        # kineto as torch.profiler runs it: on CUDA the kernels' own times (the legacy default, use_kineto=False,
+        # times each operator between two CUDA events instead)
+        with profile(use_device="cuda" if device.type == "cuda" else None, use_kineto=True) as prof:
             for _ in range(runs):
                 forward()
             synchronize(device)
@@ -123,7 +125,7 @@ def peak_memory(forward: Callable[[], object], device: torch.device) -> dict:
     """Bytes allocated at the peak of one forward pass, above what was allocated before it.
 
     On a GPU, CUDA's max_memory_allocated. On the CPU, torch's allocator has no
-    peak counter, so the allocations and frees torch.profiler records are
+    peak counter, so the allocations and frees torch's profiler records are
     replayed in time order (operator granularity: an operator's own
     allocations count from its start); this excludes the Python heap and the
     allocator's cached pages that peak RSS would include.
@@ -136,7 +138,7 @@ def peak_memory(forward: Callable[[], object], device: torch.device) -> dict:
         synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - before,
                 "method": "torch.cuda.max_memory_allocated"}
-    with profile(profile_memory=True) as prof:
+    with profile(profile_memory=True, use_kineto=True) as prof:
         forward()
     allocated = peak = 0
     for event in sorted(prof.function_events, key=lambda e: e.time_range.start):

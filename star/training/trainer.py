@@ -66,14 +66,24 @@ TIMING_COLUMNS = ("epoch_s", "train_samples_per_s", "test_samples_per_s")  # all
 REPLACED_PREFIX = "replaced-"  # the folder a run of other settings is moved into (star train --replace-changed)
 
 
+def _resumed_fused(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """A state saved by the unfused optimizer (checkpoints written before the trainer fused it) resumes fused:
+    load_state_dict would restore its groups' `fused: None`, and the step would then take the unfused path with
+    arguments meant for the fused one (under AMP a GradScaler's scale, which the unfused paths refuse)."""
+    return {**state, "param_groups": [{**group, "fused": True, "foreach": None} for group in state["param_groups"]]}
+
+
 def build_optimizer(recipe: TrainingRecipe, parameters) -> torch.optim.Optimizer:
-    """The recipe's optimizer in torch's fused form, one kernel per parameter a step (on the CPU as on CUDA),
-    where the default on the CPU is a Python loop of a few operators per parameter."""
+    """The recipe's optimizer in torch's fused form: on the CPU one kernel a parameter and step, where torch's
+    default there is a Python loop of a few operators a parameter; on CUDA a few launches for all of them."""
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
-                                weight_decay=recipe.weight_decay, fused=True)
-    return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                           weight_decay=recipe.weight_decay, fused=True)
+        optimizer = torch.optim.Adam(parameters, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
+                                     weight_decay=recipe.weight_decay, fused=True)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                    weight_decay=recipe.weight_decay, fused=True)
+    optimizer.register_load_state_dict_pre_hook(_resumed_fused)
+    return optimizer
 
 
 class Trainer:
