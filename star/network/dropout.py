@@ -26,8 +26,8 @@ def keep_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Ten
 
     On the CPU, where the fused kernels are built, a counter-based hash draws
     the mask from one seed taken from torch's generator, so torch.manual_seed
-    and a restored generator state give the same masks (its speed against
-    uniform_: the README's "Benchmarks").
+    and a restored generator state give the same masks; no mask is kept for the
+    backward pass (the memory this saves: the README's "Benchmarks").
     """
     if fused.usable(like):
         return fused.keep_mask(shape, p, like.dtype)
