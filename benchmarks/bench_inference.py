@@ -6,7 +6,8 @@ On the fused CPU kernels, inference (eval mode, no gradient asked for) runs
 both attentions with their projection inside, the two encoder layers' tails of
 an ST-block as one kernel and the context pooling as one
 (`STARConfig.inference_kernels`). This builds each model twice
-from one seed, with them and without, checks that the logits agree, and times
+from one seed, with them and without, prints the largest difference of their
+logits, and times
 one forward of each in turn on the `bench_model.py` batch of NTU-like clips:
 a noisy machine's drift then falls on both alike, and the median of the
 pairs' ratios is the speed-up. Prints the CPU's capability first.

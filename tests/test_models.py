@@ -105,8 +105,8 @@ def test_compiled_model_gives_the_eager_outputs(name):
     computes the eager outputs; inductor's code generation, the backend
     `star train --compile` uses (star.device.compiled), compiles INDUCTOR
     only: lowering ATen operators is torch's own to test, and compiling every
-    path with it would be the slow tier's largest cost (README: Test and
-    workflow times)."""
+    path with it would be the slow tier's largest cost (benchmarks/HISTORY.md:
+    Test and workflow times)."""
     torch._dynamo.reset()  # a fresh cache: past the recompile limit dynamo would run the model eagerly, unnoticed
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
