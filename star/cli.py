@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--warmup", type=int, default=defaults.PROFILE_WARMUP, metavar="N",
                       help="untimed forward passes before them")
     prof.add_argument("--profiler-runs", type=int, default=defaults.PROFILER_RUNS, metavar="N",
-                      help="forward passes under torch.profiler for the per-category latency")
+                      help="forward passes under torch's profiler for the per-category latency")
     prof.add_argument("--sweep-frames", type=int, nargs="*", default=None, metavar="T",
                       help="also time one-person clips of each of these lengths (e.g. 32 64 128 300)")
     prof.add_argument("--sweep-clips", type=int, nargs="*", default=None, metavar="B",

@@ -19,5 +19,5 @@ PROFILE_CLIPS = 16  # clips in the profiling batch: the paper's efficiency figur
 PROFILE_SEED = 0  # of the clip draw
 PROFILE_REPEATS = 10  # timed forward passes (the median is reported)
 PROFILE_WARMUP = 2  # untimed forward passes before them
-PROFILER_RUNS = 3  # forward passes under torch.profiler for the per-category latency
+PROFILER_RUNS = 3  # forward passes under torch's profiler for the per-category latency
 SWEEP_REPEATS = 3  # timed passes per point of the latency sweep

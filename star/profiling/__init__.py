@@ -7,7 +7,7 @@
   counters (fvcore, DeepSpeed's flops profiler, the analytic count), each
   broken down by the paper's module categories and by named module.
 - `timing`: whole-forward latency, latency per module category from
-  torch.profiler, and peak memory of the forward pass.
+  torch's profiler, and peak memory of the forward pass.
 - `profile`: one model's profile as the JSON of `results/profile/{model}.json`,
   and the clip-length and batch-size sweep.
 """

@@ -144,4 +144,4 @@ def peak_memory(forward: Callable[[], object], device: torch.device) -> dict:
     for event in sorted(prof.function_events, key=lambda e: e.time_range.start):
         allocated += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
         peak = max(peak, allocated)
-    return {"peak_bytes": peak, "method": "torch.profiler CPU allocations replayed in time order"}
+    return {"peak_bytes": peak, "method": "torch's profiler: CPU allocations replayed in time order"}
