@@ -148,7 +148,7 @@ def projected_sparse_attention(x: torch.Tensor, weight: torch.Tensor, rowptr: to
                                heads: int) -> torch.Tensor:
     """sparse_attention on x's projections x W^T, for inference: x (N, V, C) -> (N, V, H, d), weight (3C, C) with
     output rows (3, d, H). A few rows of x at a time are multiplied by W in the cache and attended there, so the
-    projections (three times the activations) are never written; the same products and sums as `projections`
+    projections (three times the activations) are never written; the same products and sums as `projection`
     then `sparse_attention`, in the same order. No dropout, and no gradient flows through it."""
     _require(x)
     return torch.ops.star_fused.sparse_attention_projected_forward(x.contiguous(), weight.contiguous(), rowptr, keys,
@@ -183,7 +183,7 @@ def projected_linear_attention(x: torch.Tensor, weight: torch.Tensor, bounds: li
     """linear_attention on x's projections x W^T, for inference: x (N, V, C) -> (N, V, H, d), weight (3C, C) with
     output rows (3, H, d). Each clip's rows of a joint are multiplied by W in the cache and attended there, so
     the projections (three times the activations) are never written; the same products and sums as
-    `projections` then `linear_attention`, in the same order. No gradient flows through it."""
+    `projection` then `linear_attention`, in the same order. No gradient flows through it."""
     _require(x)
     return torch.ops.star_fused.linear_attention_projected_forward(x.contiguous(), weight.contiguous(), list(bounds),
                                                                    heads, scale, eps)

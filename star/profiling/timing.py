@@ -4,8 +4,8 @@ Whole-forward latency is timed with CUDA events on a GPU and a monotonic
 clock on the CPU, after warm-up, and reported as the median with its spread.
 The per-category breakdown runs the forward under torch's profiler (the tool
 the paper used; its `torch.autograd.profiler` form, which `torch.profiler.profile`
-wraps: the wrapper imports torch._inductor on start, a second of every profile
-job's start) with a profiler range around every built-in leaf module, so
+wraps: the wrapper imports torch._inductor on start, which a profile job has no
+other use for) with a profiler range around every built-in leaf module, so
 an operator inside a Linear or Conv2d module is charged to that module type
 and one written in a model's own forward to its operator's category (see
 `star.profiling.counting`). The profiler's own overhead makes the category
