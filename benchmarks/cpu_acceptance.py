@@ -25,7 +25,9 @@ on others (README, "Benchmarks"):
    succeeds, and each with empty folders of its own for the fused kernels,
    inductor's compiled kernels and temporary files, as on a new machine or CI
    runner after `scripts/setup.sh` (which builds the fused kernels, untimed
-   here: the build part times that).
+   here: the build part times that). With --work, the tests' logs there list
+   their 20 slowest tests, and the smoke's folder keeps Snakemake's time of
+   each job (results/benchmarks): where a machine over a budget spent it.
 
 `--quick` (CI) runs the speed part on 4 clips and one training step and
 skips the rest: its figures are printed, not judged. It exits 1 if a judged
@@ -59,9 +61,10 @@ TRAINING_OVER_ST_GCN = 15.0  # STAR-64 training samples/s over ST-GCN's, at leas
 BUILD_ADDS_S = 60.0  # seconds a fresh build of the fused kernels may add, at most
 LOAD = ("import sys, time; from star.network import fused; begun = time.perf_counter(); built = fused.available(); "
         "print(time.perf_counter() - begun); sys.exit(0 if built else 1)")  # a new process's build or cached load
+SLOWEST = "--durations=20"  # the 20 slowest tests, listed in the log
 COMMANDS = {  # name: (command run in the repository, or the smoke workflow's folder; budget in seconds)
-    "fast tier": ([sys.executable, "-m", "pytest", "-m", "not slow"], 4 * 60),
-    "test command": ([sys.executable, "-m", "pytest"], 15 * 60),
+    "fast tier": ([sys.executable, "-m", "pytest", "-m", "not slow", SLOWEST], 4 * 60),
+    "test command": ([sys.executable, "-m", "pytest", SLOWEST], 15 * 60),
     "smoke workflow": ([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
                         "all", "--configfile", str(REPO / "workflow/config/smoke.yaml")], 5 * 60),
 }
