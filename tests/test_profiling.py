@@ -299,9 +299,9 @@ def _huge_pages_available() -> bool:
 
 
 # In its own process, which keeps what it frees: one 2.2 GB block (more than glibc's largest positive trim
-# threshold, 2^31 - 1) allocated, written one byte every 64 KiB (so one 4 KiB page in 16 is faulted in, and every
-# huge page) and freed, twice; prints the allocator setting, the huge-page setting declined (with what torch is
-# told) and each round's page faults.
+# threshold, 2^31 - 1) allocated, written one byte every 64 KiB (one 4 KiB page in 16, or each 2 MB huge page where
+# the kernel's THP mode is `always`) and freed, twice; prints the allocator setting, the huge-page setting declined
+# (with what torch is told) and each round's page faults.
 _REUSE = """
 import ctypes, ctypes.util, json, os, resource, sys
 from star.runtime import keep_freed_memory, use_huge_pages
