@@ -46,9 +46,10 @@ def best_top1(store, out, model, epochs, stop_at=None, batch_size=ADAM["batch_si
     config = run_config(store.path, "ntu60/xsub", model, out, recipe=recipe,
                         overrides={**ADAM, "epochs": epochs, "batch_size": batch_size, "lr": lr}, **options)
     trainer = Trainer(config, progress=False)
-    while trainer.epoch < epochs and (stop_at is None or trainer.best is None
-                                      or trainer.best["test_top1_pct"] < stop_at):
+    while trainer.epoch < epochs:
         trainer.run_epoch()
+        if stop_at is not None and trainer.best["test_top1_pct"] >= stop_at:
+            break
     return trainer.best["test_top1_pct"]
 
 
