@@ -240,6 +240,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(short_store, reference_r
     assert all(torch.equal(resumed["model"][key], value) for key, value in reference["model"].items())
 
 
+@pytest.mark.slow  # a `star train` process of its own: its start, importing torch, costs more than its run
 def test_a_killed_process_resumes_to_the_same_numbers(short_store, reference_run, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "star.cli", "train", "--store", str(short_store.path), "--benchmark",
@@ -397,6 +398,7 @@ def test_mixed_precision_trains_in_bfloat16_on_the_cpu(short_store, tmp_path, mo
     assert losses[True] == pytest.approx(losses[False], rel=0.05)
 
 
+@pytest.mark.slow  # three processes of their own (torchrun and two trainers), each importing torch
 def test_two_processes_train_one_run(short_store, tmp_path):
     """torchrun, gloo, 2 processes: one set of files, evaluation over every test clip."""
     out = tmp_path / "run"
